@@ -1,0 +1,3 @@
+from eptctl.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""Shared fixtures. Tests never reach a model hub and never touch the user's ~/.eptctl."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="eptctl-hfds-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def eptctl_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("EPTCTL_HOME", str(home))
+    return home
