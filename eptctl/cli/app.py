@@ -1,18 +1,51 @@
-"""Root Typer app; command groups register themselves here."""
+"""Root Typer app. Command modules register themselves on ``app``; user errors become one line and exit code 2."""
 
 from __future__ import annotations
 
+import sys
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from eptctl import __version__
+from eptctl.errors import EptctlError
+
+EXIT_USER_ERROR = 2
+
+
+def echo_error(err: EptctlError) -> None:
+    line = f"error: {err.message}"
+    if err.hint:
+        line += f"  (hint: {err.hint})"
+    click.echo(line, err=True)
+
+
+class _Root(TyperGroup):
+    """Turns every EptctlError raised anywhere below the root into a one-line message, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EptctlError as err:
+            echo_error(err)
+            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+
 
 app = typer.Typer(
     name="eptctl",
+    cls=_Root,
     help="Train, store and compare EPT soft-prompt adapters on frozen language models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Train, store and compare EPT soft-prompt adapters on frozen language models."""
 
 
 @app.command()
@@ -25,4 +58,8 @@ def version() -> None:
 
 
 def run() -> None:
-    app()
+    try:
+        app()
+    except EptctlError as err:  # raised while building the app (e.g. during import of an optional command)
+        echo_error(err)
+        sys.exit(EXIT_USER_ERROR)
