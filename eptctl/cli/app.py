@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from eptctl import __version__
+from eptctl.cli.db import db_app
 from eptctl.errors import EptctlError
 
 EXIT_USER_ERROR = 2
@@ -55,6 +56,9 @@ def version() -> None:
     Example: eptctl version
     """
     typer.echo(__version__)
+
+
+app.add_typer(db_app, name="db")
 
 
 def run() -> None:

@@ -1,0 +1,54 @@
+"""python -m bench <name> [--quick] [--json PATH]: run one benchmark, print a markdown table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("name", help="benchmark module under bench/, e.g. registry")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, finishes in well under a minute")
+    parser.add_argument("--json", type=Path, default=None, help="JSON output path (default .bench-out/NAME.json)")
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"bench.{args.name}")
+    t0 = time.perf_counter()
+    rows = module.run(quick=args.quick)
+    print(markdown(rows))
+    out = args.json or Path(".bench-out") / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    report = {
+        "benchmark": args.name,
+        "quick": args.quick,
+        "command": command,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor()},
+        "rows": rows,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The eptctl registry: every adapter, its metrics, lineage and content-addressed safetensors files.
+
+``Registry(url)`` is the whole API; it returns the dataclasses below, never ORM rows. The default database is
+``sqlite:///$EPTCTL_HOME/registry.db``; ``$EPTCTL_REGISTRY_URL`` (e.g. ``postgresql+psycopg://...``) overrides it.
+"""
+
+from registry.api import CRASH_ENV, Registry
+from registry.db import URL_ENV, RegistryError, default_url, mask_url, resolve_url
+from registry.migrate import current_revision, downgrade, head_revision, upgrade
+from registry.records import (
+    AdapterRecord,
+    ArtifactRecord,
+    BackboneFingerprint,
+    MetricValue,
+    NewAdapter,
+    ParentLink,
+    RunInfo,
+    TaskRecord,
+)
+
+__all__ = [
+    "AdapterRecord",
+    "ArtifactRecord",
+    "BackboneFingerprint",
+    "CRASH_ENV",
+    "MetricValue",
+    "NewAdapter",
+    "ParentLink",
+    "Registry",
+    "RegistryError",
+    "RunInfo",
+    "TaskRecord",
+    "URL_ENV",
+    "current_revision",
+    "default_url",
+    "downgrade",
+    "head_revision",
+    "mask_url",
+    "resolve_url",
+    "upgrade",
+]

@@ -1,0 +1,482 @@
+"""``Registry``: the narrow API over the database and the artifact store. It returns dataclasses, never ORM rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import uuid
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from eptctl import __version__
+from eptctl.home import eptctl_home
+from registry import migrate, queries, refs
+from registry.db import Database, RegistryError, is_sqlite, lock_blob, resolve_url
+from registry.records import AdapterRecord, BackboneFingerprint, MetricValue, NewAdapter, TaskRecord
+from registry.schema import adapters, aliases, artifacts, backbones, lineage, metrics, runs, tags, tasks
+from registry.store import ArtifactError, ArtifactStore, Blob, serialize
+
+if TYPE_CHECKING:
+    import torch
+
+# Test hook: die by SIGKILL (no cleanup at all) once the artifact files are on disk: "1" before the transaction
+# starts, "in-transaction" after the rows are inserted and before the commit.
+CRASH_ENV = "EPTCTL_TEST_CRASH_AFTER_ARTIFACT"
+FORMAT_VERSION = "1"  # of the eptctl.* keys in the safetensors metadata
+
+Ref = str | AdapterRecord
+
+
+class Registry:
+    """Every adapter eptctl trains: rows in SQLite or PostgreSQL, weights in a content-addressed file store.
+
+    Example::
+
+        reg = Registry()  # $EPTCTL_REGISTRY_URL, else sqlite:///$EPTCTL_HOME/registry.db
+        rec = reg.resolve("rt-polarity@best")
+        tensors, metadata = reg.load_servable(rec)
+    """
+
+    def __init__(self, url: str | None = None):
+        self._db = Database(resolve_url(url))
+        self.display_url = self._db.display_url  # password masked: the only form ever shown
+        self._explicit_url = url
+        self.store = ArtifactStore(eptctl_home() / "artifacts")
+        try:
+            migrate.ensure_schema(self._db, url)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.display_url!r})"
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- schema -------------------------------------------------------------------------------------------------
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        return migrate.upgrade(self._db.url)
+
+    def current_revision(self) -> str | None:
+        with self._db.read() as conn:
+            return migrate.revision_of(conn)
+
+    # -- tasks --------------------------------------------------------------------------------------------------
+
+    def ensure_task(self, task: TaskRecord) -> TaskRecord:
+        """Create the task if it is missing; return the stored one (an existing task is never changed)."""
+        refs.check_task_name(task.name)
+        json.dumps([task.labels, task.source])  # fail here, not halfway through a transaction
+
+        def create(conn: Connection) -> None:
+            if conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).first() is None:
+                conn.execute(tasks.insert().values({**asdict(task), "created_at": _now(), "last_version": 0}))
+
+        try:
+            self._db.write(create)
+        except sa.exc.IntegrityError:
+            pass  # PostgreSQL: another process created it between our check and our insert
+        return self.get_task(task.name)
+
+    def get_task(self, name: str) -> TaskRecord:
+        with self._db.read() as conn:
+            return queries.task_record(refs.task_row(conn, name))
+
+    def list_tasks(self) -> list[TaskRecord]:
+        with self._db.read() as conn:
+            return [queries.task_record(r) for r in conn.execute(sa.select(tasks).order_by(tasks.c.name))]
+
+    # -- register -----------------------------------------------------------------------------------------------
+
+    def register(self, new: NewAdapter) -> AdapterRecord:
+        """Write the artifact files, then the adapter with its metrics, lineage, tags and run in one transaction.
+
+        A crash in between leaves an unreferenced file (removed by ``gc``), never a row without its file.
+        """
+        _check_new(new)
+        task = self.get_task(new.task)
+        blobs = {"servable": serialize(new.servable, _file_metadata(new, "servable", new.metadata))}
+        if new.training_state is not None:
+            meta = _file_metadata(new, "training_state", new.training_metadata)
+            blobs["training_state"] = serialize(new.training_state, meta)
+        for blob in blobs.values():
+            self.store.put(blob)
+        _crash_point("1")
+        adapter_id = uuid.uuid4().hex
+
+        def insert(conn: Connection) -> None:
+            # The version counter lives on the task row: the UPDATE locks that row (PostgreSQL) inside the write
+            # lock (SQLite), and a rollback hands the number back, so versions stay gapless under any concurrency.
+            task_id = conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).scalar_one()
+            conn.execute(tasks.update().where(tasks.c.id == task_id).values(last_version=tasks.c.last_version + 1))
+            version = conn.execute(sa.select(tasks.c.last_version).where(tasks.c.id == task_id)).scalar_one()
+            for kind, blob in sorted(blobs.items(), key=lambda kv: kv[1].sha256):
+                lock_blob(conn, blob.sha256)
+                self.store.put(blob)  # a concurrent delete or gc may have removed identical bytes meanwhile
+            self._check_parents(conn, new)
+            self._insert_adapter(conn, adapter_id, task_id, version, new, blobs)
+            _crash_point("in-transaction")
+
+        self._db.write(insert)
+        return self.get(adapter_id)
+
+    def _check_parents(self, conn: Connection, new: NewAdapter) -> None:
+        wanted = {p.parent_id for p in new.parents}
+        if not wanted:
+            return
+        found = set(conn.execute(sa.select(adapters.c.id).where(adapters.c.id.in_(wanted))).scalars())
+        if wanted - found:
+            raise RegistryError(
+                f"unknown parent adapter(s): {', '.join(sorted(wanted - found))}",
+                hint="parents are full adapter ids of registered adapters",
+            )
+
+    def _insert_adapter(self, conn, adapter_id, task_id, version, new: NewAdapter, blobs: dict[str, Blob]) -> None:
+        conn.execute(
+            adapters.insert().values(
+                id=adapter_id,
+                task_id=task_id,
+                version=version,
+                method=new.method,
+                config=new.config,
+                status="ready",
+                created_at=_now(),
+                description=new.description,
+                params_by_group=dict(new.params_by_group),
+                trainable_params=sum(new.params_by_group.values()),
+                backbone_id=_backbone_id(conn, new.backbone),
+                summary=new.summary,
+            )
+        )
+        conn.execute(
+            artifacts.insert(),
+            [
+                {"adapter_id": adapter_id, "kind": k, "sha256": b.sha256, "size": b.size, "path": b.relpath}
+                for k, b in blobs.items()
+            ],
+        )
+        self._insert_metrics(conn, adapter_id, new.metrics)
+        if new.parents:
+            conn.execute(
+                lineage.insert(),
+                [
+                    {"child_id": adapter_id, "parent_id": p.parent_id, "position": i, "weight": p.weight, "how": p.how}
+                    for i, p in enumerate(new.parents)
+                ],
+            )
+        if new.tags:
+            conn.execute(tags.insert(), [{"adapter_id": adapter_id, "tag": t} for t in sorted(set(new.tags))])
+        if new.run is not None:
+            conn.execute(runs.insert().values(adapter_id=adapter_id, **asdict(new.run)))
+
+    @staticmethod
+    def _insert_metrics(conn: Connection, adapter_id: str, values: list[MetricValue]) -> None:
+        """Insert metrics; a value for the same (split, name, step) replaces the stored one."""
+        for m in values:
+            step = metrics.c.step.is_(None) if m.step is None else metrics.c.step == m.step
+            conn.execute(
+                metrics.delete().where(
+                    metrics.c.adapter_id == adapter_id, metrics.c.split == m.split, metrics.c.name == m.name, step
+                )
+            )
+        if values:
+            conn.execute(
+                metrics.insert(),
+                [
+                    {"adapter_id": adapter_id, "split": m.split, "name": m.name, "value": m.value, "step": m.step}
+                    for m in values
+                ],
+            )
+
+    # -- read ---------------------------------------------------------------------------------------------------
+
+    def resolve(self, ref: Ref) -> AdapterRecord:
+        """The adapter ``ref`` names: an id prefix, ``TASK@3`` / ``TASK@v3``, ``TASK@latest``, ``TASK@best``,
+        ``TASK@ALIAS`` (or an AdapterRecord, re-read)."""
+        with self._db.read() as conn:
+            return self._records(conn, [self._id(conn, ref)])[0]
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        with self._db.read() as conn:
+            found = self._records(conn, [adapter_id])
+        if not found:
+            raise RegistryError(f"no adapter with id {adapter_id!r}", hint="see `eptctl list`")
+        return found[0]
+
+    def list_adapters(
+        self,
+        task: str | None = None,
+        backbone: str | None = None,
+        method: str | None = None,
+        tag: str | None = None,
+        min_metric: dict[str, float] | None = None,
+        sort: str = "created",
+        descending: bool = True,
+        limit: int | None = None,
+        include_archived: bool = False,
+    ) -> list[AdapterRecord]:
+        """Adapters matching every filter given.
+
+        backbone: model name, or a prefix (8+ hex digits) of the embedding sha256. Metric keys (``sort`` and
+        ``min_metric``) are a metric name, ranked on "validation" else "test", or ``SPLIT:NAME``. Adapters without
+        the sort metric come last; ``min_metric`` drops them.
+        """
+        where = [] if include_archived else [adapters.c.status == "ready"]
+        if method is not None:
+            where.append(adapters.c.method == method)
+        if backbone is not None:
+            where.append(queries.backbone_match(backbone))
+        if tag is not None:
+            where.append(adapters.c.id.in_(sa.select(tags.c.adapter_id).where(tags.c.tag == tag)))
+        for key, threshold in (min_metric or {}).items():
+            where.append(queries.metric_value(key) >= threshold)
+        if sort == "created":
+            cols = [adapters.c.created_at, adapters.c.version, adapters.c.id]
+            order = [c.desc() if descending else c.asc() for c in cols]
+        else:
+            value = queries.metric_value(sort)
+            order = [(value.desc() if descending else value.asc()).nulls_last(), adapters.c.created_at.desc()]
+        with self._db.read() as conn:
+            if task is not None:
+                where.append(adapters.c.task_id == refs.task_row(conn, task).id)
+            q = queries.adapter_select().where(*where).order_by(*order).limit(limit)
+            # Without a limit, children are selected by the same filter as a subquery: no bind parameter per id.
+            ids_query = sa.select(adapters.c.id).where(*where) if limit is None else None
+            return queries.build_records(conn, q, self.store.root, ids_query)
+
+    def parents(self, ref: Ref) -> list[AdapterRecord]:
+        """The adapters ``ref`` was initialised from, in the order given at registration."""
+        with self._db.read() as conn:
+            rec = self._records(conn, [self._id(conn, ref)])[0]
+            return self._records(conn, [p.parent_id for p in rec.parents])
+
+    def children(self, ref: Ref) -> list[AdapterRecord]:
+        """The adapters that name ``ref`` as a parent, oldest first."""
+        with self._db.read() as conn:
+            ids = self._child_ids(conn, self._id(conn, ref))
+            return sorted(self._records(conn, ids), key=lambda r: r.created_at)
+
+    def load_servable(self, ref: Ref) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and str->str metadata of the adapter's servable file, after checking its sha256."""
+        loaded = self._load(ref, "servable")
+        assert loaded is not None  # every adapter has a servable artifact
+        return loaded
+
+    def load_training_state(self, ref: Ref) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """Same as ``load_servable`` for the training state (optimizer, RNG, ...); None if none was stored."""
+        return self._load(ref, "training_state")
+
+    def _load(self, ref: Ref, kind: str):
+        rec = self.resolve(ref)
+        art = rec.artifact(kind)
+        if art is None:
+            return None
+        try:
+            return self.store.read(os.path.relpath(art.path, self.store.root), art.sha256)
+        except ArtifactError as err:
+            raise RegistryError(
+                f"cannot load adapter {rec.ref} ({rec.id[:8]}): {kind} {err}",
+                hint=f"restore the file from a backup, or remove the adapter with `eptctl delete {rec.ref}`",
+            ) from None
+
+    # -- change -------------------------------------------------------------------------------------------------
+
+    def add_metrics(self, ref: Ref, values: list[MetricValue]) -> AdapterRecord:
+        """Record metrics for an existing adapter (``eptctl eval``); same (split, name, step) replaces."""
+        _check_metrics(values)
+        adapter_id = self._resolve_id(ref)
+        self._db.write(lambda conn: self._insert_metrics(conn, adapter_id, values))
+        return self.get(adapter_id)
+
+    def set_alias(self, ref: Ref, alias: str) -> AdapterRecord:
+        """Point ``TASK@alias`` at this adapter (moving it if it pointed elsewhere)."""
+        refs.check_alias(alias)
+        rec = self.resolve(ref)
+
+        def move(conn: Connection) -> None:
+            task_id = conn.execute(sa.select(adapters.c.task_id).where(adapters.c.id == rec.id)).scalar_one()
+            conn.execute(aliases.delete().where(aliases.c.task_id == task_id, aliases.c.name == alias))
+            conn.execute(aliases.insert().values(task_id=task_id, name=alias, adapter_id=rec.id))
+
+        self._db.write(move)
+        return self.get(rec.id)
+
+    def remove_alias(self, task: str, alias: str) -> None:
+        def remove(conn: Connection) -> int:
+            task_id = refs.task_row(conn, task).id
+            return conn.execute(aliases.delete().where(aliases.c.task_id == task_id, aliases.c.name == alias)).rowcount
+
+        if not self._db.write(remove):
+            raise RegistryError(f"task {task!r} has no alias {alias!r}", hint=f"see `eptctl list --task {task}`")
+
+    def add_tags(self, ref: Ref, new_tags: list[str]) -> AdapterRecord:
+        for t in new_tags:
+            refs.check_tag(t)
+        adapter_id = self._resolve_id(ref)
+
+        def add(conn: Connection) -> None:
+            have = set(conn.execute(sa.select(tags.c.tag).where(tags.c.adapter_id == adapter_id)).scalars())
+            missing = sorted(set(new_tags) - have)
+            if missing:
+                conn.execute(tags.insert(), [{"adapter_id": adapter_id, "tag": t} for t in missing])
+
+        self._db.write(add)
+        return self.get(adapter_id)
+
+    def remove_tags(self, ref: Ref, old_tags: list[str]) -> AdapterRecord:
+        adapter_id = self._resolve_id(ref)
+        self._db.write(
+            lambda conn: conn.execute(tags.delete().where(tags.c.adapter_id == adapter_id, tags.c.tag.in_(old_tags)))
+        )
+        return self.get(adapter_id)
+
+    def archive(self, ref: Ref, archived: bool = True) -> AdapterRecord:
+        """Hide an adapter from listings, @latest and @best; it still resolves by id, version and alias."""
+        adapter_id = self._resolve_id(ref)
+        status = "archived" if archived else "ready"
+        update = adapters.update().where(adapters.c.id == adapter_id).values(status=status)
+        self._db.write(lambda conn: conn.execute(update))
+        return self.get(adapter_id)
+
+    def delete(self, ref: Ref, force: bool = False) -> AdapterRecord:
+        """Remove the adapter's rows, then each of its files that no other adapter references.
+
+        An adapter other adapters were initialised from is refused unless ``force`` (their lineage links go).
+        """
+        rec = self.resolve(ref)
+
+        def remove(conn: Connection) -> None:
+            kids = self._child_ids(conn, rec.id)
+            if kids and not force:
+                raise RegistryError(
+                    f"adapter {rec.ref} is a parent of {len(kids)} other adapter(s)",
+                    hint=f"see `eptctl lineage {rec.ref}`; pass --force to delete it anyway (their lineage links go)",
+                )
+            conn.execute(adapters.delete().where(adapters.c.id == rec.id))  # cascades to every child table
+
+        self._db.write(remove)
+        for art in rec.artifacts:  # after the commit: a crash here leaves an orphan file for gc, never a dead row
+            self._remove_if_unreferenced(art.sha256)
+        return rec
+
+    def gc(self, grace_seconds: float = 3600, dry_run: bool = False) -> list[Path]:
+        """Remove artifact files no adapter references, and temp files left by crashed writers.
+
+        Files younger than ``grace_seconds`` are kept: a concurrent ``register`` writes its file before it commits
+        its row. Returns the paths removed (or, with ``dry_run``, that would be).
+        """
+        with self._db.read() as conn:
+            referenced = set(conn.execute(sa.select(artifacts.c.sha256).distinct()).scalars())
+        removed = []
+        for sha, path in self.store.files(older_than=grace_seconds):
+            if sha in referenced:
+                continue
+            if dry_run:
+                removed.append(path)
+            elif sha is None:  # a temp file of a writer that died before its rename
+                path.unlink(missing_ok=True)
+                removed.append(path)
+            elif self._remove_if_unreferenced(sha):
+                removed.append(path)
+        return removed
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _remove_if_unreferenced(self, sha256: str) -> Path | None:
+        """Unlink the file of ``sha256`` if no row references it, under the same lock ``register`` takes."""
+
+        def check_and_remove(conn: Connection) -> Path | None:
+            lock_blob(conn, sha256)
+            if conn.execute(sa.select(artifacts.c.sha256).where(artifacts.c.sha256 == sha256).limit(1)).first():
+                return None
+            return self.store.remove(Blob(sha256, b"").relpath)
+
+        return self._db.write(check_and_remove)
+
+    def _id(self, conn: Connection, ref: Ref) -> str:
+        return ref.id if isinstance(ref, AdapterRecord) else refs.resolve_id(conn, ref)
+
+    def _resolve_id(self, ref: Ref) -> str:
+        with self._db.read() as conn:
+            return self._id(conn, ref)
+
+    def _records(self, conn: Connection, ids: list[str]) -> list[AdapterRecord]:
+        """Records for ``ids``, in that order (missing ids are left out)."""
+        stmt = queries.adapter_select().where(adapters.c.id.in_(ids))
+        found = {r.id: r for r in queries.build_records(conn, stmt, self.store.root)}
+        return [found[i] for i in ids if i in found]
+
+    @staticmethod
+    def _child_ids(conn: Connection, adapter_id: str) -> list[str]:
+        return list(conn.execute(sa.select(lineage.c.child_id).where(lineage.c.parent_id == adapter_id)).scalars())
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _backbone_id(conn: Connection, fp: BackboneFingerprint) -> int:
+    """The id of this fingerprint's row, inserted if new (ON CONFLICT: concurrent registers may race on it)."""
+    fields = asdict(fp)
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    insert = sqlite_insert if is_sqlite(conn) else pg_insert
+    conn.execute(insert(backbones).values(key=key, **fields).on_conflict_do_nothing(index_elements=["key"]))
+    return conn.execute(sa.select(backbones.c.id).where(backbones.c.key == key)).scalar_one()
+
+
+def _file_metadata(new: NewAdapter, kind: str, extra: dict[str, str]) -> dict[str, str]:
+    """What goes into the safetensors header, so that a file alone says what it is (eptctl.* keys win)."""
+    return {
+        **extra,
+        "eptctl.format": FORMAT_VERSION,
+        "eptctl.version": __version__,
+        "eptctl.kind": kind,
+        "eptctl.task": new.task,
+        "eptctl.method": new.method,
+        "eptctl.config": json.dumps(new.config, sort_keys=True),
+        "eptctl.backbone": json.dumps(asdict(new.backbone), sort_keys=True),
+    }
+
+
+def _check_new(new: NewAdapter) -> None:
+    """Programming errors in what the trainer hands over fail before any file is written."""
+    if not new.method:
+        raise ValueError("NewAdapter.method is empty")
+    if not new.servable:
+        raise ValueError("NewAdapter.servable has no tensors")
+    json.dumps([new.config, new.summary, new.run and asdict(new.run)])  # JSON-serialisable, or TypeError here
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in new.params_by_group.items()):
+        raise ValueError("NewAdapter.params_by_group must map group names to int counts")
+    for t in new.tags:
+        refs.check_tag(t)
+    _check_metrics(new.metrics)
+
+
+def _check_metrics(values: list[MetricValue]) -> None:
+    for m in values:
+        if not math.isfinite(m.value):
+            # SQLite would store NaN as NULL; a diverged value is better refused loudly than ranked silently.
+            raise RegistryError(f"metric {m.split}:{m.name} is {m.value}", hint="only finite metric values are stored")

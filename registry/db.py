@@ -1,0 +1,165 @@
+"""Database URLs, engines and write transactions that survive concurrent writers on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from eptctl.errors import EptctlError
+from eptctl.home import eptctl_home
+
+URL_ENV = "EPTCTL_REGISTRY_URL"
+BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+WRITE_RETRY_SECONDS = 60.0  # give up on a write that kept meeting locks for this long
+
+T = TypeVar("T")
+
+
+class RegistryError(EptctlError):
+    """A registry error a user can cause or fix: one-line message plus a hint."""
+
+
+def default_url() -> str:
+    return f"sqlite:///{eptctl_home() / 'registry.db'}"
+
+
+def resolve_url(url: str | None) -> str:
+    """The explicit URL, else ``$EPTCTL_REGISTRY_URL``, else the SQLite file in ``$EPTCTL_HOME``."""
+    return url or os.environ.get(URL_ENV) or default_url()
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: the only form of a URL eptctl ever prints."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: hide everything between "://" and "@"
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def upgrade_hint(url: str | None) -> str:
+    """The exact command that upgrades this database (password masked)."""
+    explicit = url or os.environ.get(URL_ENV)
+    return "eptctl db upgrade" if not explicit else f"eptctl db upgrade --registry {mask_url(explicit)}"
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+def create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        _sqlite_events(engine)
+        return engine
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S  # an unreachable host fails, it does not hang
+    return sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # We emit BEGIN ourselves (below): pysqlite's implicit BEGIN is DEFERRED, and a deferred transaction that
+        # later writes fails at once with "database is locked" instead of waiting for busy_timeout.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the next pragma may wait for a lock
+        cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so writers queue instead of failing.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("eptctl_write") else "BEGIN")
+
+
+class Database:
+    """An engine plus the two ways the registry talks to it: a read snapshot, and a retried write transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.display_url = mask_url(url)
+        self.engine = create_engine(url)
+
+    @property
+    def sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+    def connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise unreachable(self.url, exc) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One transaction, so that several queries see the same snapshot (WAL on SQLite, MVCC on PostgreSQL)."""
+        with self.connect() as conn, conn.begin():
+            yield conn
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction; retry it from scratch on lock timeouts and serialization
+        failures, so that concurrent writers queue instead of surfacing an error.
+
+        On SQLite the transaction holds the database's write lock from its first statement (BEGIN IMMEDIATE); on
+        PostgreSQL ``fn`` takes the row or advisory locks it needs.
+        """
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        delay = 0.01
+        while True:
+            try:
+                with self.connect() as conn:
+                    conn.execution_options(eptctl_write=True)
+                    with conn.begin():
+                        return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (1 + random.random()))  # jitter: writers that collided do not collide again in step
+            delay = min(delay * 2, 1.0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    if "database is locked" in text or "database is busy" in text or "database table is locked" in text:
+        return True
+    # PostgreSQL: serialization_failure, deadlock_detected, lock_not_available
+    return getattr(exc.orig, "sqlstate", None) in ("40001", "40P01", "55P03")
+
+
+def lock_blob(conn: Connection, sha256: str) -> None:
+    """Serialize everything that creates or removes references to one artifact file.
+
+    SQLite needs nothing more: the write transaction already holds the database lock. PostgreSQL takes a
+    transaction-scoped advisory lock keyed by the first 63 bits of the sha256.
+    """
+    if not is_sqlite(conn):
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(sha256[:16], 16) >> 1})
+
+
+def unreachable(url: str, exc: Exception) -> RegistryError:
+    masked = mask_url(url)
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    password = make_url(url).password if "://" in url else None
+    if password:
+        reason = reason.replace(str(password), "***")
+    return RegistryError(
+        f"cannot reach the registry database at {masked}",
+        hint=f"check that the server is running and the URL is right (--registry or ${URL_ENV}); driver: {reason}",
+    )
