@@ -75,9 +75,12 @@ def seed_adapters(reg, n: int, tasks: int = TASKS) -> None:
                 art_rows.append(dict(adapter_id=aid, kind="servable", sha256=art.sha256, size=art.size,
                                      path=os.path.relpath(art.path, reg.store.root)))  # fmt: skip
             metric_rows += [
-                dict(adapter_id=aid, split="validation", name="accuracy", value=(i * 7919 % 1000) / 1000, step=None),
-                dict(adapter_id=aid, split="test", name="accuracy", value=(i * 104729 % 1000) / 1000, step=None),
-                dict(adapter_id=aid, split="validation", name="loss", value=1.0 / (i + 1), step=None),
+                dict(adapter_id=aid, split=split, name=name, value=value, step=None, final=True)
+                for split, name, value in [
+                    ("validation", "accuracy", (i * 7919 % 1000) / 1000),
+                    ("test", "accuracy", (i * 104729 % 1000) / 1000),
+                    ("validation", "loss", 1.0 / (i + 1)),
+                ]
             ]
             alias_rows.append(dict(task_id=task_id, name=f"run-{i}", adapter_id=aid))
             tag_rows.append(dict(adapter_id=aid, tag=f"group-{i % 5}"))

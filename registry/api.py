@@ -20,10 +20,10 @@ from sqlalchemy.engine import Connection
 
 from eptctl import __version__
 from eptctl.home import eptctl_home
-from registry import migrate, queries, refs
+from registry import migrate, queries, ranking, refs
 from registry.db import Database, RegistryError, is_sqlite, lock_blob, resolve_url
 from registry.records import AdapterRecord, BackboneFingerprint, MetricValue, NewAdapter, TaskRecord
-from registry.schema import adapters, aliases, artifacts, backbones, lineage, metrics, runs, tags, tasks
+from registry.schema import adapters, aliases, artifacts, backbones, lineage, runs, tags, tasks
 from registry.store import ArtifactError, ArtifactStore, Blob, serialize
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class Registry:
                 for k, b in blobs.items()
             ],
         )
-        self._insert_metrics(conn, adapter_id, new.metrics)
+        ranking.write_metrics(conn, adapter_id, new.metrics, new_adapter=True)
         if new.parents:
             conn.execute(
                 lineage.insert(),
@@ -186,25 +186,6 @@ class Registry:
             conn.execute(tags.insert(), [{"adapter_id": adapter_id, "tag": t} for t in sorted(set(new.tags))])
         if new.run is not None:
             conn.execute(runs.insert().values(adapter_id=adapter_id, **asdict(new.run)))
-
-    @staticmethod
-    def _insert_metrics(conn: Connection, adapter_id: str, values: list[MetricValue]) -> None:
-        """Insert metrics; a value for the same (split, name, step) replaces the stored one."""
-        for m in values:
-            step = metrics.c.step.is_(None) if m.step is None else metrics.c.step == m.step
-            conn.execute(
-                metrics.delete().where(
-                    metrics.c.adapter_id == adapter_id, metrics.c.split == m.split, metrics.c.name == m.name, step
-                )
-            )
-        if values:
-            conn.execute(
-                metrics.insert(),
-                [
-                    {"adapter_id": adapter_id, "split": m.split, "name": m.name, "value": m.value, "step": m.step}
-                    for m in values
-                ],
-            )
 
     # -- read ---------------------------------------------------------------------------------------------------
 
@@ -239,28 +220,29 @@ class Registry:
         ``min_metric``) are a metric name, ranked on "validation" else "test", or ``SPLIT:NAME``. Adapters without
         the sort metric come last; ``min_metric`` drops them.
         """
-        where = [] if include_archived else [adapters.c.status == "ready"]
+        where = []
         if method is not None:
             where.append(adapters.c.method == method)
         if backbone is not None:
             where.append(queries.backbone_match(backbone))
         if tag is not None:
             where.append(adapters.c.id.in_(sa.select(tags.c.adapter_id).where(tags.c.tag == tag)))
+        q = queries.adapter_select()
         for key, threshold in (min_metric or {}).items():
-            where.append(queries.metric_value(key) >= threshold)
+            q, value = ranking.ranked_value(q, key)
+            where.append(value >= threshold)
         if sort == "created":
             cols = [adapters.c.created_at, adapters.c.version, adapters.c.id]
             order = [c.desc() if descending else c.asc() for c in cols]
         else:
-            value = queries.metric_value(sort)
+            q, value = ranking.ranked_value(q, sort)
             order = [(value.desc() if descending else value.asc()).nulls_last(), adapters.c.created_at.desc()]
         with self._db.read() as conn:
             if task is not None:
                 where.append(adapters.c.task_id == refs.task_row(conn, task).id)
-            q = queries.adapter_select().where(*where).order_by(*order).limit(limit)
-            # Without a limit, children are selected by the same filter as a subquery: no bind parameter per id.
-            ids_query = sa.select(adapters.c.id).where(*where) if limit is None else None
-            return queries.build_records(conn, q, self.store.root, ids_query)
+            if not include_archived:
+                where.append(adapters.c.status == "ready")
+            return queries.build_records(conn, q.where(*where).order_by(*order).limit(limit), self.store.root)
 
     def parents(self, ref: Ref) -> list[AdapterRecord]:
         """The adapters ``ref`` was initialised from, in the order given at registration."""
@@ -303,7 +285,7 @@ class Registry:
         """Record metrics for an existing adapter (``eptctl eval``); same (split, name, step) replaces."""
         _check_metrics(values)
         adapter_id = self._resolve_id(ref)
-        self._db.write(lambda conn: self._insert_metrics(conn, adapter_id, values))
+        self._db.write(lambda conn: ranking.write_metrics(conn, adapter_id, values))
         return self.get(adapter_id)
 
     def set_alias(self, ref: Ref, alias: str) -> AdapterRecord:

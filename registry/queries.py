@@ -1,16 +1,16 @@
-"""Rows to records in bulk, and the SQL expressions that rank adapters by a metric.
+"""Rows to records, in bulk.
 
-Reading N adapters costs a fixed number of queries (the adapters, then one per child table), never one per
-adapter. Listing 10,000 adapters is dominated by building Python objects, so rows are fetched as plain DBAPI tuples
-(every column read here needs no type conversion beyond the two handled below) and JSON is decoded in batches.
+Reading N adapters costs a fixed number of queries (the adapters, the backbones, then one per child table),
+never one per adapter. Listing 10,000 adapters is dominated by building Python objects, so rows are fetched as
+plain DBAPI tuples (no column read here needs a type conversion beyond the two handled below), JSON is decoded
+in batches, and the cyclic GC is paused while the records are built.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
-from collections import defaultdict
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +28,9 @@ from registry.records import (
 )
 from registry.schema import adapters, aliases, artifacts, backbones, lineage, metrics, runs, tags, tasks
 
-CHUNK = 5000  # ids per IN (...) list: under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
-DEFAULT_SPLITS = ("validation", "test")
+# Up to this many adapters, children are selected by an IN (...) list of their ids; beyond it, whole child tables
+# are read (rows of adapters not asked for are never looked up): one bind parameter per id costs more than that.
+IN_LIST_MAX = 2000
 
 def _text(col: sa.Column) -> sa.ColumnElement:
     # JSON as text on both backends (psycopg would otherwise decode json itself, one call per value).
@@ -65,32 +66,6 @@ def task_record(row: Row) -> TaskRecord:
     )
 
 
-def parse_metric_key(key: str) -> tuple[str | None, str]:
-    """``"accuracy"`` (validation, else test) or ``"test:accuracy"`` (that split only) -> (split, name)."""
-    split, sep, name = key.partition(":")
-    return (split, name) if sep else (None, key)
-
-
-def metric_value(key: str) -> sa.ColumnElement:
-    """A correlated scalar: the adapter's final value of a metric (NULL if it has none).
-
-    Final value: the row without a step, else the highest step; the split is the one named in ``key``, else
-    "validation", falling back to "test". One index seek per adapter (ix_metrics_adapter_id_name_split_step).
-    """
-    split, name = parse_metric_key(key)
-    values = []
-    for s in (split,) if split else DEFAULT_SPLITS:
-        m = metrics.alias()
-        values.append(
-            sa.select(m.c.value)
-            .where(m.c.adapter_id == adapters.c.id, m.c.name == name, m.c.split == s)
-            .order_by(m.c.step.desc().nulls_first(), m.c.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-    return values[0] if len(values) == 1 else sa.func.coalesce(*values)
-
-
 def backbone_match(text: str) -> sa.ColumnElement:
     """Adapters on the backbone named ``text``, or whose embedding sha256 starts with it (8+ hex digits)."""
     match = backbones.c.name == text
@@ -115,73 +90,68 @@ def _loads_many(texts: list[str | None]) -> list:
     return [next(decoded) if t is not None else None for t in texts]
 
 
-def _grouped(conn: Connection, ids: Sequence[str] | sa.Select, query: sa.Select, key: sa.Column) -> dict[str, list]:
-    """Rows of a child table grouped by adapter id (column 0); ``ids``: a list, or a SELECT of ids (no binds)."""
-    out: dict[str, list] = defaultdict(list)
-    chunks = [ids] if isinstance(ids, sa.Select) else [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
-    for chunk in chunks:
-        for row in fetch(conn, query.where(key.in_(chunk))):
-            out[row[0]].append(row)
+def _grouped(conn: Connection, ids: list[str] | None, query: sa.Select, key: sa.Column, make) -> dict[str, list]:
+    """``make(row)`` for each row of a child table, grouped by adapter id (column 0): rows of ``ids``, or all."""
+    out: dict[str, list] = {}
+    for row in fetch(conn, query if ids is None else query.where(key.in_(ids))):
+        found = out.get(row[0])
+        if found is None:
+            out[row[0]] = [make(row)]
+        else:
+            found.append(make(row))
     return out
 
 
-def build_records(
-    conn: Connection, stmt: sa.Select, store_root: Path, ids_query: sa.Select | None = None
-) -> list[AdapterRecord]:
-    """AdapterRecords for ``stmt`` (``adapter_select()`` plus filters and order), children loaded in bulk.
+def build_records(conn: Connection, stmt: sa.Select, store_root: Path) -> list[AdapterRecord]:
+    """AdapterRecords for ``stmt`` (``adapter_select()`` plus filters and order), children loaded in bulk."""
+    # Building ~100,000 objects for 10,000 adapters triggers the cyclic GC over and over, scanning everything built
+    # so far (a quarter of the time); none of them form cycles, so collection waits until the end.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_records(conn, stmt, store_root)
+    finally:
+        if enabled:
+            gc.enable()
 
-    ``ids_query``: a SELECT of the same adapters' ids; children are then selected with ``IN (subquery)`` instead
-    of one bind parameter per id, which is what keeps a full listing cheap.
-    """
+
+def _build_records(conn: Connection, stmt: sa.Select, store_root: Path) -> list[AdapterRecord]:
     rows = fetch(conn, stmt)
     if not rows:
         return []
-    ids = ids_query if ids_query is not None else [r[0] for r in rows]
-    m, al, t, ar, ln = metrics.c, aliases.c, tags.c, artifacts.c, lineage.c
-    by_metric = _grouped(
-        conn, ids, sa.select(m.adapter_id, m.split, m.name, m.value, m.step).order_by(m.id), m.adapter_id
-    )
-    by_alias = _grouped(conn, ids, sa.select(al.adapter_id, al.name).order_by(al.name), al.adapter_id)
-    by_tag = _grouped(conn, ids, sa.select(t.adapter_id, t.tag).order_by(t.tag), t.adapter_id)
-    by_artifact = _grouped(
-        conn, ids, sa.select(ar.adapter_id, ar.sha256, ar.size, ar.path, ar.kind).order_by(ar.kind), ar.adapter_id
-    )
-    by_parent = _grouped(
-        conn, ids, sa.select(ln.child_id, ln.parent_id, ln.weight, ln.how).order_by(ln.position), ln.child_id
-    )
-    fps = {
-        b[0]: BackboneFingerprint(*b[1:])
-        for b in fetch(conn, sa.select(backbones.c.id, backbones.c.name, backbones.c.revision,
-                                       backbones.c.embedding_sha256, backbones.c.tokenizer_sha256,
-                                       backbones.c.width, backbones.c.max_length))
-    }  # fmt: skip
-    configs, params, summaries, packages = (_loads_many([r[i] for r in rows]) for i in (4, 8, 11, 15))
+    ids = [r[0] for r in rows] if len(rows) <= IN_LIST_MAX else None
+    m, al, t, ar, ln, bb = metrics.c, aliases.c, tags.c, artifacts.c, lineage.c, backbones.c
     prefix = os.path.join(str(store_root), "")
-    empty: list = []
+    by_metric = _grouped(
+        conn, ids, sa.select(m.adapter_id, m.split, m.name, m.value, m.step).order_by(m.id), m.adapter_id,
+        lambda x: MetricValue(x[1], x[2], x[3], x[4]),
+    )  # fmt: skip
+    by_alias = _grouped(
+        conn, ids, sa.select(al.adapter_id, al.name).order_by(al.name), al.adapter_id, lambda x: x[1]
+    )
+    by_tag = _grouped(conn, ids, sa.select(t.adapter_id, t.tag).order_by(t.tag), t.adapter_id, lambda x: x[1])
+    by_artifact = _grouped(
+        conn, ids, sa.select(ar.adapter_id, ar.sha256, ar.size, ar.path, ar.kind).order_by(ar.kind), ar.adapter_id,
+        lambda x: ArtifactRecord(x[1], x[2], prefix + x[3], x[4]),
+    )  # fmt: skip
+    by_parent = _grouped(
+        conn, ids, sa.select(ln.child_id, ln.parent_id, ln.weight, ln.how).order_by(ln.position), ln.child_id,
+        lambda x: ParentLink(x[1], x[2], x[3]),
+    )  # fmt: skip
+    backbone_rows = fetch(conn, sa.select(bb.id, bb.name, bb.revision, bb.embedding_sha256, bb.tokenizer_sha256,
+                                          bb.width, bb.max_length))  # fmt: skip
+    fps = {b[0]: BackboneFingerprint(*b[1:]) for b in backbone_rows}
+    columns = (_loads_many([r[i] for r in rows]) for i in (4, 8, 11, 15))  # config, params, summary, packages
     records = []
-    for i, r in enumerate(rows):
+    for r, config, params, summary, packages in zip(rows, *columns):
         aid, task, version, method, _, status, created, description, _, trainable, backbone_id, _, *run = r
         records.append(
-            AdapterRecord(
-                id=aid,
-                task=task,
-                version=version,
-                ref=f"{task}@{version}",
-                method=method,
-                config=configs[i],
-                status=status,
-                created_at=utc(created),
-                description=description,
-                params_by_group=params[i],
-                trainable_params=trainable,
-                backbone=fps[backbone_id],
-                metrics=[MetricValue(x[1], x[2], x[3], x[4]) for x in by_metric.get(aid, empty)],
-                aliases=[x[1] for x in by_alias.get(aid, empty)],
-                tags=[x[1] for x in by_tag.get(aid, empty)],
-                artifacts=[ArtifactRecord(x[1], x[2], prefix + x[3], x[4]) for x in by_artifact.get(aid, empty)],
-                run=None if run[0] is None else RunInfo(run[1], run[2], packages[i], run[4], run[5], run[6]),
-                summary=summaries[i],
-                parents=[ParentLink(x[1], x[2], x[3]) for x in by_parent.get(aid, empty)],
+            AdapterRecord(  # positionally, in field order: this loop runs once per adapter
+                aid, task, version, f"{task}@{version}", method, config, status, utc(created), description, params,
+                trainable, fps[backbone_id], by_metric.get(aid) or [], by_alias.get(aid) or [],
+                by_tag.get(aid) or [], by_artifact.get(aid) or [],
+                None if run[0] is None else RunInfo(run[1], run[2], packages, run[4], run[5], run[6]),
+                summary, by_parent.get(aid) or [],
             )
-        )
+        )  # fmt: skip
     return records

@@ -12,6 +12,12 @@ if TYPE_CHECKING:  # the records themselves never need torch at import time
 ADAPTER_STATUSES = ("ready", "archived")
 ARTIFACT_KINDS = ("servable", "training_state")
 RESERVED_ALIASES = ("latest", "best")
+DEFAULT_SPLITS = ("validation", "test")  # where a metric is looked up when no split is named
+
+
+def final_order(step: int | None) -> tuple[bool, int]:
+    """Sort key of the values of one (split, name): the largest is the final value (no step beats any step)."""
+    return (step is None, step or 0)
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,10 @@ class AdapterRecord:
 
     def metric(self, name: str, split: str | None = None) -> float | None:
         """The final value of metric ``name`` on ``split`` (default: "validation", else "test"), or None."""
-        for s in (split,) if split else ("validation", "test"):
+        for s in (split,) if split else DEFAULT_SPLITS:
             rows = [m for m in self.metrics if m.split == s and m.name == name]
-            if rows:  # the final value: no step beats any step, then the highest step
-                return max(rows, key=lambda m: (m.step is None, m.step or 0)).value
+            if rows:
+                return max(rows, key=lambda m: final_order(m.step)).value
         return None
 
     def artifact(self, kind: str) -> ArtifactRecord | None:

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from registry.db import RegistryError
-from registry.queries import DEFAULT_SPLITS, metric_value
-from registry.records import RESERVED_ALIASES
+from registry.ranking import ranked_value
+from registry.records import DEFAULT_SPLITS, RESERVED_ALIASES
 from registry.schema import adapters, aliases, tasks
 
 REF_FORMS = "an id prefix, TASK@VERSION, TASK@latest, TASK@best or TASK@ALIAS"
@@ -100,8 +100,8 @@ def _resolve_in_task(conn: Connection, task: Row, what: str) -> str:
         # Rank on validation; only a task none of whose ready adapters has a validation value ranks on test.
         found = None
         for split in DEFAULT_SPLITS:
-            value = metric_value(f"{split}:{task.metric}")
-            query = ready.where(value.is_not(None)).order_by(value.desc(), adapters.c.version.desc()).limit(1)
+            query, value = ranked_value(ready, f"{split}:{task.metric}")
+            query = query.where(value.is_not(None)).order_by(value.desc(), adapters.c.version.desc()).limit(1)
             found = conn.execute(query).scalar()
             if found is not None:
                 break

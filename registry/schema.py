@@ -103,8 +103,10 @@ metrics = sa.Table(
     sa.Column("name", NAME, nullable=False),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("step", sa.Integer, nullable=True),  # NULL: the final value
-    # Serves both the bulk load by adapter and the per-adapter lookup that ranks by a metric.
-    sa.Index(None, "adapter_id", "name", "split", "step"),
+    # Exactly one row per (adapter, split, name) is final: no step, else the highest. Kept by registry.ranking, so
+    # that ranking by a metric is a plain join instead of a per-adapter "latest step" subquery.
+    sa.Column("final", sa.Boolean, nullable=False),
+    sa.Index(None, "adapter_id", "name", "split", "final"),
 )
 
 lineage = sa.Table(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import pytest
@@ -37,7 +39,7 @@ def _admin_engine() -> sa.Engine:
 
 
 @cache
-def _pg_unreachable() -> str | None:
+def pg_unreachable() -> str | None:
     try:
         with _admin_engine().connect():
             return None
@@ -45,15 +47,19 @@ def _pg_unreachable() -> str | None:
         return str(exc.orig).strip().splitlines()[0]
 
 
-@pytest.fixture
-def pg_url():
-    """URL of a brand-new, empty PostgreSQL database, dropped after the test."""
-    reason = _pg_unreachable()
+def require_postgres() -> None:
+    """Skip the calling test if the server is unreachable; under CI (``$CI`` set), fail it instead."""
+    reason = pg_unreachable()
     if reason:
         msg = f"PostgreSQL at {make_url(PG_URL).render_as_string(hide_password=True)} is unreachable: {reason}"
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """URL of a brand-new, uniquely named, empty PostgreSQL database, dropped on exit."""
     name = f"eptctl_test_{uuid.uuid4().hex[:16]}"
     with _admin_engine().connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -62,6 +68,13 @@ def pg_url():
     finally:
         with _admin_engine().connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url():
+    require_postgres()
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from registry import (
     TaskRecord,
     mask_url,
 )
-from registry.store import Blob
 
 
 def val(value, split="validation", name="accuracy", step=None):
@@ -188,6 +187,25 @@ def test_add_metrics_replaces_same_key_and_moves_best(reg):
         reg.add_metrics(b.ref, [val(float("nan"))])
 
 
+def test_final_value_follows_steps_in_sql_and_in_records(reg):
+    """The value that ranks is the step-less one, else the highest step; SQL and AdapterRecord.metric agree."""
+    a = reg.register(new_adapter(seed=1, metrics=[val(0.5)]))
+    b = reg.register(new_adapter(seed=2, metrics=[val(0.9, step=5)]))
+
+    def ranked():
+        return [r.ref for r in reg.list_adapters(sort="accuracy")], reg.resolve(f"{TASK}@best").ref
+
+    assert ranked() == ([b.ref, a.ref], b.ref)
+    assert reg.add_metrics(b.ref, [val(0.4, step=10)]).metric("accuracy") == 0.4  # a later step takes over
+    assert ranked() == ([a.ref, b.ref], a.ref)
+    assert reg.add_metrics(b.ref, [val(0.7, step=3), val(0.6)]).metric("accuracy") == 0.6  # step-less wins
+    assert ranked() == ([b.ref, a.ref], b.ref)
+    assert reg.add_metrics(b.ref, [val(0.3)]).metric("accuracy") == 0.3  # replaces the step-less value
+    assert ranked() == ([a.ref, b.ref], a.ref)
+    assert len(reg.get(b.id).metrics) == 4
+    assert [r.ref for r in reg.list_adapters(min_metric={"accuracy": 0.45})] == [a.ref]
+
+
 def test_same_bytes_share_one_file_until_the_last_reference_goes(reg):
     a = reg.register(new_adapter(seed=1))
     b = reg.register(new_adapter(seed=1))  # same tensors, config and backbone: same bytes
@@ -287,8 +305,18 @@ def test_tasks(reg):
         reg.ensure_task(TaskRecord("a@b", "", []))
 
 
-def test_registry_file_permissions_and_repr(reg):
-    assert "Registry(" in repr(reg) and reg.current_revision() is not None
+def test_schema_methods_and_sqlite_pragmas(reg, db_url):
+    from registry import head_revision
+    from registry.db import create_engine
+
+    assert repr(reg) == f"Registry({reg.display_url!r})"
+    assert reg.current_revision() == head_revision() and reg.upgrade() == (head_revision(), head_revision())
+    if db_url.startswith("sqlite"):
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("journal_mode", "foreign_keys")]
+            assert pragmas == ["wal", 1] and conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        engine.dispose()
 
 
 def test_display_url_masks_the_password(tmp_path, eptctl_home):
@@ -319,7 +347,7 @@ def test_listing_10000_adapters_is_fast(sqlite_url, eptctl_home):
     r = Registry(sqlite_url)
     seed_adapters(r, 10_000)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):  # the best of 5: other processes on a 2-core machine only ever add time
         t0 = time.perf_counter()
         records = r.list_adapters()
         best = min(best, time.perf_counter() - t0)

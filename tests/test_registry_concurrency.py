@@ -7,10 +7,22 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
-from registry_fixtures import TASK, db_url, new_adapter, pg_url, reg, sqlite_url  # noqa: F401
+from registry_fixtures import (  # noqa: F401
+    TASK,
+    db_url,
+    fresh_pg_database,
+    new_adapter,
+    pg_unreachable,
+    pg_url,
+    reg,
+    require_postgres,
+    sqlite_url,
+)
 
 from registry import CRASH_ENV, MetricValue, Registry, TaskRecord
 from registry.db import create_engine
@@ -18,44 +30,65 @@ from registry.db import create_engine
 PROCESSES, PER_PROCESS = 8, 25
 
 
-def _register_many(url: str, home: str, worker: int, barrier, errors) -> None:
-    """One writer process: open a brand-new database, create the task, register PER_PROCESS adapters."""
+def _register_many(urls: dict[str, str], home: str, worker: int, barrier, errors) -> None:
+    """One writer process. For each backend in turn, all processes at once: open the brand-new database (creating
+    the schema), create the task, register PER_PROCESS adapters. Errors go to the parent, which fails with them."""
     os.environ["EPTCTL_HOME"] = home
-    try:
-        barrier.wait(timeout=120)  # everyone has imported torch: now all open, create and write at once
-        reg = Registry(url)
-        reg.ensure_task(TaskRecord(TASK, "Movie review polarity", ["negative", "positive"]))
-        for i in range(PER_PROCESS):
-            seed = worker * 1000 + i
-            reg.register(new_adapter(seed=seed, metrics=[MetricValue("validation", "accuracy", seed / 10_000)]))
-        reg.close()
-    except BaseException as exc:  # report it to the parent, which fails the test with it
-        errors.put(f"worker {worker}: {type(exc).__name__}: {exc}")
-        raise SystemExit(1) from None
+    for backend, url in urls.items():
+        try:
+            barrier.wait(timeout=120)  # everyone has imported torch (and finished the previous backend)
+            reg = Registry(url)
+            reg.ensure_task(TaskRecord(TASK, "Movie review polarity", ["negative", "positive"]))
+            for i in range(PER_PROCESS):
+                seed = worker * 1000 + i
+                reg.register(new_adapter(seed=seed, metrics=[MetricValue("validation", "accuracy", seed / 10_000)]))
+            reg.close()
+        except BaseException as exc:
+            errors.put((backend, f"worker {worker}: {type(exc).__name__}: {exc}"))
 
 
-def test_concurrent_writers_get_gapless_versions(db_url, eptctl_home):
-    ctx = mp.get_context("spawn")
-    barrier, errors = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [
-        ctx.Process(target=_register_many, args=(db_url, str(eptctl_home), w, barrier, errors))
-        for w in range(PROCESSES)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    reported = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
-    assert reported == [] and [p.exitcode for p in procs] == [0] * PROCESSES, reported
+@pytest.fixture(scope="module")
+def concurrent_writes(tmp_path_factory):
+    """8 spawned processes write to a SQLite file and (if reachable) a fresh PostgreSQL database.
 
-    reg = Registry(db_url)
+    One set of processes serves both backends: each one imports torch once (seconds on a 2-core machine).
+    """
+    home = tmp_path_factory.mktemp("concurrent")
+    urls = {"sqlite": f"sqlite:///{home / 'registry.db'}"}
+    with ExitStack() as stack:
+        if pg_unreachable() is None:
+            urls["postgres"] = stack.enter_context(fresh_pg_database())
+        ctx = mp.get_context("spawn")
+        barrier, errors = ctx.Barrier(PROCESSES), ctx.Queue()
+        args = [(urls, str(home / "home"), w, barrier, errors) for w in range(PROCESSES)]
+        procs = [ctx.Process(target=_register_many, args=a) for a in args]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=300)
+        assert [p.exitcode for p in procs] == [0] * PROCESSES
+        reported = []
+        while not errors.empty():
+            reported.append(errors.get())
+        results = {backend: (url, [msg for b, msg in reported if b == backend]) for backend, url in urls.items()}
+        yield home / "home", results
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_concurrent_writers_get_gapless_versions(concurrent_writes, backend, monkeypatch):
+    if backend == "postgres":
+        require_postgres()
+    home, results = concurrent_writes
+    url, errors = results[backend]
+    assert errors == []  # no error surfaced to any caller
+    monkeypatch.setenv("EPTCTL_HOME", str(home))  # where the writers put the artifact files
+    reg = Registry(url)
     records = reg.list_adapters(task=TASK)
     total = PROCESSES * PER_PROCESS
     assert sorted(r.version for r in records) == list(range(1, total + 1))
     assert len({r.id for r in records}) == total
     assert len({r.artifacts[0].sha256 for r in records}) == total
     assert all(Path(r.artifacts[0].path).exists() for r in records)
-    assert reg.gc(grace_seconds=0) == []  # every file written is referenced
     reg.close()
 
 

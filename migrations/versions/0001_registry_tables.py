@@ -119,6 +119,7 @@ def upgrade() -> None:
         sa.Column("name", NAME, nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("step", sa.Integer(), nullable=True),
+        sa.Column("final", sa.Boolean(), nullable=False),
         _cascade("metrics"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_metrics")),
     )

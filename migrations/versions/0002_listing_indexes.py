@@ -20,8 +20,8 @@ INDEXES = [
     ("ix_adapters_method", "adapters", ["method"]),
     ("ix_backbones_name", "backbones", ["name"]),
     ("ix_backbones_embedding_sha256", "backbones", ["embedding_sha256"]),
-    # Serves the bulk load of metrics by adapter and the per-adapter lookup that ranks by one metric.
-    ("ix_metrics_adapter_id_name_split_step", "metrics", ["adapter_id", "name", "split", "step"]),
+    # The join that ranks adapters by the final value of one metric.
+    ("ix_metrics_adapter_id_name_split_final", "metrics", ["adapter_id", "name", "split", "final"]),
     ("ix_tags_tag", "tags", ["tag"]),
 ]
 
