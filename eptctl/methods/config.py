@@ -1,0 +1,123 @@
+"""The one configuration of the EPT family (pt, dept, ept), validated in one place.
+
+Every choice that SPEC-ept.md marks as ours is a field here, so users can ablate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from eptctl.errors import ConfigError
+
+SCHEMA_VERSION = 1
+METHODS = ("pt", "dept", "ept")
+PROMPT_INITS = ("vocab", "text", "tensors")
+
+
+@dataclass(frozen=True)
+class EPTConfig:
+    """Shapes and switches of one adapter. ``None`` for ``short_length``/``rank`` means: pick by DePT's budget rule."""
+
+    method: str = field(default="ept", metadata={"help": "pt | dept | ept"})
+    prompt_length: int = field(default=20, metadata={"help": "l: PT prompt length, and the parameter budget l*d"})
+    short_length: int | None = field(default=None, metadata={"help": "s: short prompt length (dept/ept)"})
+    rank: int | None = field(default=None, metadata={"help": "r: rank of the embedding offset A@B"})
+    max_length: int = field(default=256, metadata={"help": "n: max input tokens; rows of the offset"})
+    alpha: float = field(default=1.0, metadata={"help": "offset scale: H = alpha/sqrt(r) * A@B"})
+    fusion: bool = field(default=True, metadata={"help": "prompt fusion: the prompt attends over the offset rows"})
+    fusion_dim: int = field(default=8, metadata={"help": "d_a: attention width of fusion; 0 = parameter-free"})
+    fusion_heads: int = field(default=1, metadata={"help": "attention heads of fusion (divide fusion_dim)"})
+    projection: bool = field(default=True, metadata={"help": "multi-space projection with a gate"})
+    spaces: int = field(default=4, metadata={"help": "k: number of gated subspaces"})
+    space_rank: int = field(default=2, metadata={"help": "m: rank of each subspace map"})
+    prompt_init: str = field(default="vocab", metadata={"help": "vocab | text | tensors"})
+    init_text: str | None = field(default=None, metadata={"help": "text whose token embeddings init the prompt"})
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived shapes -------------------------------------------------------------------------------------------
+    @property
+    def has_offset(self) -> bool:
+        return self.method in ("dept", "ept")
+
+    @property
+    def uses_fusion(self) -> bool:
+        return self.method == "ept" and self.fusion
+
+    @property
+    def uses_projection(self) -> bool:
+        return self.method == "ept" and self.projection and self.spaces > 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"adapter config has schema version {version}, newer than this eptctl understands ({SCHEMA_VERSION})",
+                hint="upgrade eptctl: pip install -U eptctl",
+            )
+        # Unknown keys from a newer minor version are dropped rather than fatal, so older readers keep working.
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def resolved(self, width: int) -> "EPTConfig":
+        """A copy with ``short_length`` and ``rank`` filled in by the budget rule for width ``d``."""
+        if not self.has_offset:
+            return dataclasses.replace(self, short_length=None, rank=None)
+        from eptctl.methods.budget import choose_short_and_rank
+
+        s, r = choose_short_and_rank(width, self.max_length, self.prompt_length, self.short_length, self.rank)
+        return dataclasses.replace(self, short_length=s, rank=r)
+
+
+def _positive(name: str, flag: str, value: int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        bound = "≥ 0" if allow_zero else "≥ 1"
+        raise ConfigError(f"{flag} must be an integer {bound}, got {value!r}", hint=f"set {flag} to a valid {name}")
+
+
+def validate(cfg: EPTConfig) -> None:
+    """All validation lives here; each message names the CLI flag of the offending option."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}", hint="use --method ept")
+    _positive("prompt length", "--prompt-length", cfg.prompt_length)
+    _positive("short prompt length", "--short-length", cfg.short_length)
+    _positive("rank", "--rank", cfg.rank)
+    _positive("max length", "--max-length", cfg.max_length)
+    _positive("fusion width", "--fusion-dim", cfg.fusion_dim, allow_zero=True)
+    _positive("fusion heads", "--fusion-heads", cfg.fusion_heads)
+    _positive("number of spaces", "--spaces", cfg.spaces, allow_zero=True)
+    _positive("space rank", "--space-rank", cfg.space_rank)
+    if not (isinstance(cfg.alpha, (int, float)) and math.isfinite(cfg.alpha) and cfg.alpha > 0):
+        raise ConfigError(f"--alpha must be a positive number, got {cfg.alpha!r}", hint="the default is 1.0")
+    if cfg.has_offset and cfg.short_length is not None and cfg.short_length >= cfg.prompt_length:
+        raise ConfigError(
+            f"--short-length ({cfg.short_length}) must be below --prompt-length ({cfg.prompt_length})",
+            hint="the short prompt replaces part of a length-l prompt; lower --short-length or raise --prompt-length",
+        )
+    if cfg.fusion_dim and cfg.fusion_dim % cfg.fusion_heads:
+        raise ConfigError(
+            f"--fusion-dim ({cfg.fusion_dim}) must be divisible by --fusion-heads ({cfg.fusion_heads})",
+            hint="each head gets fusion_dim / fusion_heads dimensions",
+        )
+    if cfg.prompt_init not in PROMPT_INITS:
+        raise ConfigError(
+            f"--prompt-init must be one of {', '.join(PROMPT_INITS)}, got {cfg.prompt_init!r}", hint="use vocab"
+        )
+    if cfg.prompt_init == "text" and not cfg.init_text:
+        raise ConfigError("--prompt-init text needs --init-text", hint='e.g. --init-text "classify the sentiment"')
+    if cfg.schema_version > SCHEMA_VERSION:
+        raise ConfigError(f"unknown config schema version {cfg.schema_version}", hint="upgrade eptctl")

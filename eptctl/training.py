@@ -1,0 +1,348 @@
+"""The training loop: parameter groups, warmup + linear decay, periodic eval, best checkpoint, exact resume.
+
+No printing here: progress is reported through an ``on_event`` callback that the CLI renders with Rich.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from eptctl.backbones import Backbone, EncodedExample, TaskEncoding
+from eptctl.errors import ConfigError, EptctlError
+from eptctl.methods import GROUPS, EPTAdapter, EPTConfig, initial_prompt, prompt_length_of
+
+Event = dict
+TRAIN_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Defaults are tuned on SmolLM2-135M + rt-polarity (docs/method.md#defaults)."""
+
+    steps: int | None = 150
+    epochs: float | None = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr_prompt: float = 0.03
+    lr_low_rank: float = 3e-3
+    lr_fusion: float = 1e-3  # fusion, projection and gate
+    lr_head: float = 1e-2
+    warmup_steps: int | None = None  # None: 10% of the steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None  # None: 5 evaluations per run
+    checkpoint_every: int = 10
+    max_eval_examples: int | None = None  # cap the validation set used during training (speed)
+    objective: str = "lm"  # lm: answer-token cross-entropy | classify: cross-entropy over label scores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("lm", "classify"):
+            raise ConfigError(f"--objective must be lm or classify, got {self.objective!r}", hint="use --objective lm")
+        for flag, value in (("--batch-size", self.batch_size), ("--eval-batch-size", self.eval_batch_size),
+                            ("--checkpoint-every", self.checkpoint_every)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 150")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs}", hint="e.g. --epochs 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be ≥ 1, got {self.eval_every}", hint="e.g. --eval-every 50")
+        for flag, lr in (("--lr-prompt", self.lr_prompt), ("--lr-low-rank", self.lr_low_rank),
+                         ("--lr-fusion", self.lr_fusion), ("--lr-head", self.lr_head)):
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ConfigError(f"{flag} must be a positive number, got {lr}", hint=f"e.g. {flag} 1e-3")
+
+    def total_steps(self, train_size: int) -> int:
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * math.ceil(train_size / self.batch_size)))
+        return self.steps or 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    adapter: EPTAdapter  # the best adapter (by validation metric)
+    best_step: int
+    steps: int
+    metrics: dict[str, dict[str, float]]  # split -> name -> value, of the best adapter
+    history: list[dict]  # eval points and loss curve
+    training_state: dict[str, torch.Tensor]
+    training_metadata: dict[str, str]
+    duration_s: float
+    truncated: int
+    params_by_group: dict[str, int]
+
+
+class TrainingInterrupted(EptctlError):
+    """Raised after a clean checkpoint when ``should_stop`` asked to stop; ``--resume`` continues."""
+
+
+# --- batching -------------------------------------------------------------------------------------------------------
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffle, then sort within windows of 50 batches so rows of a batch have similar length (less padding)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start: start + window], key=lambda i: lengths[i])
+        batches += [chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[j: j + batch_size] for j in range(0, len(order), batch_size)]
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+def predict_scores(backbone: Backbone, source, encoded: Sequence[EncodedExample], answers: TaskEncoding,
+                   batch_size: int = 64) -> torch.Tensor:
+    """[N, num_labels] label scores for encoded examples, in input order."""
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    with torch.no_grad():
+        for idx in eval_batches([len(e.input_ids) for e in encoded], batch_size):
+            batch = backbone.collate([encoded[i] for i in idx], answers, train=False).to(backbone.device)
+            for i, scores in zip(idx, backbone.score([source], batch, [answers])):
+                out[i] = scores.float().cpu()
+    return torch.stack(out) if out else torch.empty(0)
+
+
+def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    preds = scores.argmax(dim=1).tolist()
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+    }
+
+
+def evaluate(backbone: Backbone, source, encoded: Sequence[EncodedExample], answers: TaskEncoding,
+             batch_size: int = 64) -> dict[str, float]:
+    if not encoded:
+        return {}
+    scores = predict_scores(backbone, source, encoded, answers, batch_size)
+    return classification_metrics(scores, [e.label for e in encoded])
+
+
+# --- optimisation ---------------------------------------------------------------------------------------------------
+def build_optimizer(adapter: EPTAdapter, cfg: TrainConfig, total_steps: int):
+    lrs = {"prompt": cfg.lr_prompt, "low_rank": cfg.lr_low_rank, "fusion": cfg.lr_fusion,
+           "projection": cfg.lr_fusion, "gate": cfg.lr_fusion, "head": cfg.lr_head}
+    groups = [{"params": ps, "lr": lrs[name], "name": name}
+              for name, ps in adapter.parameter_groups().items() if ps]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total_steps // 10)
+
+    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def new_adapter(backbone: Backbone, cfg: EPTConfig, num_labels: int, seed: int,
+                init_tensors: dict[str, torch.Tensor] | None = None) -> EPTAdapter:
+    """A fresh adapter for this backbone: DePT init, or given init tensors (fused transfer)."""
+    cfg = cfg.resolved(backbone.width)
+    length = prompt_length_of(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    token_ids = None
+    if cfg.prompt_init == "text":
+        token_ids = backbone.tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
+    embeddings = backbone.model.get_input_embeddings().weight.detach().float().cpu()
+    prompt = initial_prompt(cfg, embeddings, length, token_ids=token_ids, generator=generator,
+                            tensors=None if init_tensors is None else init_tensors.get("decomposition.prompt"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # A, fusion and space maps are random: make them a function of the seed
+        adapter = EPTAdapter(cfg, backbone.width, prompt, num_labels if backbone.family == "encoder" else None)
+    if init_tensors:
+        missing = adapter.load_state_dict(init_tensors, strict=False)
+        del missing
+    return adapter.to(backbone.device)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+def _flatten_state(adapter, best_state, optimizer, scheduler, step, best_step, best_metric, history) -> tuple[dict, dict]:
+    tensors = {f"adapter.{k}": v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    meta = {
+        "format": "eptctl-training-state",
+        "schema_version": str(TRAIN_SCHEMA_VERSION),
+        "step": str(step),
+        "best_step": str(best_step),
+        "best_metric": json.dumps(best_metric),
+        "optim_param_groups": json.dumps(opt["param_groups"]),
+        "scheduler": json.dumps(sched),
+        "history": json.dumps(history),
+    }
+    return tensors, meta
+
+
+def save_checkpoint(path: Path, tensors: dict, meta: dict) -> None:
+    """Atomic: temp file, fsync, rename; a crash mid-write leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta.get("format") != "eptctl-training-state":
+        raise EptctlError(f"{path} is not an eptctl training checkpoint", hint="start without --resume")
+    return tensors, meta
+
+
+def _restore(tensors, meta, adapter, optimizer, scheduler):
+    adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+    best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["optim_param_groups"])})
+    sched = json.loads(meta["scheduler"])
+    sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
+    scheduler.load_state_dict(sched)
+    return (int(meta["step"]), best_state, int(meta["best_step"]), json.loads(meta["best_metric"]),
+            json.loads(meta["history"]))
+
+
+# --- the loop -------------------------------------------------------------------------------------------------------
+def train(
+    backbone: Backbone,
+    train_set: Sequence[EncodedExample],
+    validation_set: Sequence[EncodedExample],
+    answers: TaskEncoding,
+    method_cfg: EPTConfig,
+    train_cfg: TrainConfig = TrainConfig(),
+    *,
+    num_labels: int,
+    test_set: Sequence[EncodedExample] = (),
+    metric: str = "accuracy",
+    init_tensors: dict[str, torch.Tensor] | None = None,
+    adapter: EPTAdapter | None = None,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train one adapter on encoded examples; returns the best adapter by validation ``metric``."""
+    if not train_set:
+        raise EptctlError("the training set is empty", hint="check the data file and its label column")
+    emit = on_event or (lambda event: None)
+    started = time.perf_counter()
+    adapter = adapter or new_adapter(backbone, method_cfg, num_labels, train_cfg.seed, init_tensors)
+    total = train_cfg.total_steps(len(train_set))
+    optimizer, scheduler = build_optimizer(adapter, train_cfg, total)
+    eval_every = train_cfg.eval_every or max(1, total // 5)
+    val_for_training = list(validation_set)
+    if train_cfg.max_eval_examples:
+        val_for_training = val_for_training[: train_cfg.max_eval_examples]
+
+    step, best_step, best_metric, history = 0, 0, None, []
+    best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        tensors, meta = load_checkpoint(checkpoint_path)
+        step, best_state, best_step, best_metric, history = _restore(tensors, meta, adapter, optimizer, scheduler)
+        emit({"event": "resumed", "step": step, "total": total})
+    emit({"event": "start", "total": total, "step": step, "params": adapter.params_by_group()})
+
+    lengths = [len(e.input_ids) for e in train_set]
+    per_epoch = math.ceil(len(train_set) / train_cfg.batch_size)
+
+    def checkpoint() -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, *_flatten_state(adapter, best_state, optimizer, scheduler, step,
+                                                             best_step, best_metric, history))
+
+    adapter.train()
+    while step < total:
+        epoch, within = divmod(step, per_epoch)
+        order = length_bucketed_batches(lengths, train_cfg.batch_size, train_cfg.seed, epoch)
+        idx = order[within]
+        batch = backbone.collate([train_set[i] for i in idx], answers, train=True).to(backbone.device)
+        loss = backbone.loss(adapter, batch, answers, train_cfg.objective)
+        if not torch.isfinite(loss):
+            raise EptctlError(f"training diverged at step {step + 1} (loss {loss.item()})",
+                              hint="lower the learning rates, e.g. --lr-prompt and --lr-low-rank")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                       train_cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        history.append({"step": step, "loss": round(loss.item(), 6)})
+        emit({"event": "step", "step": step, "total": total, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+        if step % eval_every == 0 or step == total:
+            adapter.eval()
+            val = evaluate(backbone, adapter, val_for_training, answers, train_cfg.eval_batch_size)
+            adapter.train()
+            value = val.get(metric)
+            history.append({"step": step, "validation": val})
+            if value is not None and (best_metric is None or value > best_metric):
+                best_metric, best_step = value, step
+                best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+            emit({"event": "eval", "step": step, "total": total, "metrics": val, "best_step": best_step})
+            checkpoint()
+        elif step % train_cfg.checkpoint_every == 0:
+            checkpoint()
+        if should_stop is not None and should_stop() and step < total:
+            checkpoint()
+            raise TrainingInterrupted(f"stopped at step {step} of {total}; checkpoint saved",
+                                      hint="run the same command with --resume to continue")
+
+    final_state, final_meta = _flatten_state(adapter, best_state, optimizer, scheduler, step, best_step,
+                                             best_metric, history)
+    adapter.load_state_dict(best_state)
+    adapter.eval()
+    metrics = {"validation": evaluate(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size)}
+    if test_set:
+        metrics["test"] = evaluate(backbone, adapter, test_set, answers, train_cfg.eval_batch_size)
+    emit({"event": "done", "metrics": metrics, "best_step": best_step})
+    return TrainResult(
+        adapter=adapter,
+        best_step=best_step,
+        steps=step,
+        metrics=metrics,
+        history=history,
+        training_state=final_state,
+        training_metadata=final_meta,
+        duration_s=time.perf_counter() - started,
+        truncated=sum(e.truncated for e in (*train_set, *validation_set, *test_set)),
+        params_by_group=adapter.params_by_group(),
+    )
