@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "command": command,
         "seconds": round(time.perf_counter() - t0, 2),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine inflates the numbers
+        },
         "rows": rows,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -50,7 +50,6 @@ class Registry:
     def __init__(self, url: str | None = None):
         self._db = Database(resolve_url(url))
         self.display_url = self._db.display_url  # password masked: the only form ever shown
-        self._explicit_url = url
         self.store = ArtifactStore(eptctl_home() / "artifacts")
         try:
             migrate.ensure_schema(self._db, url)
@@ -128,7 +127,7 @@ class Registry:
             task_id = conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).scalar_one()
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(last_version=tasks.c.last_version + 1))
             version = conn.execute(sa.select(tasks.c.last_version).where(tasks.c.id == task_id)).scalar_one()
-            for kind, blob in sorted(blobs.items(), key=lambda kv: kv[1].sha256):
+            for blob in sorted(blobs.values(), key=lambda b: b.sha256):
                 lock_blob(conn, blob.sha256)
                 self.store.put(blob)  # a concurrent delete or gc may have removed identical bytes meanwhile
             self._check_parents(conn, new)
@@ -193,14 +192,12 @@ class Registry:
         """The adapter ``ref`` names: an id prefix, ``TASK@3`` / ``TASK@v3``, ``TASK@latest``, ``TASK@best``,
         ``TASK@ALIAS`` (or an AdapterRecord, re-read)."""
         with self._db.read() as conn:
-            return self._records(conn, [self._id(conn, ref)])[0]
+            return self._record(conn, self._id(conn, ref))
 
     def get(self, adapter_id: str) -> AdapterRecord:
+        """The adapter with exactly this id."""
         with self._db.read() as conn:
-            found = self._records(conn, [adapter_id])
-        if not found:
-            raise RegistryError(f"no adapter with id {adapter_id!r}", hint="see `eptctl list`")
-        return found[0]
+            return self._record(conn, adapter_id)
 
     def list_adapters(
         self,
@@ -247,7 +244,7 @@ class Registry:
     def parents(self, ref: Ref) -> list[AdapterRecord]:
         """The adapters ``ref`` was initialised from, in the order given at registration."""
         with self._db.read() as conn:
-            rec = self._records(conn, [self._id(conn, ref)])[0]
+            rec = self._record(conn, self._id(conn, ref))
             return self._records(conn, [p.parent_id for p in rec.parents])
 
     def children(self, ref: Ref) -> list[AdapterRecord]:
@@ -399,6 +396,12 @@ class Registry:
     def _resolve_id(self, ref: Ref) -> str:
         with self._db.read() as conn:
             return self._id(conn, ref)
+
+    def _record(self, conn: Connection, adapter_id: str) -> AdapterRecord:
+        found = self._records(conn, [adapter_id])
+        if not found:  # e.g. an AdapterRecord whose adapter was deleted since
+            raise RegistryError(f"no adapter with id {adapter_id!r}", hint="see `eptctl list`")
+        return found[0]
 
     def _records(self, conn: Connection, ids: list[str]) -> list[AdapterRecord]:
         """Records for ``ids``, in that order (missing ids are left out)."""

@@ -110,12 +110,16 @@ class Database:
         with self.connect() as conn, conn.begin():
             yield conn
 
-    def write(self, fn: Callable[[Connection], T]) -> T:
+    def write(self, fn: Callable[[Connection], T], schema_change: bool = False) -> T:
         """Run ``fn(conn)`` in one write transaction; retry it from scratch on lock timeouts and serialization
         failures, so that concurrent writers queue instead of surfacing an error.
 
         On SQLite the transaction holds the database's write lock from its first statement (BEGIN IMMEDIATE); on
         PostgreSQL ``fn`` takes the row or advisory locks it needs.
+
+        ``schema_change``: on SQLite, foreign keys are off during the transaction (a batch migration drops and
+        re-creates tables, and with them on, dropping a parent table would cascade into its children) and checked
+        in full before the commit.
         """
         deadline = time.monotonic() + WRITE_RETRY_SECONDS
         delay = 0.01
@@ -123,8 +127,13 @@ class Database:
             try:
                 with self.connect() as conn:
                     conn.execution_options(eptctl_write=True)
-                    with conn.begin():
-                        return fn(conn)
+                    with _foreign_keys_off(conn, self.sqlite and schema_change), conn.begin():
+                        result = fn(conn)
+                        if self.sqlite and schema_change:
+                            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                            if broken:
+                                raise RegistryError(f"a migration broke {len(broken)} foreign key(s): {broken[:3]}")
+                        return result
             except sa.exc.DBAPIError as exc:
                 if not _transient(exc) or time.monotonic() > deadline:
                     raise
@@ -133,6 +142,20 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection, off: bool) -> Iterator[None]:
+    # The pragma is a no-op inside a transaction, so it goes to the driver connection (autocommit) before BEGIN.
+    if not off:
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")  # the connection goes back to the pool as every other one
 
 
 def _transient(exc: sa.exc.DBAPIError) -> bool:

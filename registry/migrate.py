@@ -70,7 +70,7 @@ def _migrate(url, step) -> tuple[str | None, str | None]:
         return before, revision_of(conn)
 
     try:
-        return database.write(run)
+        return database.write(run, schema_change=True)
     finally:
         database.close()
 
@@ -107,7 +107,7 @@ def ensure_schema(database: db.Database, explicit_url: str | None) -> None:
             hint="upgrade eptctl (pip install -U eptctl)",
         )
 
-    database.write(check_and_create)
+    database.write(check_and_create, schema_change=True)
 
 
 def _lock_schema(conn: Connection) -> None:

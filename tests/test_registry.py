@@ -218,6 +218,8 @@ def test_same_bytes_share_one_file_until_the_last_reference_goes(reg):
     assert not shared.exists() and Path(c.artifacts[0].path).exists()
     with pytest.raises(RegistryError, match="has no version 1"):
         reg.resolve(a.ref)
+    with pytest.raises(RegistryError, match="no adapter with id"):
+        reg.load_servable(a)  # a record of a deleted adapter
     assert reg.register(new_adapter(seed=3)).version == 4  # versions are never reused
 
 
@@ -312,11 +314,11 @@ def test_schema_methods_and_sqlite_pragmas(reg, db_url):
     assert repr(reg) == f"Registry({reg.display_url!r})"
     assert reg.current_revision() == head_revision() and reg.upgrade() == (head_revision(), head_revision())
     if db_url.startswith("sqlite"):
-        engine = create_engine(db_url)
-        with engine.connect() as conn:
-            pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("journal_mode", "foreign_keys")]
-            assert pragmas == ["wal", 1] and conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
-        engine.dispose()
+        # reg's own pooled connection created the schema with foreign keys off: they must be back on
+        for engine in (reg._db.engine, create_engine(db_url)):
+            with engine.connect() as conn:
+                pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("journal_mode", "foreign_keys")]
+                assert pragmas == ["wal", 1] and conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
 
 
 def test_display_url_masks_the_password(tmp_path, eptctl_home):

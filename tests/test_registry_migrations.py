@@ -53,6 +53,22 @@ def test_upgrade_downgrade_upgrade_without_drift(db_url):
     assert drift(db_url) == [] and current_revision(db_url) == head
 
 
+def test_migrations_keep_the_data(db_url):
+    from registry_fixtures import new_adapter
+
+    from registry import MetricValue, TaskRecord
+
+    with Registry(db_url) as reg:
+        reg.ensure_task(TaskRecord("t", "", ["a", "b"]))
+        parent = reg.register(new_adapter("t", seed=1, metrics=[MetricValue("validation", "accuracy", 0.5)]))
+        reg.register(new_adapter("t", seed=2, tags=["x"]))
+    assert downgrade(db_url, "0001") == (head_revision(), "0001")
+    assert upgrade(db_url) == ("0001", head_revision())
+    with Registry(db_url) as reg:
+        assert [r.version for r in reg.list_adapters(task="t")] == [2, 1]
+        assert reg.resolve("t@best").id == parent.id and reg.resolve("t@2").tags == ["x"]
+
+
 def test_every_constraint_and_index_is_named():
     for table in metadata.tables.values():
         for item in [*table.constraints, *table.indexes]:
