@@ -225,14 +225,17 @@ class Registry:
         if tag is not None:
             where.append(adapters.c.id.in_(sa.select(tags.c.adapter_id).where(tags.c.tag == tag)))
         q = queries.adapter_select()
+        values = {}  # metric key -> its value, joined in once however often it is named
+        for key in [*(min_metric or {}), *([] if sort == "created" else [sort])]:
+            if key not in values:
+                q, values[key] = ranking.ranked_value(q, key)
         for key, threshold in (min_metric or {}).items():
-            q, value = ranking.ranked_value(q, key)
-            where.append(value >= threshold)
+            where.append(values[key] >= threshold)
         if sort == "created":
             cols = [adapters.c.created_at, adapters.c.version, adapters.c.id]
             order = [c.desc() if descending else c.asc() for c in cols]
         else:
-            q, value = ranking.ranked_value(q, sort)
+            value = values[sort]
             order = [(value.desc() if descending else value.asc()).nulls_last(), adapters.c.created_at.desc()]
         with self._db.read() as conn:
             if task is not None:

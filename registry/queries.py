@@ -113,14 +113,22 @@ _run_info = _from_row(RunInfo)
 
 
 def _grouped(conn: Connection, ids: list[str] | None, query: sa.Select, key: sa.Column, make) -> dict[str, list]:
-    """``make(row)`` for each row of a child table, grouped by adapter id (column 0): rows of ``ids``, or all."""
+    """Items of a child table grouped by adapter id (column 0), for the adapters ``ids`` (None: all).
+
+    ``make(*columns)`` turns the other columns into one item per row, column-wise (``map(cls, *columns)`` builds
+    the objects from C, without a Python call per row).
+    """
+    rows = fetch(conn, query if ids is None else query.where(key.in_(ids)))
+    if not rows:
+        return {}
+    owners, *columns = zip(*rows)
     out: dict[str, list] = {}
-    for row in fetch(conn, query if ids is None else query.where(key.in_(ids))):
-        found = out.get(row[0])
+    for owner, item in zip(owners, make(*columns)):
+        found = out.get(owner)
         if found is None:
-            out[row[0]] = [make(row)]
+            out[owner] = [item]
         else:
-            found.append(make(row))
+            found.append(item)
     return out
 
 
@@ -146,22 +154,22 @@ def _build_records(conn: Connection, stmt: sa.Select, store_root: Path) -> list[
     prefix = os.path.join(str(store_root), "")
     by_metric = _grouped(
         conn, ids, sa.select(m.adapter_id, m.split, m.name, m.value, m.step).order_by(m.id), m.adapter_id,
-        lambda x: MetricValue(x[1], x[2], x[3], x[4]),
+        lambda *cols: map(MetricValue, *cols),
     )  # fmt: skip
     # Ordered by (adapter, ...): the primary keys of tags and artifacts already are, so no sort is needed there.
     by_alias = _grouped(
-        conn, ids, sa.select(al.adapter_id, al.name).order_by(al.adapter_id, al.name), al.adapter_id, lambda x: x[1]
+        conn, ids, sa.select(al.adapter_id, al.name).order_by(al.adapter_id, al.name), al.adapter_id, lambda n: n
     )
     by_tag = _grouped(
-        conn, ids, sa.select(t.adapter_id, t.tag).order_by(t.adapter_id, t.tag), t.adapter_id, lambda x: x[1]
+        conn, ids, sa.select(t.adapter_id, t.tag).order_by(t.adapter_id, t.tag), t.adapter_id, lambda n: n
     )
     by_artifact = _grouped(
         conn, ids, sa.select(ar.adapter_id, ar.sha256, ar.size, ar.path, ar.kind).order_by(ar.adapter_id, ar.kind),
-        ar.adapter_id, lambda x: ArtifactRecord(x[1], x[2], prefix + x[3], x[4]),
+        ar.adapter_id, lambda sha, size, path, kind: map(ArtifactRecord, sha, size, [prefix + p for p in path], kind),
     )  # fmt: skip
     by_parent = _grouped(
         conn, ids, sa.select(ln.child_id, ln.parent_id, ln.weight, ln.how).order_by(ln.position), ln.child_id,
-        lambda x: ParentLink(x[1], x[2], x[3]),
+        lambda *cols: map(ParentLink, *cols),
     )  # fmt: skip
     backbone_rows = fetch(conn, sa.select(bb.id, bb.name, bb.revision, bb.embedding_sha256, bb.tokenizer_sha256,
                                           bb.width, bb.max_length))  # fmt: skip

@@ -348,8 +348,9 @@ def test_listing_10000_adapters_is_fast(sqlite_url, eptctl_home):
 
     r = Registry(sqlite_url)
     seed_adapters(r, 10_000)
-    best = float("inf")
+    best, records = float("inf"), None
     for _ in range(5):  # the best of 5: other processes on a 2-core machine only ever add time
+        del records  # freeing the previous listing is not part of this one
         t0 = time.perf_counter()
         records = r.list_adapters()
         best = min(best, time.perf_counter() - t0)
