@@ -276,7 +276,7 @@ class Registry:
         except ArtifactError as err:
             raise RegistryError(
                 f"cannot load adapter {rec.ref} ({rec.id[:8]}): {kind} {err}",
-                hint=f"restore the file from a backup, or remove the adapter with `eptctl delete {rec.ref}`",
+                hint=f"restore the file from a backup, or remove the adapter with `eptctl rm {rec.ref}`",
             ) from None
 
     # -- change -------------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ class Registry:
             if kids and not force:
                 raise RegistryError(
                     f"adapter {rec.ref} is a parent of {len(kids)} other adapter(s)",
-                    hint=f"see `eptctl lineage {rec.ref}`; pass --force to delete it anyway (their lineage links go)",
+                    hint=f"see `eptctl show {rec.ref}`; pass --force to delete it anyway (their lineage links go)",
                 )
             conn.execute(adapters.delete().where(adapters.c.id == rec.id))  # cascades to every child table
 
