@@ -330,6 +330,7 @@ def train(
                                              best_metric, history)
     adapter.load_state_dict(best_state)
     adapter.eval()
+    emit({"event": "final_eval", "best_step": best_step})
     metrics = {"validation": evaluate(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size)}
     if test_set:
         metrics["test"] = evaluate(backbone, adapter, test_set, answers, train_cfg.eval_batch_size)

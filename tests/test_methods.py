@@ -134,7 +134,18 @@ def test_only_adapter_parameters_get_gradients_and_backbone_is_unchanged(backbon
 
 
 # --- materialization --------------------------------------------------------------------------------------------
-def _trained(backbone, steps=15, **overrides):
+_TRAINED: dict = {}
+
+
+def _trained(backbone, steps=10, **overrides):
+    """Briefly trained adapters (so B != 0 and the gate moved), cached across tests to keep the suite fast."""
+    key = (backbone.name, steps, tuple(sorted(overrides.items())))
+    if key not in _TRAINED:
+        _TRAINED[key] = _train_briefly(backbone, steps, **overrides)
+    return _TRAINED[key]
+
+
+def _train_briefly(backbone, steps, **overrides):
     encoded, answers = encoded_task(backbone, n=32)
     cfg = EPTConfig(**{"prompt_length": 10, "max_length": 32, **overrides})
     result = train(backbone, encoded, encoded[:8], answers, cfg, TrainConfig(steps=steps, batch_size=8,
@@ -157,8 +168,8 @@ def test_materialized_equals_training_forward(backbone, method):
 
 
 def test_mixed_task_batch_matches_single_task_scores(backbone):
-    first, encoded, answers = _trained(backbone, steps=5)
-    second, _, _ = _trained(backbone, steps=5, method="dept", short_length=4, rank=3)
+    first, encoded, answers = _trained(backbone, method="ept")
+    second, _, _ = _trained(backbone, method="dept", short_length=4, rank=3)
     sources = [first.materialize(), second.materialize()]
     index = [i % 2 for i in range(len(encoded))]
     mixed = backbone.collate(encoded, answers, train=False, adapter_index=index)
@@ -173,7 +184,7 @@ def test_mixed_task_batch_matches_single_task_scores(backbone):
 
 def test_offset_uses_position_within_own_text_for_any_padding():
     backbone = models.load("tiny-random-llama")
-    adapter, encoded, answers = _trained(backbone, steps=5, method="dept", short_length=4, rank=3)
+    adapter, encoded, answers = _trained(backbone, method="dept", short_length=4, rank=3)
     _, offset = adapter.prompt_and_offset()
     right = backbone.collate(encoded[:4], answers, train=False)
     left_ids = torch.full_like(right.input_ids, backbone.tokenizer.pad_token_id)

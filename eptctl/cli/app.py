@@ -30,7 +30,7 @@ class _Root(TyperGroup):
             return super().invoke(ctx)
         except EptctlError as err:
             echo_error(err)
-            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+            raise SystemExit(EXIT_USER_ERROR) from None
 
 
 app = typer.Typer(
@@ -58,7 +58,26 @@ def version() -> None:
     typer.echo(__version__)
 
 
-app.add_typer(db_app, name="db")
+def _register_commands() -> None:
+    from eptctl.cli import adapters, catalog, serve, train
+
+    app.command("train")(train.train)
+    app.command("eval")(serve.eval_adapter)
+    app.command("predict")(serve.predict)
+    app.command("list")(adapters.list_adapters)
+    app.command("show")(adapters.show)
+    app.command("compare")(adapters.compare)
+    app.command("alias")(adapters.alias)
+    app.command("tag")(adapters.tag)
+    app.command("archive")(adapters.archive)
+    app.command("rm")(adapters.rm)
+    app.command("gc")(adapters.gc)
+    app.command("tasks")(catalog.tasks)
+    app.command("models")(catalog.models_cmd)
+    app.add_typer(db_app, name="db")
+
+
+_register_commands()
 
 
 def run() -> None:

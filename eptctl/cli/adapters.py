@@ -1,0 +1,242 @@
+"""Finding, inspecting and organising adapters: list, show, compare, alias, tag, archive, rm, gc."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_count, fmt_metric, fmt_time, open_registry, out, print_json
+
+
+def _key_metric(rec, split: str = "test") -> float | None:
+    return rec.metric("accuracy", split)
+
+
+def adapter_summary(rec) -> dict:
+    return {
+        "ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method, "backbone": rec.backbone.name,
+        "status": rec.status, "accuracy": {"validation": rec.metric("accuracy", "validation"),
+                                           "test": rec.metric("accuracy", "test")},
+        "trainable_params": rec.trainable_params, "created_at": rec.created_at, "aliases": rec.aliases,
+        "tags": rec.tags,
+    }
+
+
+def list_adapters(
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    method: Annotated[str | None, typer.Option(help="Only this method (pt, dept, ept).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Only this backbone (name or embedding sha256 prefix).")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only adapters with this tag.")] = None,
+    sort: Annotated[str, typer.Option(help="created, or a metric such as accuracy or test:accuracy.")] = "created",
+    ascending: Annotated[bool, typer.Option("--ascending", help="Smallest first.")] = False,
+    min_accuracy: Annotated[float | None, typer.Option(help="Keep adapters with accuracy ≥ this.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Show at most N adapters.")] = None,
+    archived: Annotated[bool, typer.Option("--archived", help="Include archived adapters.")] = False,
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List adapters, newest first (or sorted by a metric).
+
+    Example: eptctl list --task rt-polarity --sort accuracy --limit 5
+    """
+    reg = open_registry(registry)
+    records = reg.list_adapters(task=task, backbone=backbone, method=method, tag=tag, sort=sort,
+                                descending=not ascending, limit=limit, include_archived=archived,
+                                min_metric={"accuracy": min_accuracy} if min_accuracy is not None else None)
+    if as_json:
+        print_json([adapter_summary(r) for r in records])
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("ref", "id", "task", "method", "backbone", "val acc", "test acc", "params", "created", "aliases"):
+        table.add_column(col, justify="right" if col in ("val acc", "test acc", "params") else "left")
+    for r in records:
+        table.add_row(r.ref, r.id[:8], r.task, r.method, r.backbone.name, fmt_metric(r.metric("accuracy", "validation")),
+                      fmt_metric(r.metric("accuracy", "test")), fmt_count(r.trainable_params), fmt_time(r.created_at),
+                      ", ".join(r.aliases + [f"#{t}" for t in r.tags]))
+    if not records:
+        err.print("no adapters yet: train one with `eptctl train rt-polarity`")
+        return
+    out.print(table)
+
+
+def show(
+    ref: Annotated[str, typer.Argument(help="Adapter: id prefix, TASK@VERSION or TASK@ALIAS.")],
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one adapter: config, metrics, lineage, space weights, parameters by group, backbone, artifacts.
+
+    Example: eptctl show rt-polarity@latest
+    """
+    reg = open_registry(registry)
+    rec = reg.resolve(ref)
+    parents, children = reg.parents(rec), reg.children(rec)
+    weights = {p.parent_id: p for p in rec.parents}
+    lineage = {
+        "parents": [{"ref": p.ref, "id": p.id, "weight": weights[p.id].weight, "how": weights[p.id].how}
+                    for p in parents],
+        "children": [{"ref": c.ref, "id": c.id} for c in children],
+    }
+    final = [m for m in rec.metrics if m.step is None]
+    if as_json:
+        print_json({**adapter_summary(rec), "config": rec.config, "params_by_group": rec.params_by_group,
+                    "metrics": final, "space_weights": rec.summary.get("space_weights"), "lineage": lineage,
+                    "backbone": rec.backbone, "artifacts": rec.artifacts, "run": rec.run,
+                    "description": rec.description, "best_step": rec.summary.get("best_step"),
+                    "history": rec.summary.get("history", [])})
+        return
+    out.print(f"[bold]{rec.ref}[/]  id {rec.id}  ({rec.status})" + (f"  {rec.description}" if rec.description else ""))
+    out.print(f"task {rec.task} · method {rec.method} · created {fmt_time(rec.created_at)}"
+              + (f" · aliases {', '.join(rec.aliases)}" if rec.aliases else "")
+              + (f" · tags {', '.join(rec.tags)}" if rec.tags else ""))
+    metrics = Table(title="metrics", show_edge=False, header_style="bold")
+    for col in ("split", "metric", "value"):
+        metrics.add_column(col)
+    for m in sorted(final, key=lambda m: (m.split, m.name)):
+        metrics.add_row(m.split, m.name, fmt_metric(m.value))
+    out.print(metrics)
+    params = Table(title="trainable parameters", show_edge=False, header_style="bold")
+    params.add_column("group")
+    params.add_column("count", justify="right")
+    for group, count in rec.params_by_group.items():
+        if count:
+            params.add_row(group, f"{count:,}")
+    params.add_row("[bold]total", f"[bold]{rec.trainable_params:,}")
+    out.print(params)
+    gate = rec.summary.get("space_weights")
+    if gate:
+        out.print("space weights (gate): " + "  ".join(f"{i}:{w:.3f}" for i, w in enumerate(gate)))
+    cfg = rec.config
+    out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "schema_version"))
+    b = rec.backbone
+    out.print(f"backbone: {b.name} (revision {b.revision or '-'}, width {b.width}, max length {b.max_length}, "
+              f"embeddings sha256 {b.embedding_sha256[:12]}…, tokenizer sha256 {b.tokenizer_sha256[:12]}…)")
+    for p in lineage["parents"]:
+        out.print(f"parent: {p['ref']} weight {p['weight']:.3f} ({p['how']})")
+    for c in lineage["children"]:
+        out.print(f"child: {c['ref']}")
+    if rec.run:
+        out.print(f"run: seed {rec.run.seed}, {rec.run.duration_s or 0:.1f} s on {rec.run.device}, "
+                  f"data {str(rec.run.data_fingerprint)[:12]}…, command: {rec.run.command_line}")
+    for a in rec.artifacts:
+        out.print(f"artifact {a.kind}: {a.path} ({a.size:,} bytes, sha256 {a.sha256[:12]}…)")
+
+
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="Two or more adapter references.")],
+    show_all: Annotated[bool, typer.Option("--all", help="Show every config key, not only those that differ.")] = False,
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare adapters: metrics with deltas to the first, differing config, params, train time, prompt similarity.
+
+    Example: eptctl compare rt-polarity@1 rt-polarity@2
+    """
+    from eptctl.compare import compare_adapters
+
+    if len(refs) < 2:
+        from eptctl.errors import EptctlError
+
+        raise EptctlError("compare needs at least two adapters", hint="e.g. eptctl compare rt-polarity@1 rt-polarity@2")
+    reg = open_registry(registry)
+    report = compare_adapters(reg, refs, all_config=show_all)
+    if as_json:
+        print_json(report)
+        return
+    names = [a["ref"] for a in report["adapters"]]
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right")
+    for row in report["metrics"]:
+        cells = [fmt_metric(row["values"][0])]
+        for v, d in zip(row["values"][1:], row["deltas"][1:]):
+            cells.append(f"{fmt_metric(v)} ({'-' if d is None else f'{d:+.4f}'})")
+        table.add_row(f"{row['split']} {row['name']}", *cells)
+    table.add_row("trainable params", *[fmt_count(a["trainable_params"]) for a in report["adapters"]])
+    table.add_row("train time (s)", *[("-" if a["duration_s"] is None else f"{a['duration_s']:.1f}")
+                                      for a in report["adapters"]])
+    for key, values in report["config"].items():
+        table.add_row(f"config {key}", *[str(v) for v in values])
+    out.print(table)
+    sim = report["prompt_similarity"]
+    out.print("prompt cosine similarity: " + "  ".join(
+        f"{names[i]}~{names[j]} {v:.3f}" for (i, j), v in ((tuple(p["pair"]), p["cosine"]) for p in sim)))
+
+
+def alias(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    name: Annotated[str, typer.Argument(help="Alias name, e.g. prod (unique per task; moves if it exists).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the alias from the task instead.")] = False,
+    registry: RegistryUrl = None,
+) -> None:
+    """Point TASK@NAME at an adapter (or remove the alias).
+
+    Example: eptctl alias rt-polarity@3 prod
+    """
+    reg = open_registry(registry)
+    if remove:
+        rec = reg.resolve(ref)
+        reg.remove_alias(rec.task, name)
+        typer.echo(f"removed {rec.task}@{name}")
+        return
+    rec = reg.set_alias(ref, name)
+    typer.echo(f"{rec.task}@{name} -> {rec.ref}")
+
+
+def tag(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    tags: Annotated[list[str], typer.Argument(help="Tags to add.")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove these tags instead.")] = False,
+    registry: RegistryUrl = None,
+) -> None:
+    """Add (or remove) tags on an adapter.
+
+    Example: eptctl tag rt-polarity@3 baseline paper
+    """
+    reg = open_registry(registry)
+    rec = reg.remove_tags(ref, tags) if remove else reg.add_tags(ref, tags)
+    typer.echo(f"{rec.ref}: tags {', '.join(rec.tags) or '-'}")
+
+
+def archive(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    restore: Annotated[bool, typer.Option("--restore", help="Un-archive instead.")] = False,
+    registry: RegistryUrl = None,
+) -> None:
+    """Hide an adapter from listings without deleting it.
+
+    Example: eptctl archive rt-polarity@1
+    """
+    rec = open_registry(registry).archive(ref, archived=not restore)
+    typer.echo(f"{rec.ref}: {rec.status}")
+
+
+def rm(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    force: Annotated[bool, typer.Option("--force", help="Delete even if other adapters descend from it.")] = False,
+    registry: RegistryUrl = None,
+) -> None:
+    """Delete an adapter: its row, metrics and artifact files (files shared with other adapters stay).
+
+    Example: eptctl rm rt-polarity@1
+    """
+    rec = open_registry(registry).delete(ref, force=force)
+    typer.echo(f"deleted {rec.ref} ({rec.id[:8]})")
+
+
+def gc(
+    grace: Annotated[float, typer.Option(help="Keep files younger than this many seconds (running writers).")] = 3600,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    registry: RegistryUrl = None,
+) -> None:
+    """Remove artifact files that no adapter references (left by crashes or deletes).
+
+    Example: eptctl gc --dry-run
+    """
+    removed = open_registry(registry).gc(grace_seconds=grace, dry_run=dry_run)
+    for path in removed:
+        typer.echo(str(path))
+    err.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} file(s)")

@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: the registry option, consoles (data on stdout, progress and messages on stderr), JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+RegistryUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--registry",
+        envvar="EPTCTL_REGISTRY_URL",
+        show_envvar=True,
+        help="Database URL, e.g. postgresql+psycopg://user@host/db [default: sqlite:///$EPTCTL_HOME/registry.db]",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+# Piped output is not cut to 80 columns: tables stay whole for grep and for files.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # data
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # progress, notes
+
+
+def open_registry(url: str | None):
+    from registry import Registry
+
+    return Registry(url)
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: to_jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(to_jsonable(value), indent=None, sort_keys=False))
+
+
+def fmt_metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 1000 else str(n)
+
+
+def fmt_time(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")

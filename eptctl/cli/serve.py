@@ -1,0 +1,124 @@
+"""Using stored adapters: eval (re-evaluate and store metrics) and predict (single or mixed-task batches)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eptctl.cli.common import RegistryUrl, err, fmt_metric, open_registry, print_json
+from eptctl.errors import EptctlError
+
+
+def eval_adapter(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    split: Annotated[str, typer.Option(help="Split of the task's data: validation or test.")] = "test",
+    data: Annotated[str | None, typer.Option("--data", help="Evaluate on this labelled file instead.")] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of --data.")] = "text",
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column of --data.")] = None,
+    label_column: Annotated[str, typer.Option(help="Label column of --data.")] = "label",
+    max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone to run on [default: the adapter's].")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
+    registry: RegistryUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Re-evaluate a stored adapter and store the metrics (under the split name, or data:FILE).
+
+    Example: eptctl eval rt-polarity@latest --split test
+    """
+    from eptctl import evaluation
+
+    reg = open_registry(registry)
+    result = evaluation.evaluate_stored(
+        reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, max_eval=max_eval, model=model, store=not no_store)
+    if as_json:
+        print_json(result)
+        return
+    m = result["metrics"]
+    typer.echo(f"{result['ref']} on {result['split']} ({result['examples']} examples): accuracy "
+               f"{fmt_metric(m['accuracy'])}, macro-F1 {fmt_metric(m['macro_f1'])}"
+               + ("" if no_store else " (stored)"))
+
+
+def predict(
+    ref: Annotated[str | None, typer.Argument(help="Adapter reference (omit with --adapters).")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; none: read --file or stdin.")] = None,
+    file: Annotated[str | None, typer.Option("--file", help="CSV/JSONL/Parquet/TXT file of inputs.")] = None,
+    adapters: Annotated[str | None, typer.Option(help="Comma-separated refs for a mixed-task batch.")] = None,
+    task_column: Annotated[str | None, typer.Option(help="Column naming each row's task or adapter (mixed).")] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of the input file.")] = "text",
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
+    registry: RegistryUrl = None,
+) -> None:
+    """Classify texts; prints one JSON line per input with the label and every label's score.
+
+    Example: eptctl predict rt-polarity@latest "A triumph." "Dull and overlong."
+
+    Example: eptctl predict --adapters rt-polarity@latest,bbc-topic@latest --task-column task rows.csv
+    """
+    from eptctl import inference
+
+    reg = open_registry(registry)
+    if adapters:
+        path = file or ref
+        if not path or not task_column:
+            raise EptctlError("a mixed-task batch needs a FILE and --task-column",
+                              hint="eptctl predict --adapters A,B --task-column task rows.csv")
+        servables = [inference.load_adapter(reg, r.strip()) for r in adapters.split(",") if r.strip()]
+        rows = _mixed_rows(path, servables, task_column, text_column, text_pair_column)
+        backbone = inference.backbone_for(servables)
+        results = inference.predict_mixed(backbone, servables, rows, batch_size)
+        for (index, text, _), res in zip(rows, results):
+            typer.echo(json.dumps({"text": text, **res}))
+        return
+    if ref is None:
+        raise EptctlError("predict needs an adapter reference", hint='eptctl predict rt-polarity@latest "some text"')
+    servable = inference.load_adapter(reg, ref)
+    inputs = _inputs(texts, file, text_column, text_pair_column)
+    backbone = inference.backbone_for([servable])
+    for (text, pair), res in zip(inputs, inference.predict(backbone, servable, inputs, batch_size)):
+        typer.echo(json.dumps({"text": text, **({"text_pair": pair} if pair else {}), **res}))
+
+
+def _inputs(texts, file, text_column, text_pair_column) -> list[tuple[str, str | None]]:
+    from eptctl import data
+
+    if texts:
+        return [(t, None) for t in texts]
+    if file:
+        path = Path(file)
+        if path.suffix == ".txt" and path.exists():
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            return data.read_texts(file, text_column=text_column, text_pair_column=text_pair_column)
+    else:
+        if sys.stdin.isatty():
+            raise EptctlError("no input texts", hint='pass texts, --file FILE, or pipe lines on stdin')
+        lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    if not lines:
+        raise EptctlError("no input texts", hint="the input is empty")
+    return [(line, None) for line in lines]
+
+
+def _mixed_rows(path, servables, task_column, text_column, text_pair_column) -> list[tuple[int, str, str | None]]:
+    from eptctl import data
+
+    keys = {}
+    for i, s in enumerate(servables):
+        for key in (s.record.ref, s.record.task, s.record.id):
+            keys.setdefault(key, i)
+    tasks = [t for t, _ in data.read_texts(path, text_column=task_column)]
+    texts = data.read_texts(path, text_column=text_column, text_pair_column=text_pair_column)
+    rows = []
+    for n, (task, (text, pair)) in enumerate(zip(tasks, texts), start=1):
+        if task not in keys:
+            raise EptctlError(f"row {n}: '{task}' in column '{task_column}' matches none of --adapters",
+                              hint=f"use one of: {', '.join(sorted(k for k in keys if '@' in k or k in {s.record.task for s in servables}))}")
+        rows.append((keys[task], text, pair))
+    return rows
