@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+import timeit
 from pathlib import Path
 
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine inflates the numbers
+            # A yardstick of this interpreter's speed right now, to compare runs across machines and loads.
+            "sum_range_1000_us": round(min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6, 2),
         },
         "rows": rows,
     }

@@ -343,17 +343,29 @@ def test_importing_the_registry_does_not_import_cli_frameworks_or_torch():
 
 
 def test_listing_10000_adapters_is_fast(sqlite_url, eptctl_home):
-    """10,000 adapters with 3 metrics, an alias and a tag each, listed in full in at most 0.3 s on SQLite."""
+    """10,000 adapters with 3 metrics, an alias, a tag and a run each, listed in full in at most 0.3 s on SQLite,
+    with a fixed number of SQL statements (no query per adapter)."""
+    import sqlalchemy as sa
+
     from bench.registry import seed_adapters
 
     r = Registry(sqlite_url)
     seed_adapters(r, 10_000)
+    statements = []
+    sa.event.listen(r._db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert len(r.list_adapters(limit=10)) == 10
+    small = len(statements)
+    statements.clear()
     best, records = float("inf"), None
     for _ in range(5):  # the best of 5: other processes on a 2-core machine only ever add time
         del records  # freeing the previous listing is not part of this one
         t0 = time.perf_counter()
         records = r.list_adapters()
         best = min(best, time.perf_counter() - t0)
-    assert len(records) == 10_000 and len(records[0].metrics) == 3 and records[0].tags and records[0].aliases
     r.close()
+    assert len(records) == 10_000 and len(records[0].metrics) == 3 and records[0].tags and records[0].aliases
+    assert len(statements) == 5 * small <= 5 * 10  # the same few statements for 10 adapters as for 10,000
+    overloaded = os.getloadavg()[0] > (os.cpu_count() or 1)
+    if best > 0.3 and overloaded and not os.environ.get("CI"):
+        pytest.skip(f"took {best:.3f} s, but the machine is overloaded (load {os.getloadavg()[0]:.1f}): not timed")
     assert best <= 0.3, f"listing 10,000 adapters took {best:.3f} s"
