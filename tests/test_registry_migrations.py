@@ -152,11 +152,6 @@ def test_cli_never_prints_the_password():
     assert out.exit_code != 0 and "s3cr3t" not in out.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eptctl/cli/app.py raises click.exceptions.Exit, which typer 0.29 (vendored click) does not catch: "
-    "the one-line error is printed, then a traceback; raising typer.Exit there fixes it",
-)
 def test_cli_user_error_is_one_line_with_exit_code_2():
     url = "postgresql+psycopg://alice:s3cr3t-pw@127.0.0.1:1/eptctl"
     out = CliRunner().invoke(_app(), ["db", "upgrade", "--registry", url])
