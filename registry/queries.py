@@ -2,15 +2,14 @@
 
 Reading N adapters costs a fixed number of queries (the adapters, the backbones, then one per child table),
 never one per adapter. Listing 10,000 adapters is dominated by building Python objects, so rows are fetched as
-plain DBAPI tuples (no column read here needs a type conversion beyond the two handled below), JSON is decoded
-in batches, and the cyclic GC is paused while the records are built.
+plain DBAPI tuples (no column read here needs a type conversion beyond the two handled below), child records are
+built column-wise, JSON fields are decoded only when read (``registry.stored``), and the cyclic GC is paused
+while the records are built.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,10 +23,10 @@ from registry.records import (
     BackboneFingerprint,
     MetricValue,
     ParentLink,
-    RunInfo,
     TaskRecord,
 )
 from registry.schema import adapters, aliases, artifacts, backbones, lineage, metrics, runs, tags, tasks
+from registry.stored import stored_record
 
 # Up to this many adapters, children are selected by an IN (...) list of their ids; beyond it, whole child tables
 # are read (rows of adapters not asked for are never looked up): one bind parameter per id costs more than that.
@@ -82,34 +81,6 @@ def fetch(conn: Connection, stmt: sa.Executable) -> list[tuple]:
         return result.cursor.fetchall()
     finally:
         result.close()
-
-
-def _loads_many(texts: list[str | None]) -> list:
-    """Decode many JSON documents with one ``json.loads`` call: about twice as fast as one call each."""
-    present = [t for t in texts if t is not None]
-    decoded = iter(json.loads("[" + ",".join(present) + "]")) if present else iter(())
-    return [next(decoded) if t is not None else None for t in texts]
-
-
-def _from_row(cls):
-    """A positional constructor for a frozen dataclass that fills its ``__dict__`` in one call.
-
-    ``frozen=True`` generates an ``__init__`` with one ``object.__setattr__`` per field; for records built by the
-    ten thousand from database rows (no defaults, no ``__post_init__``) this is the same object, twice as fast.
-    """
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    new = object.__new__
-
-    def build(*values):
-        obj = new(cls)
-        obj.__dict__.update(zip(names, values))
-        return obj
-
-    return build
-
-
-_adapter_record = _from_row(AdapterRecord)
-_run_info = _from_row(RunInfo)
 
 
 def _grouped(conn: Connection, ids: list[str] | None, query: sa.Select, key: sa.Column, make) -> dict[str, list]:
@@ -174,17 +145,15 @@ def _build_records(conn: Connection, stmt: sa.Select, store_root: Path) -> list[
     backbone_rows = fetch(conn, sa.select(bb.id, bb.name, bb.revision, bb.embedding_sha256, bb.tokenizer_sha256,
                                           bb.width, bb.max_length))  # fmt: skip
     fps = {b[0]: BackboneFingerprint(*b[1:]) for b in backbone_rows}
-    columns = (_loads_many([r[i] for r in rows]) for i in (4, 8, 11, 15))  # config, params, summary, packages
     records = []
-    for r, config, params, summary, packages in zip(rows, *columns):
-        (aid, task, version, method, _, status, created, description, _, trainable, backbone_id, _,
-         run_id, seed, data_fp, _, command, duration, device) = r
+    for r in rows:
+        (aid, task, version, method, config, status, created, description, params, trainable, backbone_id, summary,
+         run_id, *run) = r
         records.append(
-            _adapter_record(  # positionally, in field order: this loop runs once per adapter
+            stored_record(  # in AdapterRecord's field order; JSON fields stay text until read
                 aid, task, version, f"{task}@{version}", method, config, status, utc(created), description, params,
                 trainable, fps[backbone_id], by_metric.get(aid) or [], by_alias.get(aid) or [],
-                by_tag.get(aid) or [], by_artifact.get(aid) or [],
-                None if run_id is None else _run_info(seed, data_fp, packages, command, duration, device),
+                by_tag.get(aid) or [], by_artifact.get(aid) or [], None if run_id is None else run,
                 summary, by_parent.get(aid) or [],
             )
         )  # fmt: skip

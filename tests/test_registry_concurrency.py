@@ -5,9 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
 from contextlib import ExitStack
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -92,28 +91,33 @@ def test_concurrent_writers_get_gapless_versions(concurrent_writes, backend, mon
     reg.close()
 
 
-_CRASHING_REGISTER = """
-import os, sys
-from registry import Registry
-from registry_fixtures import new_adapter
-os.environ[{env!r}] = sys.argv[1]
-Registry({url!r}).register(new_adapter(seed=int(sys.argv[2])))
-raise SystemExit("the crash hook did not fire")
-"""
+def _register_and_crash(url: str, home: str, point: str, seed: int) -> None:
+    os.environ.update({"EPTCTL_HOME": home, CRASH_ENV: point})
+    Registry(url).register(new_adapter(seed=seed))
+    raise SystemExit("the crash hook did not fire")
+
+
+@cache
+def _forkserver():
+    """Crashing writers are forked from one server that imported torch once (seconds per process otherwise)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "registry", "registry_fixtures"])
+    return ctx
 
 
 def test_sigkill_between_artifact_and_commit_leaves_only_an_orphan_file(reg, db_url):
     kept = reg.register(new_adapter(seed=1))
-    code = _CRASHING_REGISTER.format(env=CRASH_ENV, url=db_url)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     # Killed before the transaction, and killed inside it (rows inserted, not committed): both at once.
+    ctx = _forkserver()
     crashes = [
-        subprocess.Popen([sys.executable, "-c", code, point, str(seed)], env=env, stderr=subprocess.PIPE, text=True)
+        ctx.Process(target=_register_and_crash, args=(db_url, os.environ["EPTCTL_HOME"], point, seed))
         for point, seed in (("1", 2), ("in-transaction", 3))
     ]
     for proc in crashes:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == -signal.SIGKILL, err
+        proc.start()
+    for proc in crashes:
+        proc.join(timeout=120)
+        assert proc.exitcode == -signal.SIGKILL
 
     assert [r.id for r in reg.list_adapters(include_archived=True)] == [kept.id]  # the half-registered are invisible
     files = sorted(p for _, p in reg.store.files())
