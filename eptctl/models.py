@@ -120,6 +120,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is a plain shared model folder
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

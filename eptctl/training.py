@@ -33,16 +33,16 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 16
     eval_batch_size: int = 64
-    lr_prompt: float = 0.03
+    lr_prompt: float = 0.1
     lr_low_rank: float = 3e-3
-    lr_fusion: float = 1e-3  # fusion, projection and gate
+    lr_fusion: float = 1e-2  # fusion, projection and gate
     lr_head: float = 1e-2
     warmup_steps: int | None = None  # None: 10% of the steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int | None = None  # None: 5 evaluations per run
     checkpoint_every: int = 10
-    max_eval_examples: int | None = None  # cap the validation set used during training (speed)
+    max_eval_examples: int | None = 200  # validation rows used to pick the best step (speed); final eval uses all
     objective: str = "lm"  # lm: answer-token cross-entropy | classify: cross-entropy over label scores
     seed: int = 0
 

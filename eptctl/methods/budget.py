@@ -6,12 +6,14 @@ from eptctl.errors import ConfigError
 
 GROUPS = ("prompt", "low_rank", "fusion", "projection", "gate", "head")
 
-# DePT keeps about 60% of the budget in the short prompt (T5-Base: l=100 -> s=60, r=30).
-DEFAULT_SHORT_FRACTION = 0.6
+# DePT keeps about 60% of the budget in the short prompt (T5-Base: l=100 -> s=60, r=30). eptctl's default config
+# uses 0.3 instead: every prompt position costs a full backbone position per step, which dominates on a CPU.
+DEPT_SHORT_FRACTION = 0.6
 
 
 def choose_short_and_rank(
-    width: int, max_length: int, prompt_length: int, short_length: int | None = None, rank: int | None = None
+    width: int, max_length: int, prompt_length: int, short_length: int | None = None, rank: int | None = None,
+    short_fraction: float = DEPT_SHORT_FRACTION,
 ) -> tuple[int, int]:
     """Choose ``(s, r)`` with ``s*d + n*r + r*d ≈ l*d`` (DePT). Given one of them, solve for the other."""
     d, n, l = width, max_length, prompt_length
@@ -25,7 +27,7 @@ def choose_short_and_rank(
                 hint="lower --rank, raise --prompt-length, or give --short-length explicitly",
             )
         return s, rank
-    s = short_length if short_length is not None else max(1, round(DEFAULT_SHORT_FRACTION * l))
+    s = short_length if short_length is not None else max(1, round(short_fraction * l))
     r = max(1, round((l - s) * d / (n + d)))
     return s, r
 
@@ -52,3 +54,14 @@ def count_parameters(cfg, width: int, num_labels: int | None = None) -> dict[str
         counts["head"] = d * num_labels + num_labels
     counts["total"] = sum(counts[g] for g in GROUPS)
     return counts
+
+
+def extras_within_budget(cfg, width: int) -> tuple[int, int, bool]:
+    """(fusion + projection + gate parameters, half the l*d budget, whether the first fits in the second).
+
+    SPEC: with the default sizes these extras may add at most half of the l*d budget.
+    """
+    counts = count_parameters(cfg, width)
+    extras = counts["fusion"] + counts["projection"] + counts["gate"]
+    half = cfg.prompt_length * width // 2
+    return extras, half, extras <= half

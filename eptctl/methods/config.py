@@ -22,17 +22,18 @@ class EPTConfig:
     """Shapes and switches of one adapter. ``None`` for ``short_length``/``rank`` means: pick by DePT's budget rule."""
 
     method: str = field(default="ept", metadata={"help": "pt | dept | ept"})
-    prompt_length: int = field(default=20, metadata={"help": "l: PT prompt length, and the parameter budget l*d"})
+    prompt_length: int = field(default=40, metadata={"help": "l: PT prompt length, and the parameter budget l*d"})
     short_length: int | None = field(default=None, metadata={"help": "s: short prompt length (dept/ept)"})
     rank: int | None = field(default=None, metadata={"help": "r: rank of the embedding offset A@B"})
+    short_fraction: float = field(default=0.3, metadata={"help": "s = round(fraction * l) when s is not given"})
     max_length: int = field(default=256, metadata={"help": "n: max input tokens; rows of the offset"})
     alpha: float = field(default=1.0, metadata={"help": "offset scale: H = alpha/sqrt(r) * A@B"})
     fusion: bool = field(default=True, metadata={"help": "prompt fusion: the prompt attends over the offset rows"})
-    fusion_dim: int = field(default=8, metadata={"help": "d_a: attention width of fusion; 0 = parameter-free"})
+    fusion_dim: int = field(default=2, metadata={"help": "d_a: attention width of fusion; 0 = parameter-free"})
     fusion_heads: int = field(default=1, metadata={"help": "attention heads of fusion (divide fusion_dim)"})
     projection: bool = field(default=True, metadata={"help": "multi-space projection with a gate"})
-    spaces: int = field(default=4, metadata={"help": "k: number of gated subspaces"})
-    space_rank: int = field(default=2, metadata={"help": "m: rank of each subspace map"})
+    spaces: int = field(default=3, metadata={"help": "k: number of gated subspaces"})
+    space_rank: int = field(default=1, metadata={"help": "m: rank of each subspace map"})
     prompt_init: str = field(default="vocab", metadata={"help": "vocab | text | tensors"})
     init_text: str | None = field(default=None, metadata={"help": "text whose token embeddings init the prompt"})
     schema_version: int = SCHEMA_VERSION
@@ -77,7 +78,8 @@ class EPTConfig:
             return dataclasses.replace(self, short_length=None, rank=None)
         from eptctl.methods.budget import choose_short_and_rank
 
-        s, r = choose_short_and_rank(width, self.max_length, self.prompt_length, self.short_length, self.rank)
+        s, r = choose_short_and_rank(width, self.max_length, self.prompt_length, self.short_length, self.rank,
+                                     short_fraction=self.short_fraction)
         return dataclasses.replace(self, short_length=s, rank=r)
 
 
@@ -101,6 +103,8 @@ def validate(cfg: EPTConfig) -> None:
     _positive("fusion heads", "--fusion-heads", cfg.fusion_heads)
     _positive("number of spaces", "--spaces", cfg.spaces, allow_zero=True)
     _positive("space rank", "--space-rank", cfg.space_rank)
+    if not (0 < cfg.short_fraction < 1):
+        raise ConfigError(f"--short-fraction must be in (0, 1), got {cfg.short_fraction}", hint="DePT uses 0.6")
     if not (isinstance(cfg.alpha, (int, float)) and math.isfinite(cfg.alpha) and cfg.alpha > 0):
         raise ConfigError(f"--alpha must be a positive number, got {cfg.alpha!r}", hint="the default is 1.0")
     if cfg.has_offset and cfg.short_length is not None and cfg.short_length >= cfg.prompt_length:

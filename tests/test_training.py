@@ -1,0 +1,89 @@
+"""Training loop: exact resume after an interruption, checkpoints, registration of a complete run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eptctl import models, runs
+from eptctl.methods import EPTConfig
+from eptctl.training import TrainConfig, TrainingInterrupted, length_bucketed_batches, train
+from tests.tiny_task import encoded_task
+
+
+def _stop_after(n):
+    calls = {"n": 0}
+
+    def should_stop():
+        calls["n"] += 1
+        return calls["n"] >= n
+
+    return should_stop
+
+
+def test_interrupted_then_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
+    backbone = models.load("tiny-random-llama")
+    encoded, answers = encoded_task(backbone, n=48)
+    cfg = EPTConfig(prompt_length=10, max_length=32)
+    tc = TrainConfig(steps=14, batch_size=8, eval_every=5, checkpoint_every=3, seed=3)
+    straight = train(backbone, encoded, encoded[:8], answers, cfg, tc, num_labels=2)
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(backbone, encoded, encoded[:8], answers, cfg, tc, num_labels=2, checkpoint_path=ckpt,
+              should_stop=_stop_after(7))
+    assert "--resume" in info.value.hint and ckpt.exists()
+    resumed = train(backbone, encoded, encoded[:8], answers, cfg, tc, num_labels=2, checkpoint_path=ckpt,
+                    resume=True)
+    assert resumed.steps == straight.steps == 14 and resumed.best_step == straight.best_step
+    for (name, a), (_, b) in zip(straight.adapter.state_dict().items(), resumed.adapter.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h for h in resumed.history if "loss" in h] == [h for h in straight.history if "loss" in h]
+
+
+def test_train_task_resume_registers_once_and_removes_the_checkpoint(eptctl_home):
+    from registry import Registry
+
+    reg = Registry()
+    common = dict(registry=reg, model="tiny-random-bert", max_train=48, max_eval=16,
+                  method_cfg=EPTConfig(prompt_length=10, max_length=64),
+                  train_cfg=TrainConfig(steps=8, batch_size=8, checkpoint_every=2))
+    with pytest.raises(TrainingInterrupted):
+        runs.train_task("rt-polarity", should_stop=_stop_after(3), **common)
+    assert reg.list_adapters() == []  # nothing registered by an interrupted run
+    assert len(list((eptctl_home / "runs").glob("*.safetensors"))) == 1
+    outcome = runs.train_task("rt-polarity", resume=True, **common)
+    assert outcome.record.ref == "rt-polarity@1" and outcome.result.steps == 8
+    assert not list((eptctl_home / "runs").glob("*.safetensors"))
+    with pytest.raises(Exception) as info:
+        runs.train_task("rt-polarity", resume=True, **common)
+    assert "no checkpoint" in str(info.value)
+
+
+def test_registered_run_is_complete(eptctl_home):
+    from registry import Registry
+
+    reg = Registry()
+    outcome = runs.train_task("rt-polarity", registry=reg, model="tiny-random-llama", max_train=32, max_eval=16,
+                              method_cfg=EPTConfig(prompt_length=10, max_length=64),
+                              train_cfg=TrainConfig(steps=4, batch_size=8), command_line="eptctl train test")
+    rec = reg.resolve("rt-polarity@latest")
+    assert rec.id == outcome.record.id
+    assert {m.split for m in rec.metrics} >= {"validation", "test"}
+    assert rec.run.data_fingerprint and rec.run.package_versions["torch"] and rec.run.command_line == "eptctl train test"
+    assert rec.backbone.embedding_sha256 == models.load("tiny-random-llama").fingerprint()["embedding_sha256"]
+    assert sum(rec.params_by_group.values()) == rec.trainable_params == outcome.result.params_by_group["total"]
+    assert len(rec.summary["space_weights"]) == 3
+    tensors, meta = reg.load_servable(rec)
+    assert set(tensors) == {"prompt", "offset", "gate"} and meta["format"] == "eptctl-servable"
+    state, _ = reg.load_training_state(rec)
+    assert any(k.startswith("optim.") for k in state)
+
+
+def test_batches_are_length_bucketed_and_deterministic():
+    lengths = [i % 37 for i in range(400)]
+    a = length_bucketed_batches(lengths, 16, seed=1, epoch=0)
+    assert a == length_bucketed_batches(lengths, 16, seed=1, epoch=0)
+    assert a != length_bucketed_batches(lengths, 16, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(400))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
+    assert spread < 5  # random batches would spread over ~30 lengths
