@@ -158,7 +158,7 @@ def detect_family(config) -> str:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal"
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not archs:
         return "causal"

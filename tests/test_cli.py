@@ -70,7 +70,7 @@ def test_list_json_and_filters(trained):
 def test_show_json_has_params_by_group_and_space_weights(trained):
     shown = json.loads(ok("show", "rt-polarity@1", "--json").stdout)
     assert shown["params_by_group"]["prompt"] > 0
-    assert len(shown["space_weights"]) == 4 and abs(sum(shown["space_weights"]) - 1) < 1e-4
+    assert len(shown["space_weights"]) == 3 and abs(sum(shown["space_weights"]) - 1) < 1e-4
     assert shown["backbone"]["name"] == "tiny-random-llama"
     assert {a["kind"] for a in shown["artifacts"]} == {"servable", "training_state"}
     text = ok("show", "rt-polarity@latest").stdout

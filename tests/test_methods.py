@@ -43,9 +43,9 @@ def test_budget_rule_for_smollm2_and_explicit_values():
     (dict(method="dept", short_length=6, rank=2), {"prompt": 6 * 32, "low_rank": 32 * 2 + 2 * 32, "fusion": 0}),
     (dict(method="ept", short_length=6, rank=2, fusion_dim=8, spaces=3, space_rank=2),
      {"prompt": 192, "low_rank": 128, "fusion": 4 * 32 * 8, "projection": 3 * 2 * 32 * 2, "gate": 32 * 3 + 3}),
-    (dict(method="ept", short_length=6, rank=2, fusion=False), {"fusion": 0, "projection": 4 * 2 * 32 * 2, "gate": 4 * 32 + 4}),
-    (dict(method="ept", short_length=6, rank=2, projection=False), {"fusion": 1024, "projection": 0, "gate": 0}),
-    (dict(method="ept", short_length=6, rank=2, fusion_dim=0, spaces=2), {"fusion": 1, "projection": 256, "gate": 66}),
+    (dict(method="ept", short_length=6, rank=2, fusion=False), {"fusion": 0, "projection": 3 * 1 * 32 * 2, "gate": 3 * 32 + 3}),
+    (dict(method="ept", short_length=6, rank=2, projection=False), {"fusion": 4 * 32 * 2, "projection": 0, "gate": 0}),
+    (dict(method="ept", short_length=6, rank=2, fusion_dim=0, spaces=2), {"fusion": 1, "projection": 2 * 2 * 32 * 1, "gate": 66}),
 ])
 def test_parameter_counts_match_formula(overrides, expected):
     backbone = models.load("tiny-random-llama")
@@ -55,6 +55,14 @@ def test_parameter_counts_match_formula(overrides, expected):
     for group, value in expected.items():
         assert counts[group] == value, group
     assert counts["total"] == sum(p.numel() for p in adapter.parameters())
+
+
+@pytest.mark.parametrize("width", [384, 576, 768, 2048])
+def test_default_fusion_and_projection_stay_within_half_the_budget(width):
+    from eptctl.methods.budget import extras_within_budget
+
+    extras, half, ok = extras_within_budget(EPTConfig().resolved(width), width)
+    assert ok and 0 < extras <= half
 
 
 def test_encoder_head_is_counted(backbone):

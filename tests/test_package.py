@@ -4,7 +4,8 @@ import sys
 
 def test_library_imports_without_cli_frameworks():
     code = (
-        "import sys, eptctl, eptctl.errors, eptctl.home;"
+        "import sys, eptctl, eptctl.errors, eptctl.home, eptctl.methods, eptctl.backbones, eptctl.models,"
+        " eptctl.data, eptctl.training, eptctl.runs, eptctl.inference, eptctl.evaluation, eptctl.compare, registry;"
         "bad = [m for m in ('typer', 'rich') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,17 +7,9 @@ from typing import Annotated
 
 import typer
 
-db_app = typer.Typer(help="The registry database: schema revision and upgrades.", no_args_is_help=True)
+from eptctl.cli.common import RegistryUrl
 
-RegistryUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--registry",
-        envvar="EPTCTL_REGISTRY_URL",
-        show_envvar=True,
-        help="Database URL, e.g. postgresql+psycopg://user@host/db [default: sqlite:///$EPTCTL_HOME/registry.db]",
-    ),
-]
+db_app = typer.Typer(help="The registry database: schema revision and upgrades.", no_args_is_help=True)
 
 
 @db_app.command()
