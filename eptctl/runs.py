@@ -173,6 +173,9 @@ def train_task(
     backbone: Backbone | None = None,
     init_tensors: dict[str, torch.Tensor] | None = None,
     parents: list | None = None,
+    init_from: list | str | None = None,
+    top_k: int = 2,
+    probe: int = 64,
     description: str = "",
     tags: list[str] | None = None,
     command_line: str | None = None,
@@ -192,6 +195,9 @@ def train_task(
         backbone = models.load(model, trust_remote_code=trust_remote_code)
     method_cfg = method_cfg.resolved(backbone.width)
     encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data)
+    if init_from is not None:
+        init_tensors, parents = _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, task_data,
+                                             top_k, probe, emit)
     key = run_key(spec.name, task_data.fingerprint, backbone.fingerprint()["embedding_sha256"], method_cfg, train_cfg)
     ckpt = checkpoint_path(key)
     if resume and not ckpt.exists():
@@ -233,3 +239,28 @@ def train_task(
     record = registry.register(new)
     ckpt.unlink(missing_ok=True)  # the run is complete; its final state now lives in the registry
     return TrainOutcome(record=record, result=result, spec=spec)
+
+
+def _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, task_data, top_k, probe, emit):
+    """Init tensors and parent links from ``--init-from`` (a list of transfer.Source, or "auto")."""
+    from eptctl import transfer
+    from eptctl.training import new_adapter
+
+    template = new_adapter(backbone, method_cfg, spec.num_labels, train_cfg.seed)
+    if init_from == "auto":
+        shape_keys = ("method", "prompt_length", "short_length", "rank", "max_length", "fusion", "fusion_dim",
+                      "fusion_heads", "projection", "spaces", "space_rank")
+        wanted = {k: method_cfg.to_dict()[k] for k in shape_keys}
+        candidates = [rec for rec in registry.list_adapters(backbone=backbone.fingerprint()["embedding_sha256"][:16])
+                      if rec.task != spec.name and all(rec.config.get(k) == v for k, v in wanted.items())]
+        if not candidates:
+            raise EptctlError("--init-from auto found no compatible stored adapter on this backbone",
+                              hint="train a source task first with the same method and shape options")
+        ranked = transfer.probe_sources(registry, spec, backbone, task_data.validation[:probe], candidates, top_k)
+        if not ranked:  # encoder adapters carry task heads and cannot be probed: newest compatible ones
+            ranked = [{"id": rec.id, "ref": rec.ref} for rec in candidates[:top_k]]
+        emit({"event": "auto_sources", "ranked": ranked})
+        init_from = [transfer.Source(r["id"], 1.0) for r in ranked]
+    fused, parents = transfer.fused_init(registry, list(init_from), backbone, template)
+    emit({"event": "fused_init", "parents": [(p.parent_id, p.weight) for p in parents]})
+    return fused, parents

@@ -59,7 +59,7 @@ def version() -> None:
 
 
 def _register_commands() -> None:
-    from eptctl.cli import adapters, catalog, serve, train
+    from eptctl.cli import adapters, catalog, serve, train, transfer
 
     app.command("train")(train.train)
     app.command("eval")(serve.eval_adapter)
@@ -72,6 +72,9 @@ def _register_commands() -> None:
     app.command("archive")(adapters.archive)
     app.command("rm")(adapters.rm)
     app.command("gc")(adapters.gc)
+    app.command("lineage")(transfer.lineage)
+    app.command("similar")(transfer.similar)
+    app.command("continual")(transfer.continual)
     app.command("tasks")(catalog.tasks)
     app.command("models")(catalog.models_cmd)
     app.add_typer(db_app, name="db")

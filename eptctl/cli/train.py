@@ -58,6 +58,9 @@ def train(
     label_column: Annotated[str, typer.Option(help="Column with the label.", rich_help_panel=DATA)] = "label",
     template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
+    init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel="Transfer")] = None,
+    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", rich_help_panel="Transfer")] = 2,
+    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", rich_help_panel="Transfer")] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
     description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
@@ -71,8 +74,10 @@ def train(
     Example: eptctl train rt-polarity --method ept --steps 150
 
     Example: eptctl train reviews --data reviews.csv --text-column body --label-column stars
+
+    Example: eptctl train rt-subjectivity --init-from rt-polarity@best
     """
-    from eptctl import models, runs
+    from eptctl import models, runs, transfer
 
     method_cfg = EPTConfig(method=method, prompt_length=prompt_length, short_length=short_length, rank=rank,
                            max_length=max_length, alpha=alpha, fusion=fusion, fusion_dim=fusion_dim,
@@ -82,6 +87,7 @@ def train(
                             lr_low_rank=lr_low_rank, lr_fusion=lr_fusion, lr_head=lr_head, warmup_steps=warmup_steps,
                             objective=objective, eval_every=eval_every, seed=seed)
     custom = None if data is None else runs.DataOptions(data, text_column, text_pair_column, label_column, template, hub)
+    sources = None if init_from is None else ("auto" if init_from == "auto" else transfer.parse_sources(init_from))
     reg = open_registry(registry)
     stop = _StopFlag()
     view = _ProgressView(quiet=as_json)
@@ -94,7 +100,8 @@ def train(
                 task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
                 max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone, description=description,
                 tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]), on_event=view.on_event,
-                should_stop=stop.is_set, trust_remote_code=trust_remote_code,
+                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources, top_k=top_k,
+                probe=probe,
             )
     except TrainingInterrupted as interrupted:
         err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
@@ -196,5 +203,11 @@ class _ProgressView:
                 f"step {event['step']}/{event['total']}: validation accuracy {fmt_metric(m.get('accuracy'))}, "
                 f"macro-F1 {fmt_metric(m.get('macro_f1'))} (best step {event['best_step']})"
             ) if not self.quiet else None
+        elif kind == "auto_sources":
+            self.note("auto-selected sources: " + ", ".join(
+                f"{r.get('ref', r['id'][:8])}" + (f" (probe accuracy {r['probe_accuracy']:.3f})" if "probe_accuracy" in r else "")
+                for r in event["ranked"]))
+        elif kind == "fused_init":
+            self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event["parents"]))
         elif kind == "final_eval":
             self.note("evaluating the best checkpoint on validation and test…")

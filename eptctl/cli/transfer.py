@@ -1,0 +1,168 @@
+"""Transfer commands: lineage, similar, continual."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_metric, open_registry, out, print_json
+from eptctl.errors import EptctlError
+
+
+def _ancestry(reg, rec, seen: set) -> dict:
+    node = {"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
+            "accuracy": rec.metric("accuracy", "test"), "parents": []}
+    if rec.id in seen:  # lineage is a DAG; print each adapter's ancestry once
+        return node
+    seen.add(rec.id)
+    links = {p.parent_id: p for p in rec.parents}
+    for parent in reg.parents(rec):
+        child = _ancestry(reg, parent, seen)
+        child.update(weight=links[parent.id].weight, how=links[parent.id].how)
+        node["parents"].append(child)
+    return node
+
+
+def _label(node: dict) -> str:
+    extra = f" ×{node['weight']:.2f} ({node['how']})" if "weight" in node else ""
+    return f"[bold]{node['ref']}[/] {node['method']} test acc {fmt_metric(node['accuracy'])}{extra}"
+
+
+def _grow(tree: Tree, node: dict) -> None:
+    for parent in node["parents"]:
+        _grow(tree.add(_label(parent)), parent)
+
+
+def lineage(
+    ref: Annotated[str, typer.Argument(help="Adapter reference.")],
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print where an adapter came from (parents, recursively, with fusion weights) and what descends from it.
+
+    Example: eptctl lineage rt-subjectivity@latest
+    """
+    reg = open_registry(registry)
+    rec = reg.resolve(ref)
+    tree = _ancestry(reg, rec, set())
+    children = [{"ref": c.ref, "id": c.id, "task": c.task} for c in reg.children(rec)]
+    if as_json:
+        print_json({**tree, "children": children})
+        return
+    view = Tree(_label(tree))
+    _grow(view, tree)
+    out.print(view)
+    if children:
+        out.print("children: " + ", ".join(c["ref"] for c in children))
+
+
+def similar(
+    target: Annotated[str, typer.Argument(help="Adapter reference, or a task name (then --probe is needed).")],
+    top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.")] = 5,
+    probe: Annotated[int | None, typer.Option(help="Also rank by zero-step accuracy on N examples of the target task.")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone for --probe on a task with no adapter yet.")] = None,
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rank stored adapters by prompt cosine similarity (SPoT-style) and, with --probe N, by zero-step accuracy.
+
+    Example: eptctl similar rt-subjectivity@latest --top-k 3 --probe 64
+    """
+    from eptctl import data, inference, models, runs, transfer
+
+    reg = open_registry(registry)
+    try:
+        rec = reg.resolve(target)
+    except EptctlError:
+        rec = None
+    result: dict = {"target": target}
+    if rec is not None:
+        result["by_cosine"] = transfer.rank_by_similarity(reg, rec.id, top_k)
+        spec = inference.load_adapter(reg, rec.id).spec
+        backbone_name = model or rec.backbone.name
+    else:
+        spec = runs.resolve_spec(target, reg)
+        if probe is None:
+            raise EptctlError(f"'{target}' has no adapter to compare prompts with",
+                              hint=f"add --probe N to rank adapters by zero-step accuracy on {target}")
+        backbone_name = model or models.DEFAULT_MODEL
+    if probe:
+        backbone = models.load(backbone_name)
+        examples = data.load_task(spec, max_eval=probe).validation
+        ranked = transfer.probe_sources(reg, spec, backbone, examples, top_k=None)
+        result["by_probe"] = [r for r in ranked if rec is None or r["id"] != rec.id][:top_k]
+    if as_json:
+        print_json(result)
+        return
+    for key, col in (("by_cosine", "cosine"), ("by_probe", "probe_accuracy")):
+        if key not in result:
+            continue
+        table = Table(title=f"{target}: {col.replace('_', ' ')}", show_edge=False, header_style="bold")
+        for name in ("ref", "task", "method", col):
+            table.add_column(name)
+        for r in result[key]:
+            table.add_row(r["ref"], r["task"], r["method"], f"{r[col]:.4f}")
+        out.print(table)
+
+
+def continual(
+    tasks: Annotated[list[str], typer.Argument(help="Tasks in the order to learn them.")],
+    model: Annotated[str, typer.Option(help="Backbone.")] = "smollm2-135m",
+    method: Annotated[str, typer.Option(help="pt | dept | ept")] = "ept",
+    steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Random init for every task (the baseline).")] = False,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Skip the random-init runs (no forward transfer figure).")] = False,
+    registry: RegistryUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Learn tasks in order, each from the fusion of the adapters before it; report the accuracy matrix, forgetting
+    and forward transfer.
+
+    Example: eptctl continual rt-polarity rt-subjectivity bbc-topic --steps 50
+    """
+    from eptctl import continual as continual_lib
+    from eptctl.methods import EPTConfig
+    from eptctl.training import TrainConfig
+
+    if len(tasks) < 2:
+        raise EptctlError("continual needs at least two tasks", hint="e.g. eptctl continual rt-polarity rt-subjectivity")
+    reg = open_registry(registry)
+
+    def on_event(event):
+        if as_json:
+            return
+        if event["event"] == "stage":
+            err.print(f"stage {event['stage'] + 1}: {event['task']}"
+                      + (f" from {', '.join(event['init_from'])}" if event["init_from"] else " (random init)"))
+        elif event["event"] == "forward_transfer":
+            err.print(f"  {event['task']}: fused init {event['fused_init']:.4f} vs random init "
+                      f"{event['random_init']:.4f} ({event['delta']:+.4f})")
+
+    report = continual_lib.continual(
+        reg, tasks, model=model, method_cfg=EPTConfig(method=method),
+        train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
+        baseline=not no_baseline, max_train=max_train, max_eval=max_eval, on_event=on_event,
+        command_line=shlex.join(["eptctl", *sys.argv[1:]]))
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title="test accuracy: tasks × stages", show_edge=False, header_style="bold")
+    table.add_column("task")
+    for i, t in enumerate(tasks):
+        table.add_column(f"after {i + 1}: {t}", justify="right")
+    for t in tasks:
+        table.add_row(t, *["" if v is None else f"{v:.4f}" for v in report["matrix"][t]])
+    out.print(table)
+    out.print(f"forgetting (max over tasks): {report['max_forgetting']:.6f}; re-evaluation vs stored metrics: "
+              f"{report['reeval_vs_stored_max_diff']:.6f}")
+    for t, ft in report["forward_transfer"].items():
+        out.print(f"forward transfer {t}: {ft['delta']:+.4f} (fused {ft['fused_init']:.4f}, random {ft['random_init']:.4f})")

@@ -1,0 +1,150 @@
+"""Transfer across tasks: fused initialisation from stored adapters, prompt similarity, zero-step probes.
+
+A new adapter can start from the weighted combination of stored adapters' components (prompt, A, B, fusion,
+projection, gate; never a task-specific head). Sources must share the new adapter's backbone (embedding fingerprint)
+and shapes; anything else is refused with the list of offending sources and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eptctl.errors import EptctlError
+
+HOW_WEIGHTED = "init-weighted"
+TASK_SPECIFIC = ("head.",)  # heads map to a task's own labels: never transferred
+
+
+@dataclass(frozen=True)
+class Source:
+    ref: str
+    weight: float = 1.0
+
+
+def parse_sources(text: str) -> list[Source]:
+    """``REF[:WEIGHT],REF[:WEIGHT],...`` (weights default to 1 and are normalised later)."""
+    sources = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        ref, sep, weight = part.rpartition(":") if ":" in part else (part, "", "")
+        if not sep:
+            ref, weight = part, "1"
+        try:
+            value = float(weight)
+        except ValueError:
+            raise EptctlError(f"--init-from: weight {weight!r} of {ref!r} is not a number",
+                              hint="use REF:WEIGHT, e.g. rt-polarity@1:0.7,rt-subjectivity@2:0.3") from None
+        sources.append(Source(ref, value))
+    if not sources:
+        raise EptctlError("--init-from names no adapter", hint="e.g. --init-from rt-polarity@latest")
+    return sources
+
+
+def normalise(weights: list[float]) -> list[float]:
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise EptctlError(f"fusion weights must be non-negative with a positive sum, got {weights}",
+                          hint="e.g. --init-from a@1:0.5,b@2:0.5")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def best_state(registry, record) -> dict[str, torch.Tensor]:
+    """The adapter's trained components (its best checkpoint), from its training-state artifact."""
+    loaded = registry.load_training_state(record)
+    if loaded is None:
+        raise EptctlError(f"adapter {record.ref} has no training state to initialise from",
+                          hint="use an adapter trained by eptctl train")
+    tensors, _ = loaded
+    return {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+
+
+def fuse_states(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Weighted sum of component tensors (weights normalised); a single source with weight 1 is reproduced exactly."""
+    weights = normalise(weights)
+    keys = [k for k in states[0] if not k.startswith(TASK_SPECIFIC)]
+    fused = {}
+    for key in keys:
+        tensors = [s[key] for s in states]
+        if any(t.shape != tensors[0].shape for t in tensors):
+            raise EptctlError(f"sources disagree on the shape of {key}: {[tuple(t.shape) for t in tensors]}",
+                              hint="fuse adapters trained with the same --prompt-length/--short-length/--rank")
+        if len(tensors) == 1:
+            fused[key] = tensors[0].clone()
+        else:
+            fused[key] = sum(w * t.float() for w, t in zip(weights, tensors))
+    return fused
+
+
+def check_sources(records, target_fingerprint: dict, target_shapes: dict[str, tuple]) -> None:
+    """Refuse sources from another backbone or of another shape, naming each and why."""
+    problems = []
+    for rec, state in records:
+        if rec.backbone.embedding_sha256 != target_fingerprint["embedding_sha256"]:
+            problems.append(f"{rec.ref}: trained on backbone '{rec.backbone.name}', not '{target_fingerprint['name']}'")
+            continue
+        for key, shape in target_shapes.items():
+            if key.startswith(TASK_SPECIFIC):
+                continue
+            if key not in state:
+                problems.append(f"{rec.ref}: has no {key} (method {rec.method})")
+                break
+            if tuple(state[key].shape) != tuple(shape):
+                problems.append(f"{rec.ref}: {key} has shape {tuple(state[key].shape)}, the new adapter needs {tuple(shape)}")
+                break
+    if problems:
+        raise EptctlError("incompatible --init-from sources: " + "; ".join(problems),
+                          hint="use sources of the same backbone, method and shape (eptctl show REF lists them)")
+
+
+def fused_init(registry, sources: list[Source], backbone, adapter_template) -> tuple[dict[str, torch.Tensor], list]:
+    """Init tensors for a new adapter shaped like ``adapter_template`` and the lineage links to its parents."""
+    from registry import ParentLink
+
+    records = [registry.resolve(s.ref) for s in sources]
+    states = [best_state(registry, rec) for rec in records]
+    shapes = {k: tuple(v.shape) for k, v in adapter_template.state_dict().items()}
+    check_sources(list(zip(records, states)), backbone.fingerprint(), shapes)
+    weights = normalise([s.weight for s in sources])
+    fused = fuse_states(states, weights)
+    parents = [ParentLink(parent_id=rec.id, weight=w, how=HOW_WEIGHTED) for rec, w in zip(records, weights)]
+    return fused, parents
+
+
+# --- similarity and probes ------------------------------------------------------------------------------------------
+def rank_by_similarity(registry, ref: str, top_k: int | None = None) -> list[dict]:
+    """Stored adapters on the same backbone ranked by cosine similarity of materialized prompts (SPoT-style)."""
+    from eptctl.inference import load_adapter, prompt_similarity
+
+    target = load_adapter(registry, ref)
+    rows = []
+    for rec in registry.list_adapters(backbone=target.record.backbone.embedding_sha256[:16]):
+        if rec.id == target.record.id:
+            continue
+        other = load_adapter(registry, rec.id)
+        rows.append({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
+                     "cosine": prompt_similarity(target.adapter, other.adapter)})
+    rows.sort(key=lambda r: r["cosine"], reverse=True)
+    return rows[:top_k] if top_k else rows
+
+
+def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: int | None = None) -> list[dict]:
+    """Zero-step accuracy of each stored adapter's prompt on ``examples`` of the target task (its template and
+    answers), for adapters of this backbone. Encoder adapters are skipped: their heads belong to their own labels."""
+    from eptctl.inference import ServableAdapter, evaluate_examples, load_adapter
+
+    fp = backbone.fingerprint()
+    records = candidates if candidates is not None else registry.list_adapters(backbone=fp["embedding_sha256"][:16])
+    rows = []
+    for rec in records:
+        servable = load_adapter(registry, rec.id)
+        if servable.adapter.has_head:
+            continue
+        as_target = ServableAdapter(rec, servable.adapter, spec, servable.config)
+        metrics = evaluate_examples(backbone, as_target, examples)
+        rows.append({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
+                     "probe_accuracy": metrics["accuracy"]})
+    rows.sort(key=lambda r: r["probe_accuracy"], reverse=True)
+    return rows[:top_k] if top_k else rows
