@@ -6,6 +6,7 @@ backbone) is checked before the registry is written, and the registry is written
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -174,6 +175,7 @@ def train_task(
     init_tensors: dict[str, torch.Tensor] | None = None,
     parents: list | None = None,
     init_from: list | str | None = None,
+    transfer_mode: str = "weighted",
     top_k: int = 2,
     probe: int = 64,
     description: str = "",
@@ -195,9 +197,15 @@ def train_task(
         backbone = models.load(model, trust_remote_code=trust_remote_code)
     method_cfg = method_cfg.resolved(backbone.width)
     encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data)
+    attention_sources = None
     if init_from is not None:
-        init_tensors, parents = _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, task_data,
-                                             top_k, probe, emit)
+        if transfer_mode not in ("weighted", "attention"):
+            raise EptctlError(f"--transfer-mode must be weighted or attention, got {transfer_mode!r}",
+                              hint="use --transfer-mode weighted")
+        init_tensors, parents, method_cfg = _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec,
+                                                         task_data, top_k, probe, emit, transfer_mode)
+        if transfer_mode == "attention":
+            attention_sources, parents = parents, []
     key = run_key(spec.name, task_data.fingerprint, backbone.fingerprint()["embedding_sha256"], method_cfg, train_cfg)
     ckpt = checkpoint_path(key)
     if resume and not ckpt.exists():
@@ -208,11 +216,17 @@ def train_task(
                    init_tensors=init_tensors, checkpoint_path=ckpt, resume=resume, on_event=on_event,
                    should_stop=should_stop)
     materialized = result.adapter.materialize()
+    if attention_sources:  # lineage weights of an attention mixture are what it learned
+        from registry import ParentLink
+
+        parents = [ParentLink(rec.id, w, "attention")
+                   for rec, w in zip(attention_sources, result.adapter.source_weights())]
     metrics = [MetricValue(split, name, value) for split, values in result.metrics.items()
                for name, value in values.items()]
     metrics += [MetricValue("validation", name, value, step=point["step"]) for point in result.history
                 if "validation" in point for name, value in point["validation"].items()]
     summary = {
+        "source_weights": result.adapter.source_weights(),
         "space_weights": None if materialized.gate is None else [round(float(g), 6) for g in materialized.gate],
         "best_step": result.best_step,
         "steps": result.steps,
@@ -241,8 +255,8 @@ def train_task(
     return TrainOutcome(record=record, result=result, spec=spec)
 
 
-def _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, task_data, top_k, probe, emit):
-    """Init tensors and parent links from ``--init-from`` (a list of transfer.Source, or "auto")."""
+def _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, task_data, top_k, probe, emit, mode):
+    """Init tensors, parent links (attention mode: source records) and the method config for ``--init-from``."""
     from eptctl import transfer
     from eptctl.training import new_adapter
 
@@ -261,6 +275,10 @@ def _fused_start(registry, init_from, backbone, method_cfg, train_cfg, spec, tas
             ranked = [{"id": rec.id, "ref": rec.ref} for rec in candidates[:top_k]]
         emit({"event": "auto_sources", "ranked": ranked})
         init_from = [transfer.Source(r["id"], 1.0) for r in ranked]
+    if mode == "attention":
+        init_tensors, records = transfer.attention_init(registry, list(init_from), backbone, template)
+        emit({"event": "attention_init", "sources": [r.ref for r in records]})
+        return init_tensors, records, dataclasses.replace(method_cfg, source_prompts=len(records))
     fused, parents = transfer.fused_init(registry, list(init_from), backbone, template)
     emit({"event": "fused_init", "parents": [(p.parent_id, p.weight) for p in parents]})
-    return fused, parents
+    return fused, parents, method_cfg

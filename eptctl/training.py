@@ -145,7 +145,7 @@ def evaluate(backbone: Backbone, source, encoded: Sequence[EncodedExample], answ
 # --- optimisation ---------------------------------------------------------------------------------------------------
 def build_optimizer(adapter: EPTAdapter, cfg: TrainConfig, total_steps: int):
     lrs = {"prompt": cfg.lr_prompt, "low_rank": cfg.lr_low_rank, "fusion": cfg.lr_fusion,
-           "projection": cfg.lr_fusion, "gate": cfg.lr_fusion, "head": cfg.lr_head}
+           "projection": cfg.lr_fusion, "gate": cfg.lr_fusion, "transfer": cfg.lr_fusion, "head": cfg.lr_head}
     groups = [{"params": ps, "lr": lrs[name], "name": name}
               for name, ps in adapter.parameter_groups().items() if ps]
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)

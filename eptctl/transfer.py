@@ -148,3 +148,18 @@ def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: in
                      "probe_accuracy": metrics["accuracy"]})
     rows.sort(key=lambda r: r["probe_accuracy"], reverse=True)
     return rows[:top_k] if top_k else rows
+
+
+HOW_ATTENTION = "attention"
+
+
+def attention_init(registry, sources: list[Source], backbone, adapter_template) -> tuple[dict[str, torch.Tensor], list]:
+    """The frozen source prompts (materialized, [t, s, d]) for an attention mixture, and the source records."""
+    from eptctl.inference import load_adapter
+
+    servables = [load_adapter(registry, s.ref) for s in sources]
+    shape = tuple(adapter_template.decomposition.prompt.shape)
+    check_sources([(sv.record, {"prompt": sv.adapter.prompt}) for sv in servables], backbone.fingerprint(),
+                  {"prompt": shape})
+    prompts = torch.stack([sv.adapter.prompt.float() for sv in servables])
+    return {"mixture.sources": prompts}, [sv.record for sv in servables]

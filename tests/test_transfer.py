@@ -113,3 +113,22 @@ def test_continual_run_has_no_forgetting_and_reports_forward_transfer(tmp_path, 
     assert set(report["forward_transfer"]) == {"rt-subjectivity"}
     second = report["adapters"][1]
     assert len(second["parents"]) == 1
+
+
+def test_attention_mode_learns_a_mixture_over_frozen_source_prompts(sources):
+    child = json.loads(ok("train", "bbc-topic", *TINY, "--init-from", "rt-polarity@1,rt-subjectivity@1",
+                          "--transfer-mode", "attention", "--json").stdout)
+    assert child["params_by_group"]["transfer"] == 32 * 16 + 1
+    shown = json.loads(ok("show", child["ref"], "--json").stdout)
+    parents = shown["lineage"]["parents"]
+    assert [p["how"] for p in parents] == ["attention", "attention"]
+    assert sum(p["weight"] for p in parents) == pytest.approx(1.0, abs=1e-6)
+    assert shown["source_weights"] == pytest.approx([p["weight"] for p in parents])
+    # the sources are frozen buffers of the new adapter: its training state carries them unchanged
+    from registry import Registry
+
+    reg = Registry()
+    state, _ = reg.load_training_state(reg.resolve(child["ref"]))
+    src, _ = reg.load_servable(reg.resolve("rt-polarity@1"))
+    assert torch.equal(state["best.mixture.sources"][0], src["prompt"])
+    assert json.loads(ok("predict", child["ref"], "a text").stdout)["label"]

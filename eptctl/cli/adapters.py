@@ -82,7 +82,8 @@ def show(
     final = [m for m in rec.metrics if m.step is None]
     if as_json:
         print_json({**adapter_summary(rec), "config": rec.config, "params_by_group": rec.params_by_group,
-                    "metrics": final, "space_weights": rec.summary.get("space_weights"), "lineage": lineage,
+                    "metrics": final, "space_weights": rec.summary.get("space_weights"),
+                    "source_weights": rec.summary.get("source_weights"), "lineage": lineage,
                     "backbone": rec.backbone, "artifacts": rec.artifacts, "run": rec.run,
                     "description": rec.description, "best_step": rec.summary.get("best_step"),
                     "history": rec.summary.get("history", [])})
@@ -108,6 +109,9 @@ def show(
     gate = rec.summary.get("space_weights")
     if gate:
         out.print("space weights (gate): " + "  ".join(f"{i}:{w:.3f}" for i, w in enumerate(gate)))
+    mix = rec.summary.get("source_weights")
+    if mix:
+        out.print("source weights (attention): " + "  ".join(f"{w:.3f}" for w in mix))
     cfg = rec.config
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "schema_version"))
     b = rec.backbone

@@ -59,6 +59,7 @@ def train(
     template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel="Transfer")] = None,
+    transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel="Transfer")] = "weighted",
     top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", rich_help_panel="Transfer")] = 2,
     probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", rich_help_panel="Transfer")] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
@@ -100,7 +101,7 @@ def train(
                 task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
                 max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone, description=description,
                 tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]), on_event=view.on_event,
-                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources, top_k=top_k,
+                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources, top_k=top_k, transfer_mode=transfer_mode,
                 probe=probe,
             )
     except TrainingInterrupted as interrupted:
@@ -209,5 +210,7 @@ class _ProgressView:
                 for r in event["ranked"]))
         elif kind == "fused_init":
             self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event["parents"]))
+        elif kind == "attention_init":
+            self.note("attention over the frozen prompts of " + ", ".join(event["sources"]))
         elif kind == "final_eval":
             self.note("evaluating the best checkpoint on validation and test…")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from eptctl.errors import ConfigError
 
-GROUPS = ("prompt", "low_rank", "fusion", "projection", "gate", "head")
+GROUPS = ("prompt", "low_rank", "fusion", "projection", "gate", "transfer", "head")
 
 # DePT keeps about 60% of the budget in the short prompt (T5-Base: l=100 -> s=60, r=30). eptctl's default config
 # uses 0.3 instead: every prompt position costs a full backbone position per step, which dominates on a CPU.
@@ -36,7 +36,8 @@ def count_parameters(cfg, width: int, num_labels: int | None = None) -> dict[str
     """Exact trainable parameters by group for a resolved config (matches the modules, checked by tests).
 
     prompt: s*d (l*d for pt); low_rank: n*r + r*d; fusion: 3*d*d_a + d_a*d (or 1 scalar when d_a = 0);
-    projection: k*(d*m + m*d); gate: d*k + k; head: d*c + c for encoder-only backbones with c labels.
+    projection: k*(d*m + m*d); gate: d*k + k; transfer (attention over t source prompts): d*16 + 1;
+    head: d*c + c for encoder-only backbones with c labels.
     """
     d = width
     counts = dict.fromkeys(GROUPS, 0)
@@ -50,6 +51,10 @@ def count_parameters(cfg, width: int, num_labels: int | None = None) -> dict[str
     if cfg.uses_projection:
         counts["projection"] = cfg.spaces * 2 * d * cfg.space_rank
         counts["gate"] = d * cfg.spaces + cfg.spaces
+    if cfg.source_prompts:
+        from eptctl.methods.mixture import MIXTURE_DIM
+
+        counts["transfer"] = d * MIXTURE_DIM + 1
     if num_labels:
         counts["head"] = d * num_labels + num_labels
     counts["total"] = sum(counts[g] for g in GROUPS)

@@ -34,6 +34,7 @@ class EPTConfig:
     projection: bool = field(default=True, metadata={"help": "multi-space projection with a gate"})
     spaces: int = field(default=3, metadata={"help": "k: number of gated subspaces"})
     space_rank: int = field(default=1, metadata={"help": "m: rank of each subspace map"})
+    source_prompts: int = field(default=0, metadata={"help": "t: frozen source prompts mixed by attention (transfer)"})
     prompt_init: str = field(default="vocab", metadata={"help": "vocab | text | tensors"})
     init_text: str | None = field(default=None, metadata={"help": "text whose token embeddings init the prompt"})
     schema_version: int = SCHEMA_VERSION
@@ -103,6 +104,7 @@ def validate(cfg: EPTConfig) -> None:
     _positive("fusion heads", "--fusion-heads", cfg.fusion_heads)
     _positive("number of spaces", "--spaces", cfg.spaces, allow_zero=True)
     _positive("space rank", "--space-rank", cfg.space_rank)
+    _positive("source prompts", "--init-from", cfg.source_prompts, allow_zero=True)
     if not (0 < cfg.short_fraction < 1):
         raise ConfigError(f"--short-fraction must be in (0, 1), got {cfg.short_fraction}", hint="DePT uses 0.6")
     if not (isinstance(cfg.alpha, (int, float)) and math.isfinite(cfg.alpha) and cfg.alpha > 0):

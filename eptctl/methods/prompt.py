@@ -19,6 +19,7 @@ from eptctl.methods.budget import GROUPS, count_parameters
 from eptctl.methods.config import EPTConfig
 from eptctl.methods.decomposition import Decomposition
 from eptctl.methods.fusion import PromptFusion
+from eptctl.methods.mixture import SourceMixture
 from eptctl.methods.projection import MultiSpaceProjection
 
 
@@ -45,6 +46,7 @@ class EPTAdapter(nn.Module):
         self.decomposition = Decomposition(init_prompt, cfg.max_length, rank, cfg.alpha)
         self.fusion = PromptFusion(width, cfg.fusion_dim, cfg.fusion_heads) if cfg.uses_fusion else None
         self.projection = MultiSpaceProjection(width, cfg.spaces, cfg.space_rank) if cfg.uses_projection else None
+        self.mixture = SourceMixture(width, cfg.source_prompts, length) if cfg.source_prompts else None
         self.head = nn.Linear(width, num_labels) if num_labels else None
         self.num_labels = num_labels
 
@@ -58,7 +60,22 @@ class EPTAdapter(nn.Module):
         gate = None
         if self.projection is not None:
             prompt, gate = self.projection(prompt)
+        if self.mixture is not None:
+            prompt = self.mixture(prompt)
         return prompt, offset, gate
+
+    @torch.no_grad()
+    def source_weights(self) -> list[float] | None:
+        """Attention weights over the frozen source prompts (transfer by attention), or None."""
+        if self.mixture is None:
+            return None
+        prompt = self.decomposition.prompt
+        offset = self.decomposition.offset()
+        if self.fusion is not None:
+            prompt = self.fusion(prompt, offset)
+        if self.projection is not None:
+            prompt, _ = self.projection(prompt)
+        return [float(w) for w in self.mixture.weights(prompt)]
 
     def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         prompt, offset, _ = self.compute()
@@ -86,6 +103,8 @@ class EPTAdapter(nn.Module):
         if self.projection is not None:
             groups["projection"] += [self.projection.space_u, self.projection.space_v]
             groups["gate"] += list(self.projection.gate.parameters())
+        if self.mixture is not None:
+            groups["transfer"] += [self.mixture.attention, self.mixture.balance]
         if self.head is not None:
             groups["head"] += list(self.head.parameters())
         return groups
