@@ -17,3 +17,7 @@ class EptctlError(Exception):
 
 class ConfigError(EptctlError):
     """A configuration value is invalid; the message names the option."""
+
+
+class TrainingInterrupted(EptctlError):
+    """Raised after a clean checkpoint when a run was asked to stop; ``--resume`` continues it."""

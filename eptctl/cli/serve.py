@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl, err, fmt_metric, open_registry, print_json
+from eptctl.cli.common import RegistryUrl, fmt_metric, open_registry, print_json
 from eptctl.errors import EptctlError
 
 

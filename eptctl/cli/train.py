@@ -12,8 +12,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from eptctl.cli.common import RegistryUrl, err, fmt_count, fmt_metric, open_registry, print_json
-from eptctl.methods import EPTConfig
-from eptctl.training import TrainConfig, TrainingInterrupted
+from eptctl.errors import TrainingInterrupted
+from eptctl.methods.config import EPTConfig
+from eptctl.train_config import TrainConfig
 
 _M = EPTConfig()
 _T = TrainConfig()
