@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
 from eptctl import models
 from eptctl.errors import ConfigError
-from eptctl.methods import EPTAdapter, EPTConfig, choose_short_and_rank, count_parameters
+from eptctl.methods import EPTConfig, choose_short_and_rank, count_parameters
 from eptctl.training import TrainConfig, evaluate, new_adapter, train
 from tests.tiny_task import encoded_task
 
