@@ -101,14 +101,6 @@ class Backbone:
     def fingerprint(self, max_length: int | None = None) -> dict:
         return {**self._fingerprint, "max_length": max_length}
 
-    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings as the model computes them (some modules scale inside), in fp32."""
-        with torch.no_grad():
-            return self.model.get_input_embeddings()(ids.to(self.device)).float()
-
-    def vocabulary_embeddings(self, ids: Sequence[int]) -> torch.Tensor:
-        return self.token_embeddings(torch.tensor(list(ids), dtype=torch.long)).cpu()
-
     def backbone_state_hash(self) -> str:
         """sha256 over every backbone tensor, to prove training leaves the backbone bit-identical."""
         digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from eptctl import data, models
 from eptctl.backbones import Backbone, TaskEncoding
 from eptctl.errors import EptctlError
 from eptctl.methods import EPTConfig, MaterializedAdapter
-from eptctl.runs import check_backbone
+from eptctl.runs import check_backbone, encode_examples
 from eptctl.training import classification_metrics, eval_batches, predict_scores
 
 
@@ -59,9 +59,7 @@ def backbone_for(servables: Sequence[ServableAdapter], model: str | None = None,
 
 def _encode(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example]):
     answers = backbone.encode_answers(servable.spec.verbalizer)
-    encoded = backbone.encode([servable.spec.prompt(e) for e in examples], [e.label for e in examples], answers,
-                              servable.max_length)
-    return encoded, answers
+    return encode_examples(backbone, servable.spec, examples, answers, servable.max_length), answers
 
 
 def evaluate_examples(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
@@ -94,11 +92,12 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
     """Rows of different tasks in one batch: ``rows[i] = (adapter index, text, text_pair)``; each row gets its own
     prompt and offset, and every batch is one backbone forward pass."""
     answers: list[TaskEncoding] = [backbone.encode_answers(s.spec.verbalizer) for s in servables]
-    encoded = []
-    for adapter_index, text, pair in rows:
-        s = servables[adapter_index]
-        prompt = s.spec.prompt(data.Example(text=text, label=0, text_pair=pair))
-        encoded.append(backbone.encode([prompt], [0], answers[adapter_index], s.max_length)[0])
+    encoded: list = [None] * len(rows)
+    for a, s in enumerate(servables):  # one tokenizer call per adapter, not per row
+        mine = [i for i, row in enumerate(rows) if row[0] == a]
+        examples = [data.Example(text=rows[i][1], label=0, text_pair=rows[i][2]) for i in mine]
+        for i, enc in zip(mine, encode_examples(backbone, s.spec, examples, answers[a], s.max_length)):
+            encoded[i] = enc
     sources = [s.adapter.to(backbone.device) for s in servables]
     out: list[dict | None] = [None] * len(rows)
     with torch.no_grad():

@@ -133,19 +133,19 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
             raise
 
 
-def resolve_source(name: str) -> tuple[str, str | None, dict]:
-    """Returns (path or hub id, revision, from_pretrained kwargs) for a model name."""
+def resolve_source(name: str) -> tuple[str, str | None]:
+    """Returns (path or hub id, revision) for a model name."""
     canonical = canonical_name(name)
     if canonical in EMBEDDED:
         m = EMBEDDED[canonical]
-        return str(embedded_model_dir(m)), m.revision, {}
+        return str(embedded_model_dir(m)), m.revision
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise EptctlError(f"{name} is not a model folder (no config.json)", hint="pass a folder saved with save_pretrained")
-        return str(path.resolve()), None, {}
+        return str(path.resolve()), None
     if "/" in name and not name.startswith((".", "/")):
-        return name, None, {}
+        return name, None
     raise EptctlError(
         f"unknown model {name!r}",
         hint=f"use one of {', '.join(sorted([*EMBEDDED, *TINY_MODELS]))}, a local folder, or a hub id owner/name",
@@ -200,7 +200,7 @@ def load(name: str = DEFAULT_MODEL, *, device: str | None = None, precision: str
         model, tokenizer, family = build_random(name)
         return Backbone(name, model, tokenizer, family, revision="random-seed-1234", device=device, precision=precision)
     canonical = canonical_name(name)
-    source, revision, _ = resolve_source(name)
+    source, revision = resolve_source(name)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}

@@ -48,10 +48,6 @@ class EncodedTask:
     validation: list[EncodedExample]
     test: list[EncodedExample]
 
-    @property
-    def truncated(self) -> int:
-        return sum(e.truncated for e in (*self.train, *self.validation, *self.test))
-
 
 @dataclass
 class TrainOutcome:
@@ -102,9 +98,15 @@ def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max
     answers = backbone.encode_answers(spec.verbalizer)
 
     def enc(examples):
-        return backbone.encode([spec.prompt(e) for e in examples], [e.label for e in examples], answers, max_length)
+        return encode_examples(backbone, spec, examples, answers, max_length)
 
     return EncodedTask(spec, task_data, answers, enc(task_data.train), enc(task_data.validation), enc(task_data.test))
+
+
+def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples, answers: TaskEncoding, max_length: int
+                    ) -> list[EncodedExample]:
+    """The task's template filled with each example, tokenized in one call."""
+    return backbone.encode([spec.prompt(e) for e in examples], [e.label for e in examples], answers, max_length)
 
 
 # --- fingerprints and run metadata ---------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def train_task(
         "space_weights": None if materialized.gate is None else [round(float(g), 6) for g in materialized.gate],
         "best_step": result.best_step,
         "steps": result.steps,
-        "truncated": encoded.truncated,
+        "truncated": result.truncated,
         "history": result.history,
         "train_config": train_cfg.to_dict(),
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_count, fmt_metric, fmt_time, open_registry, out, print_json
+from eptctl.cli.common import (
+    JsonFlag, RegistryUrl, err, fmt_count, fmt_metric, fmt_time, make_table, open_registry, out, print_json,
+)
 
 
 def _key_metric(rec, split: str = "test") -> float | None:
@@ -48,9 +49,8 @@ def list_adapters(
     if as_json:
         print_json([adapter_summary(r) for r in records])
         return
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("ref", "id", "task", "method", "backbone", "val acc", "test acc", "params", "created", "aliases"):
-        table.add_column(col, justify="right" if col in ("val acc", "test acc", "params") else "left")
+    table = make_table("ref", "id", "task", "method", "backbone", "val acc", "test acc", "params", "created", "aliases",
+                       right=("val acc", "test acc", "params"))
     for r in records:
         table.add_row(r.ref, r.id[:8], r.task, r.method, r.backbone.name, fmt_metric(r.metric("accuracy", "validation")),
                       fmt_metric(r.metric("accuracy", "test")), fmt_count(r.trainable_params), fmt_time(r.created_at),
@@ -92,15 +92,11 @@ def show(
     out.print(f"task {rec.task} · method {rec.method} · created {fmt_time(rec.created_at)}"
               + (f" · aliases {', '.join(rec.aliases)}" if rec.aliases else "")
               + (f" · tags {', '.join(rec.tags)}" if rec.tags else ""))
-    metrics = Table(title="metrics", show_edge=False, header_style="bold")
-    for col in ("split", "metric", "value"):
-        metrics.add_column(col)
+    metrics = make_table("split", "metric", "value", title="metrics")
     for m in sorted(final, key=lambda m: (m.split, m.name)):
         metrics.add_row(m.split, m.name, fmt_metric(m.value))
     out.print(metrics)
-    params = Table(title="trainable parameters", show_edge=False, header_style="bold")
-    params.add_column("group")
-    params.add_column("count", justify="right")
+    params = make_table("group", "count", right=("count",), title="trainable parameters")
     for group, count in rec.params_by_group.items():
         if count:
             params.add_row(group, f"{count:,}")
@@ -150,10 +146,7 @@ def compare(
         print_json(report)
         return
     names = [a["ref"] for a in report["adapters"]]
-    table = Table(show_edge=False, header_style="bold")
-    table.add_column("")
-    for n in names:
-        table.add_column(n, justify="right")
+    table = make_table("", *names, right=tuple(names))
     for row in report["metrics"]:
         cells = [fmt_metric(row["values"][0])]
         for v, d in zip(row["values"][1:], row["deltas"][1:]):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
-from eptctl.cli.common import JsonFlag, RegistryUrl, open_registry, out, print_json
+from eptctl.cli.common import JsonFlag, RegistryUrl, make_table, open_registry, out, print_json
 
 
 def tasks(registry: RegistryUrl = None, as_json: JsonFlag = False) -> None:
@@ -24,9 +22,7 @@ def tasks(registry: RegistryUrl = None, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("task", "kind", "labels", "description"):
-        table.add_column(col)
+    table = make_table("task", "kind", "labels", "description")
     for r in rows:
         table.add_row(r["name"], r["kind"], ", ".join(r["labels"]), r["description"])
     out.print(table)
@@ -43,9 +39,7 @@ def models_cmd(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("model", "family", "source", "installed", "cached", "description"):
-        table.add_column(col)
+    table = make_table("model", "family", "source", "installed", "cached", "description")
     for r in rows:
         name = r["name"] + (" (default)" if r["default"] else "")
         table.add_row(name, r["family"], r["source"], "yes" if r["installed"] else "no",

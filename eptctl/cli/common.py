@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 RegistryUrl = Annotated[
     str | None,
@@ -24,6 +25,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 # Piped output is not cut to 80 columns: tables stay whole for grep and for files.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # data
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # progress, notes
+
+
+def make_table(*columns: str, right: tuple[str, ...] = (), title: str | None = None) -> Table:
+    """The house table: no outer edge, bold header; columns named in ``right`` are right-aligned (numbers)."""
+    table = Table(title=title, show_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left")
+    return table
 
 
 def open_registry(url: str | None):

@@ -7,10 +7,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.tree import Tree
 
-from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_metric, open_registry, out, print_json
+from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_metric, make_table, open_registry, out, print_json
 from eptctl.errors import EptctlError
 
 
@@ -102,9 +101,7 @@ def similar(
     for key, col in (("by_cosine", "cosine"), ("by_probe", "probe_accuracy")):
         if key not in result:
             continue
-        table = Table(title=f"{target}: {col.replace('_', ' ')}", show_edge=False, header_style="bold")
-        for name in ("ref", "task", "method", col):
-            table.add_column(name)
+        table = make_table("ref", "task", "method", col, title=f"{target}: {col.replace('_', ' ')}")
         for r in result[key]:
             table.add_row(r["ref"], r["task"], r["method"], f"{r[col]:.4f}")
         out.print(table)
@@ -155,10 +152,8 @@ def continual(
     if as_json:
         print_json(report)
         return
-    table = Table(title="test accuracy: tasks × stages", show_edge=False, header_style="bold")
-    table.add_column("task")
-    for i, t in enumerate(tasks):
-        table.add_column(f"after {i + 1}: {t}", justify="right")
+    stages = [f"after {i + 1}: {t}" for i, t in enumerate(tasks)]
+    table = make_table("task", *stages, right=tuple(stages), title="test accuracy: tasks × stages")
     for t in tasks:
         table.add_row(t, *["" if v is None else f"{v:.4f}" for v in report["matrix"][t]])
     out.print(table)

@@ -51,8 +51,8 @@ class EPTAdapter(nn.Module):
         self.num_labels = num_labels
 
     # --- forward pieces ---------------------------------------------------------------------------------------------
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (P_r [s, d], H [n, d] or None, gate [k] or None), the whole adapter-side computation."""
+    def _reconstruct(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(P_r before any source mixture, H or None, gate or None): decomposition -> fusion -> projection."""
         prompt = self.decomposition.prompt
         offset = self.decomposition.offset()
         if self.fusion is not None:
@@ -60,6 +60,11 @@ class EPTAdapter(nn.Module):
         gate = None
         if self.projection is not None:
             prompt, gate = self.projection(prompt)
+        return prompt, offset, gate
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (P_r [s, d], H [n, d] or None, gate [k] or None), the whole adapter-side computation."""
+        prompt, offset, gate = self._reconstruct()
         if self.mixture is not None:
             prompt = self.mixture(prompt)
         return prompt, offset, gate
@@ -69,12 +74,7 @@ class EPTAdapter(nn.Module):
         """Attention weights over the frozen source prompts (transfer by attention), or None."""
         if self.mixture is None:
             return None
-        prompt = self.decomposition.prompt
-        offset = self.decomposition.offset()
-        if self.fusion is not None:
-            prompt = self.fusion(prompt, offset)
-        if self.projection is not None:
-            prompt, _ = self.projection(prompt)
+        prompt, _, _ = self._reconstruct()
         return [float(w) for w in self.mixture.weights(prompt)]
 
     def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
