@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = importlib.import_module(f"bench.{args.name}")
     t0 = time.perf_counter()
-    rows = module.run(quick=args.quick)
+    result = module.run(quick=args.quick)
+    # A benchmark returns its rows, or a dict of rows plus extra top-level keys (e.g. "ratios").
+    extra = dict(result) if isinstance(result, dict) else {"rows": result}
+    rows = extra.pop("rows")
     print(markdown(rows))
+    for key, value in extra.items():
+        print(f"\n{key}: {json.dumps(value, indent=1)}")
     out = args.json or Path(".bench-out") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             # A yardstick of this interpreter's speed right now, to compare runs across machines and loads.
             "sum_range_1000_us": round(min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6, 2),
         },
+        **extra,
         "rows": rows,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
