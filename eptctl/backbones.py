@@ -245,6 +245,15 @@ class Backbone:
         logits = self._head_logits([adapter], embeds, mask, None)
         return F.cross_entropy(logits, batch.labels.to(logits.device))
 
+    def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
+        """How many terms ``loss`` averages over (answer tokens for lm on decoders, else rows): data parallelism
+        weights each rank's loss by it, so that the ranks together give the mean over the global batch."""
+        if objective == "classify" or self.family == "encoder":
+            return len(batch)
+        if self.family == "causal":
+            return int(batch.answer_len.sum())
+        return sum(len(answers.answers[int(y)]) for y in batch.labels)
+
     def _scoring_batch(self, batch: Batch) -> Batch:
         """Strip the appended answers from a causal training batch, leaving the prefixes."""
         if batch.answer_start is None:

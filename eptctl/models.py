@@ -188,10 +188,11 @@ def load(name: str = DEFAULT_MODEL, *, device: str | None = None, precision: str
     """Load a frozen backbone by name: embedded, tiny random, local folder or hub id (when the network allows)."""
     import torch
 
+    from eptctl import distributed
     from eptctl.backbones import Backbone
     from eptctl.tiny import build_random
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or distributed.device()  # under a launcher, each rank its own GPU
     tiny = name in TINY_MODELS
     precision = precision or ("fp32" if tiny else default_precision(device))  # tiny models: exact fp32 checks
     if precision not in ("fp32", "bf16"):

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from eptctl import __version__, data, models
+from eptctl import __version__, data, distributed, models
 from eptctl.backbones import Backbone, EncodedExample, TaskEncoding
 from eptctl.errors import EptctlError
 from eptctl.home import eptctl_home
@@ -187,16 +187,22 @@ def train_task(
     should_stop: Callable[[], bool] | None = None,
     trust_remote_code: bool = False,
 ) -> TrainOutcome:
-    """Train an adapter for ``task`` and register it; returns the registry record and the training result."""
+    """Train an adapter for ``task`` and register it; returns the registry record and the training result.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank calls this: the ranks train data-parallel, rank 0 alone
+    registers, and the other ranks get ``record=None`` (docs/distributed.md).
+    """
     from registry import MetricValue, NewAdapter, RunInfo
 
+    distributed.init()
     emit = on_event or (lambda event: None)
     spec = resolve_spec(task, registry, custom)
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
     emit({"event": "data", "task": spec.name, "sizes": {k: len(task_data.split(k)) for k in data.SPLITS}})
     if backbone is None:
         emit({"event": "loading_model", "model": model})
-        backbone = models.load(model, trust_remote_code=trust_remote_code)
+        with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
+            backbone = models.load(model, trust_remote_code=trust_remote_code)
     method_cfg = method_cfg.resolved(backbone.width)
     encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data)
     attention_sources = None
@@ -210,13 +216,15 @@ def train_task(
             attention_sources, parents = parents, []
     key = run_key(spec.name, task_data.fingerprint, backbone.fingerprint()["embedding_sha256"], method_cfg, train_cfg)
     ckpt = checkpoint_path(key)
-    if resume and not ckpt.exists():
+    if resume and not distributed.from_rank0(ckpt.exists):  # rank 0 holds the checkpoint
         raise EptctlError(f"no checkpoint to resume for this run (key {key})",
                           hint="resume needs the same task, data, model and options as the interrupted run")
     result = train(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
                    num_labels=spec.num_labels, test_set=encoded.test, metric=spec.metric,
                    init_tensors=init_tensors, checkpoint_path=ckpt, resume=resume, on_event=on_event,
                    should_stop=should_stop)
+    if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
+        return TrainOutcome(record=None, result=result, spec=spec)
     materialized = result.adapter.materialize()
     if attention_sources:  # lineage weights of an attention mixture are what it learned
         from registry import ParentLink

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from eptctl import distributed
 from eptctl.backbones import Backbone, EncodedExample, TaskEncoding
 from eptctl.errors import EptctlError, TrainingInterrupted
 from eptctl.train_config import TrainConfig
@@ -83,10 +84,17 @@ def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[
 
 
 def evaluate(backbone: Backbone, source, encoded: Sequence[EncodedExample], answers: TaskEncoding,
-             batch_size: int = 64) -> dict[str, float]:
+             batch_size: int = 64, *, sharded: bool = False) -> dict[str, float]:
+    """Metrics over ``encoded``. ``sharded`` (data parallel): each rank scores its slice, the scores are gathered, and
+    every rank computes the same metrics from the same full score matrix (so all ranks pick the same best step)."""
     if not encoded:
         return {}
-    scores = predict_scores(backbone, source, encoded, answers, batch_size)
+    if sharded and distributed.is_distributed():
+        lo, hi = distributed.shard(len(encoded))
+        parts = distributed.gather(predict_scores(backbone, source, encoded[lo:hi], answers, batch_size))
+        scores = torch.cat([p for p in parts if p.numel()])
+    else:
+        scores = predict_scores(backbone, source, encoded, answers, batch_size)
     return classification_metrics(scores, [e.label for e in encoded])
 
 
@@ -189,6 +197,40 @@ def _restore(tensors, meta, adapter, optimizer, scheduler):
             json.loads(meta["history"]))
 
 
+def _forward_backward(backbone: Backbone, adapter: EPTAdapter, examples: list[EncodedExample], answers: TaskEncoding,
+                      objective: str, params: list, step: int) -> float:
+    """The loss of one global batch, with its gradient left in ``params``' ``.grad``.
+
+    Data parallel: this rank takes its slice; its mean loss is weighted by its share of the global batch's loss terms
+    and the gradients are summed over ranks, which is the gradient of the mean over the whole global batch.
+    """
+    if not distributed.is_distributed():
+        batch = backbone.collate(examples, answers, train=True).to(backbone.device)
+        loss = backbone.loss(adapter, batch, answers, objective)
+        value = loss.item()
+        _check_finite(value, step)
+        loss.backward()
+        return value
+    lo, hi = distributed.shard(len(examples))
+    loss, terms = None, 0
+    if hi > lo:  # a global batch smaller than the world leaves some ranks without rows
+        batch = backbone.collate(examples[lo:hi], answers, train=True).to(backbone.device)
+        loss = backbone.loss(adapter, batch, answers, objective)
+        terms = backbone.loss_terms(batch, answers, objective)
+    total, all_terms = distributed.all_reduce_sum([0.0 if loss is None else loss.item() * terms, terms])
+    _check_finite(total / all_terms, step)  # the global loss: every rank raises, or none
+    if loss is not None:
+        (loss * (terms / all_terms)).backward()
+    distributed.all_reduce_grads(params)
+    return total / all_terms
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise EptctlError(f"training diverged at step {step + 1} (loss {loss})",
+                          hint="lower the learning rates, e.g. --lr-prompt and --lr-low-rank")
+
+
 # --- the loop -------------------------------------------------------------------------------------------------------
 def train(
     backbone: Backbone,
@@ -221,11 +263,14 @@ def train(
     if train_cfg.max_eval_examples:
         val_for_training = val_for_training[: train_cfg.max_eval_examples]
 
+    distributed.broadcast_params(adapter)  # data parallel: every replica starts from rank 0's adapter
     step, best_step, best_metric, history = 0, 0, None, []
     best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        tensors, meta = load_checkpoint(checkpoint_path)
-        step, best_state, best_step, best_metric, history = _restore(tensors, meta, adapter, optimizer, scheduler)
+    # Only rank 0 writes checkpoints (other nodes may not share its disk), so rank 0 reads and hands it round.
+    saved = distributed.from_rank0(lambda: load_checkpoint(checkpoint_path) if resume and checkpoint_path is not None
+                                   and checkpoint_path.exists() else None)
+    if saved is not None:
+        step, best_state, best_step, best_metric, history = _restore(*saved, adapter, optimizer, scheduler)
         emit({"event": "resumed", "step": step, "total": total})
     emit({"event": "start", "total": total, "step": step, "params": adapter.params_by_group()})
 
@@ -233,32 +278,28 @@ def train(
     per_epoch = math.ceil(len(train_set) / train_cfg.batch_size)
 
     def checkpoint() -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():
             save_checkpoint(checkpoint_path, *_flatten_state(adapter, best_state, optimizer, scheduler, step,
                                                              best_step, best_metric, history))
 
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     adapter.train()
     while step < total:
         epoch, within = divmod(step, per_epoch)
+        # The same order on every rank (a function of the seed); each rank then takes its slice of the batch.
         order = length_bucketed_batches(lengths, train_cfg.batch_size, train_cfg.seed, epoch)
-        idx = order[within]
-        batch = backbone.collate([train_set[i] for i in idx], answers, train=True).to(backbone.device)
-        loss = backbone.loss(adapter, batch, answers, train_cfg.objective)
-        if not torch.isfinite(loss):
-            raise EptctlError(f"training diverged at step {step + 1} (loss {loss.item()})",
-                              hint="lower the learning rates, e.g. --lr-prompt and --lr-low-rank")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                       train_cfg.max_grad_norm)
+        loss = _forward_backward(backbone, adapter, [train_set[i] for i in order[within]], answers,
+                                 train_cfg.objective, params, step)
+        torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         step += 1
-        history.append({"step": step, "loss": round(loss.item(), 6)})
-        emit({"event": "step", "step": step, "total": total, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+        history.append({"step": step, "loss": round(loss, 6)})
+        emit({"event": "step", "step": step, "total": total, "loss": loss, "lr": scheduler.get_last_lr()[0]})
         if step % eval_every == 0 or step == total:
             adapter.eval()
-            val = evaluate(backbone, adapter, val_for_training, answers, train_cfg.eval_batch_size)
+            val = evaluate(backbone, adapter, val_for_training, answers, train_cfg.eval_batch_size, sharded=True)
             adapter.train()
             value = val.get(metric)
             history.append({"step": step, "validation": val})
@@ -269,7 +310,7 @@ def train(
             checkpoint()
         elif step % train_cfg.checkpoint_every == 0:
             checkpoint()
-        if should_stop is not None and should_stop() and step < total:
+        if should_stop is not None and distributed.any_rank(should_stop()) and step < total:
             checkpoint()
             raise TrainingInterrupted(f"stopped at step {step} of {total}; checkpoint saved",
                                       hint="run the same command with --resume to continue")
@@ -279,9 +320,10 @@ def train(
     adapter.load_state_dict(best_state)
     adapter.eval()
     emit({"event": "final_eval", "best_step": best_step})
-    metrics = {"validation": evaluate(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size)}
+    metrics = {"validation": evaluate(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size,
+                                      sharded=True)}
     if test_set:
-        metrics["test"] = evaluate(backbone, adapter, test_set, answers, train_cfg.eval_batch_size)
+        metrics["test"] = evaluate(backbone, adapter, test_set, answers, train_cfg.eval_batch_size, sharded=True)
     emit({"event": "done", "metrics": metrics, "best_step": best_step})
     return TrainResult(
         adapter=adapter,

@@ -6,8 +6,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +26,7 @@ from registry import migrate, queries, ranking, refs
 from registry.db import Database, RegistryError, is_sqlite, lock_blob, resolve_url
 from registry.records import AdapterRecord, BackboneFingerprint, MetricValue, NewAdapter, TaskRecord
 from registry.schema import adapters, aliases, artifacts, backbones, lineage, runs, tags, tasks
-from registry.store import ArtifactError, ArtifactStore, Blob, serialize
+from registry.store import ARTIFACTS_ENV, ArtifactError, Blob, open_store, serialize
 
 if TYPE_CHECKING:
     import torch
@@ -47,10 +49,11 @@ class Registry:
         tensors, metadata = reg.load_servable(rec)
     """
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, artifacts: str | Path | None = None):
         self._db = Database(resolve_url(url))
         self.display_url = self._db.display_url  # password masked: the only form ever shown
-        self.store = ArtifactStore(eptctl_home() / "artifacts")
+        # Rows keep paths relative to this root, so hosts that mount a shared root at different places agree.
+        self.store = open_store(artifacts or os.environ.get(ARTIFACTS_ENV) or eptctl_home() / "artifacts")
         try:
             migrate.ensure_schema(self._db, url)
         except BaseException:
@@ -122,20 +125,77 @@ class Registry:
         adapter_id = uuid.uuid4().hex
 
         def insert(conn: Connection) -> None:
-            # The version counter lives on the task row: the UPDATE locks that row (PostgreSQL) inside the write
-            # lock (SQLite), and a rollback hands the number back, so versions stay gapless under any concurrency.
-            task_id = conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).scalar_one()
-            conn.execute(tasks.update().where(tasks.c.id == task_id).values(last_version=tasks.c.last_version + 1))
-            version = conn.execute(sa.select(tasks.c.last_version).where(tasks.c.id == task_id)).scalar_one()
-            for blob in sorted(blobs.values(), key=lambda b: b.sha256):
-                lock_blob(conn, blob.sha256)
-                self.store.put(blob)  # a concurrent delete or gc may have removed identical bytes meanwhile
-            self._check_parents(conn, new)
-            self._insert_adapter(conn, adapter_id, task_id, version, new, blobs)
+            self._insert_versioned(conn, task.name, adapter_id, new, blobs)
             _crash_point("in-transaction")
 
         self._db.write(insert)
         return self.get(adapter_id)
+
+    def import_adapter(
+        self,
+        new: NewAdapter,
+        *,
+        adapter_id: str,
+        created_at: datetime,
+        files: dict[str, bytes],
+        alias_names: Sequence[str] = (),
+    ) -> AdapterRecord:
+        """Register an adapter exported from another registry, keeping its id, its creation time and the exact bytes
+        of its files (``files[kind]``, so the sha256 survives; ``new.servable`` and ``new.training_state`` are not
+        used). It gets the task's next version here. Each of ``alias_names`` still free in this task is set; the
+        others are left as they are. An id already present is refused, and on any failure the files this call
+        added are removed again.
+        """
+        _check_new(new, tensors=False)
+        if not re.fullmatch(r"[0-9a-f]{32}", adapter_id):
+            raise ValueError(f"adapter id must be 32 lowercase hex digits, got {adapter_id!r}")
+        if "servable" not in files or not set(files) <= {"servable", "training_state"}:
+            raise ValueError(f"files must hold 'servable' and optionally 'training_state', got {sorted(files)}")
+        for name in alias_names:
+            refs.check_alias(name)
+        created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
+        task = self.get_task(new.task)
+        blobs = {kind: Blob(hashlib.sha256(data).hexdigest(), data) for kind, data in files.items()}
+        added = [b for b in blobs.values() if not self.store.path(b.relpath).exists()]
+        for blob in blobs.values():
+            self.store.put(blob)
+
+        def insert(conn: Connection) -> None:
+            if conn.execute(sa.select(adapters.c.id).where(adapters.c.id == adapter_id)).first() is not None:
+                raise RegistryError(f"adapter {adapter_id} is already in this registry",
+                                    hint=f"see `eptctl show {adapter_id[:8]}`")
+            task_id = self._insert_versioned(conn, task.name, adapter_id, new, blobs, created_at)
+            taken = set(conn.execute(sa.select(aliases.c.name).where(aliases.c.task_id == task_id)).scalars())
+            free = [a for a in dict.fromkeys(alias_names) if a not in taken]
+            if free:
+                rows = [{"task_id": task_id, "name": a, "adapter_id": adapter_id} for a in free]
+                conn.execute(aliases.insert(), rows)
+
+        try:
+            self._db.write(insert)
+        except Exception as exc:
+            for blob in added:  # under the blob lock: a concurrent register of the same bytes re-writes its file
+                self._remove_if_unreferenced(blob.sha256)
+            if isinstance(exc, sa.exc.IntegrityError):  # PostgreSQL: a concurrent import of the same id won
+                raise RegistryError(f"adapter {adapter_id} is already in this registry",
+                                    hint=f"see `eptctl show {adapter_id[:8]}`") from None
+            raise
+        return self.get(adapter_id)
+
+    def _insert_versioned(self, conn: Connection, task_name: str, adapter_id: str, new: NewAdapter,
+                          blobs: dict[str, Blob], created_at: datetime | None = None) -> int:
+        """Take the task's next version and insert the adapter with everything it references; returns the task id."""
+        # The version counter lives on the task row: the UPDATE locks that row (PostgreSQL) inside the write
+        # lock (SQLite), and a rollback hands the number back, so versions stay gapless under any concurrency.
+        task_id = conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task_name)).scalar_one()
+        conn.execute(tasks.update().where(tasks.c.id == task_id).values(last_version=tasks.c.last_version + 1))
+        version = conn.execute(sa.select(tasks.c.last_version).where(tasks.c.id == task_id)).scalar_one()
+        for blob in sorted(blobs.values(), key=lambda b: b.sha256):
+            lock_blob(conn, blob.sha256)
+            self.store.put(blob)  # a concurrent delete or gc may have removed identical bytes meanwhile
+        self._check_parents(conn, new)
+        self._insert_adapter(conn, adapter_id, task_id, version, new, blobs, created_at)
+        return task_id
 
     def _check_parents(self, conn: Connection, new: NewAdapter) -> None:
         wanted = {p.parent_id for p in new.parents}
@@ -148,7 +208,8 @@ class Registry:
                 hint="parents are full adapter ids of registered adapters",
             )
 
-    def _insert_adapter(self, conn, adapter_id, task_id, version, new: NewAdapter, blobs: dict[str, Blob]) -> None:
+    def _insert_adapter(self, conn, adapter_id, task_id, version, new: NewAdapter, blobs: dict[str, Blob],
+                        created_at: datetime | None = None) -> None:
         conn.execute(
             adapters.insert().values(
                 id=adapter_id,
@@ -157,7 +218,7 @@ class Registry:
                 method=new.method,
                 config=new.config,
                 status="ready",
-                created_at=_now(),
+                created_at=created_at or _now(),
                 description=new.description,
                 params_by_group=dict(new.params_by_group),
                 trainable_params=sum(new.params_by_group.values()),
@@ -266,13 +327,18 @@ class Registry:
         """Same as ``load_servable`` for the training state (optimizer, RNG, ...); None if none was stored."""
         return self._load(ref, "training_state")
 
-    def _load(self, ref: Ref, kind: str):
+    def artifact_bytes(self, ref: Ref, kind: str = "servable") -> bytes | None:
+        """The exact bytes of one artifact file (for export), after checking its sha256; None if there is none."""
+        return self._load(ref, kind, raw=True)
+
+    def _load(self, ref: Ref, kind: str, raw: bool = False):
         rec = self.resolve(ref)
         art = rec.artifact(kind)
         if art is None:
             return None
+        read = self.store.read_bytes if raw else self.store.read
         try:
-            return self.store.read(os.path.relpath(art.path, self.store.root), art.sha256)
+            return read(os.path.relpath(art.path, self.store.root), art.sha256)
         except ArtifactError as err:
             raise RegistryError(
                 f"cannot load adapter {rec.ref} ({rec.id[:8]}): {kind} {err}",
@@ -449,11 +515,11 @@ def _file_metadata(new: NewAdapter, kind: str, extra: dict[str, str]) -> dict[st
     }
 
 
-def _check_new(new: NewAdapter) -> None:
+def _check_new(new: NewAdapter, tensors: bool = True) -> None:
     """Programming errors in what the trainer hands over fail before any file is written."""
     if not new.method:
         raise ValueError("NewAdapter.method is empty")
-    if not new.servable:
+    if tensors and not new.servable:
         raise ValueError("NewAdapter.servable has no tensors")
     json.dumps([new.config, new.summary, new.run and asdict(new.run)])  # JSON-serialisable, or TypeError here
     if not all(isinstance(k, str) and isinstance(v, int) for k, v in new.params_by_group.items()):

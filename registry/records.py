@@ -72,7 +72,7 @@ class RunInfo:
 class ArtifactRecord:
     sha256: str
     size: int
-    path: str  # absolute path under the artifact store
+    path: str  # absolute path (or URL, for an fsspec root) under the artifact root
     kind: str  # "servable" | "training_state"
 
 

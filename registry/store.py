@@ -3,6 +3,10 @@
 The store knows nothing about what the tensors mean: it takes ``dict[str, Tensor]`` plus ``dict[str, str]`` metadata,
 writes them atomically (temp file in the same folder, fsync, rename, fsync of the folder) and checks the sha256 of
 every file it reads. Safetensors only, never pickle.
+
+The root is a local folder (the default ``$EPTCTL_HOME/artifacts``, any path, or a ``file://`` URL: full atomic and
+durable writes) or any fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``: write to a temp name, then
+move). ``open_store`` picks the kind; docs/distributed.md states each kind's guarantee.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+ARTIFACTS_ENV = "EPTCTL_ARTIFACTS"  # the artifact root: a path or URL; default $EPTCTL_HOME/artifacts
 SUFFIX = ".safetensors"
 TMP_PREFIX = ".tmp-"
 _BLOB_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
@@ -119,6 +124,11 @@ class ArtifactStore:
     def read(self, relpath: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         from safetensors.torch import load
 
+        data = self.read_bytes(relpath, sha256)
+        return load(data), read_metadata(data)
+
+    def read_bytes(self, relpath: str, sha256: str) -> bytes:
+        """The file's exact bytes, after checking them against ``sha256`` (export copies them unchanged)."""
         path = self.path(relpath)
         try:
             data = path.read_bytes()
@@ -127,7 +137,7 @@ class ArtifactStore:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise ArtifactError(f"file is corrupt (sha256 {actual[:12]}…, expected {sha256[:12]}…): {path}")
-        return load(data), read_metadata(data)
+        return data
 
     def remove(self, relpath: str) -> Path | None:
         path = self.path(relpath)
@@ -163,3 +173,145 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- roots given as URLs ----------------------------------------------------------------------------------------------
+def open_store(root: str | Path) -> ArtifactStore | FsspecStore:
+    """The store for ``root``: a local path or ``file://`` URL (a local folder), else any fsspec URL."""
+    text = str(root)
+    if "://" not in text:
+        return ArtifactStore(Path(text).expanduser())
+    scheme, _, rest = text.partition("://")
+    if scheme == "file":  # local: keep the fsync + rename guarantees of a plain folder
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URLs name a local path (file:///abs/path), got {text!r}")
+        return ArtifactStore(Path(unquote(parsed.path)))
+    return FsspecStore(text)
+
+
+class RemotePath(str):
+    """A file under an fsspec root: its URL as a plain ``str``, plus the ``Path`` methods the registry calls on one."""
+
+    fs: object
+    key: str  # the path within ``fs`` (the URL without its protocol, as fsspec wants it)
+
+    def __new__(cls, url: str, fs, key: str) -> RemotePath:
+        obj = super().__new__(cls, url)
+        obj.fs, obj.key = fs, key
+        return obj
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.key)
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.rm_file(self.key)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+
+class FsspecStore:
+    """The same content-addressed layout under an fsspec URL (object stores, memory, SFTP, ...).
+
+    Writes go to a temp name in the same folder and are then moved onto the final name: a rename where the filesystem
+    has one; on object stores a server-side copy (an object only ever appears whole there anyway), which can leave a
+    temp object behind after a crash for ``gc`` to remove. Every read checks the sha256, as for a local folder.
+    """
+
+    def __init__(self, url: str):
+        from fsspec.core import url_to_fs
+
+        self.root = url.rstrip("/")
+        self.fs, self._base = url_to_fs(self.root)
+        self._base = self._base.rstrip("/")
+
+    def path(self, relpath: str) -> RemotePath:
+        return RemotePath(f"{self.root}/{relpath}", self.fs, f"{self._base}/{relpath}")
+
+    def put(self, blob: Blob) -> RemotePath:
+        """Same contract as ``ArtifactStore.put``: an existing file of the right size is kept, its mtime refreshed."""
+        path = self.path(blob.relpath)
+        try:
+            if self.fs.size(path.key) == blob.size:
+                try:
+                    self.fs.touch(path.key, truncate=False)
+                except (NotImplementedError, ValueError, OSError):  # e.g. S3 cannot touch: write the same bytes
+                    self._write(path, blob.data)
+                return path
+        except FileNotFoundError:
+            pass
+        self._write(path, blob.data)
+        return path
+
+    def _write(self, path: RemotePath, data: bytes) -> None:
+        import uuid
+
+        folder = path.key.rsplit("/", 1)[0]
+        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
+        self.fs.makedirs(folder, exist_ok=True)
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path.key)
+        except BaseException:
+            try:
+                self.fs.rm_file(tmp)
+            except OSError:
+                pass  # gc removes it later
+            raise
+
+    def read(self, relpath: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        from safetensors.torch import load
+
+        data = self.read_bytes(relpath, sha256)
+        return load(data), read_metadata(data)
+
+    def read_bytes(self, relpath: str, sha256: str) -> bytes:
+        path = self.path(relpath)
+        try:
+            data = self.fs.cat_file(path.key)
+        except FileNotFoundError:
+            raise ArtifactError(f"file is missing: {path}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ArtifactError(f"file is corrupt (sha256 {actual[:12]}…, expected {sha256[:12]}…): {path}")
+        return data
+
+    def remove(self, relpath: str) -> RemotePath | None:
+        path = self.path(relpath)
+        if not path.exists():
+            return None
+        path.unlink(missing_ok=True)
+        return path
+
+    def files(self, older_than: float | None = None) -> Iterator[tuple[str | None, RemotePath]]:
+        """Same as ``ArtifactStore.files``. A file whose filesystem reports no modification time counts as young."""
+        cutoff = time.time() - older_than if older_than is not None else None
+        try:
+            subs = sorted(self.fs.ls(self._base, detail=False))
+        except FileNotFoundError:
+            return
+        for sub in subs:
+            sub_name = sub.rstrip("/").rsplit("/", 1)[-1]
+            if len(sub_name) != 2 or not self.fs.isdir(sub):
+                continue
+            for key in sorted(self.fs.ls(sub, detail=False)):
+                name = key.rstrip("/").rsplit("/", 1)[-1]
+                is_blob = bool(_BLOB_NAME.match(name))
+                if not is_blob and not name.startswith(TMP_PREFIX):
+                    continue  # not ours: leave it alone
+                if cutoff is not None:
+                    try:
+                        mtime = self.fs.modified(key).timestamp()
+                    except (NotImplementedError, FileNotFoundError):
+                        continue
+                    if mtime > cutoff:
+                        continue
+                yield (name[: -len(SUFFIX)] if is_blob else None), self.path(f"{sub_name}/{name}")

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="eptctl-hfds-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("EPTCTL_ARTIFACTS", None)  # never write test files into a user's (or a team's) artifact root
 
 import pytest  # noqa: E402
 

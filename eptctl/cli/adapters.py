@@ -65,12 +65,18 @@ def show(
     ref: Annotated[str, typer.Argument(help="Adapter: id prefix, TASK@VERSION or TASK@ALIAS.")],
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
+    card: Annotated[bool, typer.Option("--card", help="Print a markdown model card instead.")] = False,
 ) -> None:
     """Show one adapter: config, metrics, lineage, space weights, parameters by group, backbone, artifacts.
 
     Example: eptctl show rt-polarity@latest
     """
     reg = open_registry(registry)
+    if card:
+        from eptctl.card import adapter_card
+
+        typer.echo(adapter_card(reg, ref), nl=False)
+        return
     rec = reg.resolve(ref)
     parents, children = reg.parents(rec), reg.children(rec)
     weights = {p.parent_id: p for p in rec.parents}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -16,6 +17,8 @@ EXIT_USER_ERROR = 2
 
 
 def echo_error(err: EptctlError) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank hits the same error: rank 0 reports it
+        return
     line = f"error: {err.message}"
     if err.hint:
         line += f"  (hint: {err.hint})"
@@ -60,6 +63,8 @@ def version() -> None:
 
 def _register_commands() -> None:
     from eptctl.cli import adapters, catalog, serve, train, transfer
+    from eptctl.cli import interop
+    from eptctl.cli import report
 
     app.command("train")(train.train)
     app.command("eval")(serve.eval_adapter)
@@ -75,6 +80,10 @@ def _register_commands() -> None:
     app.command("lineage")(transfer.lineage)
     app.command("similar")(transfer.similar)
     app.command("continual")(transfer.continual)
+    app.command("export")(interop.export)
+    app.command("import")(interop.import_bundle)
+    app.command("plot")(report.plot)
+    app.command("report")(report.report)
     app.command("tasks")(catalog.tasks)
     app.command("models")(catalog.models_cmd)
     app.add_typer(db_app, name="db")

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from eptctl import distributed
 from eptctl.cli.common import RegistryUrl, err, fmt_count, fmt_metric, open_registry, print_json
 from eptctl.errors import TrainingInterrupted
 from eptctl.methods.config import EPTConfig
@@ -90,12 +91,15 @@ def train(
                             objective=objective, eval_every=eval_every, seed=seed)
     custom = None if data is None else runs.DataOptions(data, text_column, text_pair_column, label_column, template, hub)
     sources = None if init_from is None else ("auto" if init_from == "auto" else transfer.parse_sources(init_from))
+    distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
+    leader = distributed.is_main()
     reg = open_registry(registry)
     stop = _StopFlag()
-    view = _ProgressView(quiet=as_json)
+    view = _ProgressView(quiet=as_json or not leader)
     backbone = None
     if precision is not None:
-        backbone = models.load(model, precision=precision, trust_remote_code=trust_remote_code)
+        with distributed.main_first():
+            backbone = models.load(model, precision=precision, trust_remote_code=trust_remote_code)
     try:
         with stop, view:
             outcome = runs.train_task(
@@ -106,8 +110,11 @@ def train(
                 probe=probe,
             )
     except TrainingInterrupted as interrupted:
-        err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
+        if leader:
+            err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
         raise typer.Exit(130) from None
+    if not leader:
+        return
     rec = outcome.record
     if as_json:
         print_json({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
