@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, finishes in well under a minute")
     parser.add_argument("--json", type=Path, default=None, help="JSON output path (default .bench-out/NAME.json)")
     args = parser.parse_args(argv)
-    module = importlib.import_module(f"bench.{args.name}")
+    module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")  # step-time == step_time
     t0 = time.perf_counter()
     result = module.run(quick=args.quick)
     # A benchmark returns its rows, or a dict of rows plus extra top-level keys (e.g. "ratios").

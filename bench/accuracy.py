@@ -35,9 +35,9 @@ def _settings(quick: bool) -> dict:
         "tasks": os.environ.get("BENCH_TASKS", "rt-polarity,rt-subjectivity,bbc-topic").split(","),
         "seeds": [int(s) for s in os.environ.get("BENCH_SEEDS", "0").split(",")],
         "steps": int(os.environ.get("BENCH_ACCURACY_STEPS", "40")),
-        "max_eval": 300,  # final evaluation: the first 300 validation and test rows (same rows for every run)
+        "max_eval": 200,  # final evaluation: the first 200 validation and test rows (same rows for every run)
         "eval_every": None,  # 3 evaluations per run to pick the best step ...
-        "select": 100,  # ... on the first 100 validation rows
+        "select": 64,  # ... on the first 64 validation rows
     }
 
 

@@ -13,7 +13,8 @@ the rise of the process's peak resident set during one step (high-water mark res
 measured in a fresh subprocess per variant so earlier variants cannot hide it.
 
 Environment: BENCH_BACKBONES (comma list of tiny,t5-small,smollm2,t5-base,llama-1b), BENCH_ROUNDS, BENCH_BATCH,
-BENCH_DEVICE (cpu|cuda), BENCH_MEMORY=0 to skip the memory subprocesses.
+BENCH_DEVICE (cpu|cuda), BENCH_MEMORY=0 to skip the memory subprocesses, BENCH_PADDINGS=dynamic to time one regime
+(then only the ratios that need no other regime are reported).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _settings(quick: bool) -> dict:
         "batch": int(os.environ.get("BENCH_BATCH", "16")),
         "device": os.environ.get("BENCH_DEVICE", "cuda" if _cuda() else "cpu"),
         "memory": os.environ.get("BENCH_MEMORY", "1") == "1",
+        "paddings": os.environ.get("BENCH_PADDINGS", ",".join(PADDINGS)).split(","),
     }
 
 
@@ -216,10 +218,10 @@ def time_backbone(short: str, s: dict) -> list[dict]:
     steps, params = {}, {}
     for variant in VARIANTS:
         steps[variant], params[variant] = build_variant(backbone, answers, variant)
-    times = {(v, p): [] for v in VARIANTS for p in PADDINGS}
+    times = {(v, p): [] for v in VARIANTS for p in s["paddings"]}
     widths, peaks = {}, {}
     for r, batch in enumerate(batches):
-        for padding in PADDINGS:
+        for padding in s["paddings"]:
             for variant in VARIANTS:
                 if s["device"].startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
@@ -234,7 +236,7 @@ def time_backbone(short: str, s: dict) -> list[dict]:
                     peaks[(variant, padding)] = max(peaks.get((variant, padding), 0),
                                                     torch.cuda.max_memory_allocated() / 2**20)
     out = []
-    for padding in PADDINGS:
+    for padding in s["paddings"]:
         for variant in VARIANTS:
             med = statistics.median(times[(variant, padding)])
             out.append({"backbone": short, "model": BACKBONES[short], "precision": backbone.precision,
@@ -274,6 +276,9 @@ def _status_kb(key: str) -> int:
 
 def ratios_for(rows: list[dict], short: str) -> dict:
     t = {(r["variant"], r["padding"]): r["step_ms_median"] for r in rows if r["backbone"] == short}
+    if ("floor s=60", "fixed") not in t:
+        return {"ept_vs_peft_pt100_dynamic": round(t[("eptctl ept s=60", "dynamic")] / t[("peft pt-100", "dynamic")], 3),
+                "ept_overhead_vs_floor": round(t[("eptctl ept s=60", "dynamic")] / t[("floor s=60", "dynamic")] - 1, 3)}
     return {
         "ept_vs_peft_pt100_fixed": round(t[("eptctl ept s=60", "fixed")] / t[("peft pt-100", "fixed")], 3),
         "ept_vs_peft_pt100_dynamic": round(t[("eptctl ept s=60", "dynamic")] / t[("peft pt-100", "dynamic")], 3),
