@@ -7,7 +7,7 @@ written next to the JSON (.bench-out/accuracy.png).
 
 Runs are appended to .bench-out/accuracy.partial.jsonl as they finish, and a rerun skips the ones already there, so a
 long sweep can be stopped and continued. Environment: BENCH_SEEDS (default "0"), BENCH_TASKS, BENCH_ACCURACY_STEPS
-(default 40), BENCH_MODEL.
+(default 40), BENCH_MODEL, BENCH_REPORT_ONLY=1 (summarise the recorded runs, train nothing).
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ def run(quick: bool = False) -> list[dict]:
     partial.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
     done_keys = {(r["task"], r["variant"], r["seed"], r["steps"]) for r in done}
-    backbone = models.load(os.environ.get("BENCH_MODEL", models.DEFAULT_MODEL))
+    # BENCH_REPORT_ONLY=1: table and plot of the runs recorded so far, without training anything more.
+    report_only = os.environ.get("BENCH_REPORT_ONLY") == "1"
+    backbone = None if report_only else models.load(os.environ.get("BENCH_MODEL", models.DEFAULT_MODEL))
     encoded = {}
-    for seed in s["seeds"]:
+    for seed in [] if report_only else s["seeds"]:
         for task in s["tasks"]:
             for variant, overrides in VARIANTS.items():
                 if (task, variant, seed, s["steps"]) in done_keys:
@@ -83,6 +85,8 @@ def run(quick: bool = False) -> list[dict]:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     rows = [r for r in done if r["task"] in s["tasks"] and r["seed"] in s["seeds"] and r["steps"] == s["steps"]]
+    if not rows:
+        return []
     summary = summarise(rows)
     plot(rows, summary, OUT / ("accuracy.quick.png" if quick else "accuracy.png"))
     return rows + summary
@@ -125,14 +129,16 @@ def plot(rows: list[dict], summary: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     markers = dict(zip(VARIANTS, "os^vD"))
-    for variant in VARIANTS:
+    for i, variant in enumerate(VARIANTS):
         mine = [r for r in rows if r["variant"] == variant]
         if not mine:
             continue
-        ax.scatter([r["wall_s"] for r in mine], [r["test_acc"] for r in mine], marker=markers[variant], alpha=0.35)
+        color = f"C{i}"
+        ax.scatter([r["wall_s"] for r in mine], [r["test_acc"] for r in mine], marker=markers[variant], alpha=0.35,
+                   color=color)
         mean = next(m for m in summary if m["variant"] == variant)
         ax.scatter([mean["wall_s"]], [mean["test_acc"]], marker=markers[variant], s=120, edgecolors="black",
-                   label=f"{variant} (mean {mean['test_acc']:.3f})")
+                   color=color, label=f"{variant} (mean of {len(mine)} runs {mean['test_acc']:.3f})")
     ax.set_xlabel("training wall time per run, s (incl. evaluation)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Accuracy vs training time, {rows[0]['steps']} steps, tasks: {', '.join(sorted({r['task'] for r in rows}))}",
