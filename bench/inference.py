@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 
-from bench.step_time import BACKBONES, BUDGET_LENGTH, SHORT_LENGTH, _sync, _wrap
+from bench.step_time import BACKBONES, BUDGET_LENGTH, _sync, budget_config, padded, peft_prompt_model, rows_of_backbones
 
 VARIANTS = ("eptctl ept single", "eptctl ept mixed (3 adapters)", "eptctl pt-100 single", "peft pt-100")
 
@@ -36,12 +35,9 @@ def _settings(quick: bool) -> dict:
 def _materialized(backbone, method: str, seed: int):
     import torch
 
-    from eptctl.methods import EPTConfig
     from eptctl.training import new_adapter
 
-    cfg = EPTConfig(method=method, prompt_length=BUDGET_LENGTH,
-                    short_length=None if method == "pt" else SHORT_LENGTH).resolved(backbone.width)
-    adapter = new_adapter(backbone, cfg, num_labels=2, seed=seed)
+    adapter = new_adapter(backbone, budget_config(backbone, method), num_labels=2, seed=seed)
     with torch.no_grad():  # move away from the identity init so the offset is a real, non-zero tensor
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -65,12 +61,10 @@ def _eptctl_pass(backbone, sources, encoded, answers, batch_size: int, mixed: bo
 
 def _peft_pass(backbone, encoded, answers, batch_size: int):
     import torch
-    from peft import PromptTuningConfig, TaskType
 
     from eptctl.training import eval_batches
 
-    task_type = TaskType.CAUSAL_LM if backbone.family == "causal" else TaskType.SEQ_2_SEQ_LM
-    model = _wrap(backbone.model, PromptTuningConfig(task_type=task_type, num_virtual_tokens=BUDGET_LENGTH))
+    model = peft_prompt_model(backbone, BUDGET_LENGTH)
     model.eval()
     pad = backbone.tokenizer.pad_token_id
     label_ids = [a[0] for a in answers.answers]
@@ -81,11 +75,7 @@ def _peft_pass(backbone, encoded, answers, batch_size: int):
             for idx in eval_batches([len(e.input_ids) for e in encoded], batch_size):
                 rows = [encoded[i].input_ids for i in idx]
                 width = max(map(len, rows))
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for i, r in enumerate(rows):
-                    ids[i, : len(r)] = torch.tensor(r)
-                    mask[i, : len(r)] = 1
+                ids, mask = padded(rows, width, pad), padded([[1] * len(r) for r in rows], width, 0)
                 if backbone.family == "causal":
                     logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
                     last = BUDGET_LENGTH + mask.sum(1) - 1
@@ -135,10 +125,7 @@ def time_backbone(short: str, s: dict) -> list[dict]:
 
 def run(quick: bool = False) -> dict:
     s = _settings(quick)
-    rows = []
-    for short in s["backbones"]:
-        rows += time_backbone(short, s)
-        print(f"timed {short}", file=sys.stderr, flush=True)
+    rows = rows_of_backbones(time_backbone, s)
     ratios = {}
     for short in s["backbones"]:
         eps = {r["variant"]: r["examples_per_s"] for r in rows if r["backbone"] == short}

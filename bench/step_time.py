@@ -74,15 +74,36 @@ def _pad_fixed(batch, width: int, pad_id: int):
     return batch
 
 
-def _eptctl_step(backbone, answers, variant: str):
+def budget_config(backbone, method: str):
+    """The variant's method config at the shared budget: pt with l = 100 tokens, dept/ept with an s = 60 prompt."""
     from eptctl.methods import EPTConfig
+
+    return EPTConfig(method=method, prompt_length=BUDGET_LENGTH,
+                     short_length=None if method == "pt" else SHORT_LENGTH).resolved(backbone.width)
+
+
+def padded(rows, width: int, fill: int):
+    """[len(rows), width] long tensor: each row's values, then ``fill``."""
+    import torch
+
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def peft_prompt_model(backbone, virtual_tokens: int):
+    """PEFT prompt tuning with ``virtual_tokens`` on the backbone's frozen model, for its family."""
+    from peft import PromptTuningConfig, TaskType
+
+    task_type = TaskType.CAUSAL_LM if backbone.family == "causal" else TaskType.SEQ_2_SEQ_LM
+    return _wrap(backbone.model, PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual_tokens))
+
+
+def _eptctl_step(backbone, answers, variant: str):
     from eptctl.training import TrainConfig, build_optimizer, new_adapter
 
-    method = variant.split()[1]
-    length = {"pt": BUDGET_LENGTH}.get(method, BUDGET_LENGTH)
-    cfg = EPTConfig(method=method, prompt_length=length,
-                    short_length=None if method == "pt" else SHORT_LENGTH).resolved(backbone.width)
-    adapter = new_adapter(backbone, cfg, num_labels=2, seed=0)
+    adapter = new_adapter(backbone, budget_config(backbone, variant.split()[1]), num_labels=2, seed=0)
     optimizer, scheduler = build_optimizer(adapter, TrainConfig(), total_steps=1000)
     adapter.train()
     return _loop_step(backbone, answers, adapter, optimizer, scheduler), adapter.params_by_group()["total"]
@@ -123,12 +144,9 @@ def _loop_step(backbone, answers, source, optimizer, scheduler, params=None):
 
 def _peft_step(backbone, answers, virtual_tokens: int):
     import torch
-    from peft import PromptTuningConfig, TaskType
 
-    task_type = TaskType.CAUSAL_LM if backbone.family == "causal" else TaskType.SEQ_2_SEQ_LM
-    config = PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual_tokens)
     # Prompt tuning adds no modules to the base model, so several PEFT wrappers can share the one frozen backbone.
-    model = _wrap(backbone.model, config)
+    model = peft_prompt_model(backbone, virtual_tokens)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=0.3)  # PEFT's documented prompt-tuning learning rate
     pad = backbone.tokenizer.pad_token_id
@@ -141,20 +159,12 @@ def _peft_step(backbone, answers, virtual_tokens: int):
             seqs = [r.input_ids for r in rows]
             label_rows = None
         width = FIXED_LENGTH if fixed else max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = padded(seqs, width, pad), padded([[1] * len(s) for s in seqs], width, 0)
         if label_rows is not None:
-            labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-            for i, lab in enumerate(label_rows):
-                labels[i, : len(lab)] = torch.tensor(lab)
+            labels = padded(label_rows, width, -100)
         else:
             dec = [answers.answers[r.label] for r in rows]
-            labels = torch.full((len(dec), max(map(len, dec))), -100, dtype=torch.long)
-            for i, lab in enumerate(dec):
-                labels[i, : len(lab)] = torch.tensor(lab)
+            labels = padded(dec, max(map(len, dec)), -100)
         dev = backbone.device
         out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev))
         optimizer.zero_grad(set_to_none=True)
@@ -291,12 +301,18 @@ def ratios_for(rows: list[dict], short: str) -> dict:
     }
 
 
-def run(quick: bool = False) -> dict:
-    s = _settings(quick)
+def rows_of_backbones(time_one, s: dict) -> list[dict]:
+    """``time_one(short, settings)`` for every backbone of the settings, one after the other."""
     rows = []
     for short in s["backbones"]:
-        rows += time_backbone(short, s)
+        rows += time_one(short, s)
         print(f"timed {short}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run(quick: bool = False) -> dict:
+    s = _settings(quick)
+    rows = rows_of_backbones(time_backbone, s)
     if s["memory"] and not s["device"].startswith("cuda"):
         for row in rows:
             row["peak_mem_mb"] = memory_of(row["backbone"], row["variant"], row["padding"], s["batch"])

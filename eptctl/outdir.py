@@ -33,6 +33,8 @@ def check_target(path: str | Path, force: bool = False) -> Path:
 def write_folder(path: str | Path, files: dict[str, bytes], force: bool = False) -> Path:
     """Write ``files`` (name -> bytes) as the whole content of folder ``path``; an existing folder is replaced only
     when ``force`` (or when it is empty)."""
+    from registry.store import fsync_dir  # the artifact store's durability step; imported here, not at CLI start
+
     path = check_target(path, force)
     parent = path.absolute().parent
     try:
@@ -47,12 +49,12 @@ def write_folder(path: str | Path, files: dict[str, bytes], force: bool = False)
                 f.flush()
                 os.fsync(f.fileno())
         staging.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        _fsync(staging)
+        fsync_dir(staging)
         if path.exists():  # rename() cannot replace a non-empty folder: move the old one aside first
             old = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
             os.rename(path, old)
         os.rename(staging, path)
-        _fsync(parent)
+        fsync_dir(parent)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None and not path.exists():
@@ -66,10 +68,3 @@ def write_folder(path: str | Path, files: dict[str, bytes], force: bool = False)
         shutil.rmtree(old, ignore_errors=True)
     return path
 
-
-def _fsync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -202,15 +202,9 @@ def _forward_backward(backbone: Backbone, adapter: EPTAdapter, examples: list[En
     """The loss of one global batch, with its gradient left in ``params``' ``.grad``.
 
     Data parallel: this rank takes its slice; its mean loss is weighted by its share of the global batch's loss terms
-    and the gradients are summed over ranks, which is the gradient of the mean over the whole global batch.
+    and the gradients are summed over ranks, which is the gradient of the mean over the whole global batch. In one
+    process the slice is the whole batch, the weight is exactly 1 and the collectives are no-ops.
     """
-    if not distributed.is_distributed():
-        batch = backbone.collate(examples, answers, train=True).to(backbone.device)
-        loss = backbone.loss(adapter, batch, answers, objective)
-        value = loss.item()
-        _check_finite(value, step)
-        loss.backward()
-        return value
     lo, hi = distributed.shard(len(examples))
     loss, terms = None, 0
     if hi > lo:  # a global batch smaller than the world leaves some ranks without rows

@@ -87,7 +87,29 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
 
 
-class ArtifactStore:
+class _VerifiedReads:
+    """Reads shared by both stores: the bytes of a file, checked against its sha256 before anyone sees them."""
+
+    def read(self, relpath: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        from safetensors.torch import load
+
+        data = self.read_bytes(relpath, sha256)
+        return load(data), read_metadata(data)
+
+    def read_bytes(self, relpath: str, sha256: str) -> bytes:
+        """The file's exact bytes, after checking them against ``sha256`` (export copies them unchanged)."""
+        path = self.path(relpath)
+        try:
+            data = self._raw_bytes(path)
+        except FileNotFoundError:
+            raise ArtifactError(f"file is missing: {path}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ArtifactError(f"file is corrupt (sha256 {actual[:12]}…, expected {sha256[:12]}…): {path}")
+        return data
+
+
+class ArtifactStore(_VerifiedReads):
     def __init__(self, root: Path):
         self.root = Path(root)
 
@@ -118,26 +140,11 @@ class ArtifactStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is synced
+        fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is synced
         return path
 
-    def read(self, relpath: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        from safetensors.torch import load
-
-        data = self.read_bytes(relpath, sha256)
-        return load(data), read_metadata(data)
-
-    def read_bytes(self, relpath: str, sha256: str) -> bytes:
-        """The file's exact bytes, after checking them against ``sha256`` (export copies them unchanged)."""
-        path = self.path(relpath)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactError(f"file is missing: {path}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise ArtifactError(f"file is corrupt (sha256 {actual[:12]}…, expected {sha256[:12]}…): {path}")
-        return data
+    def _raw_bytes(self, path: Path) -> bytes:
+        return path.read_bytes()
 
     def remove(self, relpath: str) -> Path | None:
         path = self.path(relpath)
@@ -167,7 +174,8 @@ class ArtifactStore:
                     yield (path.name[: -len(SUFFIX)] if is_blob else None), path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable: it survives a power cut only once the folder itself is synced."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -218,7 +226,7 @@ class RemotePath(str):
                 raise
 
 
-class FsspecStore:
+class FsspecStore(_VerifiedReads):
     """The same content-addressed layout under an fsspec URL (object stores, memory, SFTP, ...).
 
     Writes go to a temp name in the same folder and are then moved onto the final name: a rename where the filesystem
@@ -267,22 +275,8 @@ class FsspecStore:
                 pass  # gc removes it later
             raise
 
-    def read(self, relpath: str, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        from safetensors.torch import load
-
-        data = self.read_bytes(relpath, sha256)
-        return load(data), read_metadata(data)
-
-    def read_bytes(self, relpath: str, sha256: str) -> bytes:
-        path = self.path(relpath)
-        try:
-            data = self.fs.cat_file(path.key)
-        except FileNotFoundError:
-            raise ArtifactError(f"file is missing: {path}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise ArtifactError(f"file is corrupt (sha256 {actual[:12]}…, expected {sha256[:12]}…): {path}")
-        return data
+    def _raw_bytes(self, path: RemotePath) -> bytes:
+        return self.fs.cat_file(path.key)
 
     def remove(self, relpath: str) -> RemotePath | None:
         path = self.path(relpath)

@@ -106,8 +106,8 @@ def train(
                 task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
                 max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone, description=description,
                 tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]), on_event=view.on_event,
-                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources, top_k=top_k, transfer_mode=transfer_mode,
-                probe=probe,
+                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources,
+                transfer_mode=transfer_mode, top_k=top_k, probe=probe,
             )
     except TrainingInterrupted as interrupted:
         if leader:
