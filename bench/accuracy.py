@@ -44,9 +44,11 @@ def _settings(quick: bool) -> dict:
 def run(quick: bool = False) -> list[dict]:
     import torch
 
-    from eptctl import data, models, runs
+    from eptctl import backbones, data
+    from eptctl.engine.encoding import encode_task
     from eptctl.methods import EPTConfig
-    from eptctl.training import TrainConfig, train
+    from eptctl.engine.config import TrainConfig
+    from eptctl.engine.loop import fit
 
     s = _settings(quick)
     partial = OUT / ("accuracy.quick.partial.jsonl" if quick else "accuracy.partial.jsonl")
@@ -55,7 +57,7 @@ def run(quick: bool = False) -> list[dict]:
     done_keys = {(r["task"], r["variant"], r["seed"], r["steps"]) for r in done}
     # BENCH_REPORT_ONLY=1: table and plot of the runs recorded so far, without training anything more.
     report_only = os.environ.get("BENCH_REPORT_ONLY") == "1"
-    backbone = None if report_only else models.load(os.environ.get("BENCH_MODEL", models.DEFAULT_MODEL))
+    backbone = None if report_only else backbones.load(os.environ.get("BENCH_MODEL", backbones.DEFAULT_MODEL))
     encoded = {}
     for seed in [] if report_only else s["seeds"]:
         for task in s["tasks"]:
@@ -65,12 +67,12 @@ def run(quick: bool = False) -> list[dict]:
                 cfg = EPTConfig(**overrides).resolved(backbone.width)
                 if task not in encoded:
                     spec = data.resolve_task(task)
-                    encoded[task] = runs.encode_task(backbone, spec, cfg.max_length, max_eval=s["max_eval"])
+                    encoded[task] = encode_task(backbone, spec, cfg.max_length, max_eval=s["max_eval"])
                 enc = encoded[task]
                 tc = TrainConfig(steps=s["steps"], seed=seed, max_eval_examples=s["select"],
                                  eval_every=s["eval_every"] or max(1, s["steps"] // 3))
                 wall, cpu = time.perf_counter(), time.process_time()
-                result = train(backbone, enc.train, enc.validation, enc.answers, cfg, tc,
+                result = fit(backbone, enc.train, enc.validation, enc.answers, cfg, tc,
                                num_labels=enc.spec.num_labels, test_set=enc.test, metric=enc.spec.metric)
                 row = {"task": task, "variant": variant, "seed": seed, "steps": s["steps"],
                        "test_acc": round(result.metrics["test"]["accuracy"], 4),

@@ -35,7 +35,7 @@ def _settings(quick: bool) -> dict:
 def _materialized(backbone, method: str, seed: int):
     import torch
 
-    from eptctl.training import new_adapter
+    from eptctl.engine.loop import new_adapter
 
     adapter = new_adapter(backbone, budget_config(backbone, method), num_labels=2, seed=seed)
     with torch.no_grad():  # move away from the identity init so the offset is a real, non-zero tensor
@@ -47,7 +47,7 @@ def _materialized(backbone, method: str, seed: int):
 def _eptctl_pass(backbone, sources, encoded, answers, batch_size: int, mixed: bool):
     import torch
 
-    from eptctl.training import eval_batches
+    from eptctl.engine.scoring import eval_batches
 
     def run_pass() -> None:
         with torch.no_grad():
@@ -62,7 +62,7 @@ def _eptctl_pass(backbone, sources, encoded, answers, batch_size: int, mixed: bo
 def _peft_pass(backbone, encoded, answers, batch_size: int):
     import torch
 
-    from eptctl.training import eval_batches
+    from eptctl.engine.scoring import eval_batches
 
     model = peft_prompt_model(backbone, BUDGET_LENGTH)
     model.eval()
@@ -90,13 +90,14 @@ def _peft_pass(backbone, encoded, answers, batch_size: int):
 
 
 def time_backbone(short: str, s: dict) -> list[dict]:
-    from eptctl import data, models, runs
+    from eptctl import backbones, data
+    from eptctl.engine.encoding import encode_examples
 
-    backbone = models.load(BACKBONES[short], device=s["device"])
+    backbone = backbones.load(BACKBONES[short], device=s["device"])
     spec = data.resolve_task("rt-polarity")
     task = data.load_task(spec, max_eval=s["rows"])
     answers = backbone.encode_answers(spec.verbalizer)
-    encoded = runs.encode_examples(backbone, spec, task.validation, answers, 256)
+    encoded = encode_examples(backbone, spec, task.validation, answers, 256)
     ept = [_materialized(backbone, "ept", seed) for seed in range(3)]
     passes = {
         "eptctl ept single": _eptctl_pass(backbone, ept[:1], encoded, answers, s["batch"], mixed=False),

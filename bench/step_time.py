@@ -102,7 +102,8 @@ def peft_prompt_model(backbone, virtual_tokens: int):
 
 
 def _eptctl_step(backbone, answers, variant: str):
-    from eptctl.training import TrainConfig, build_optimizer, new_adapter
+    from eptctl.engine.config import TrainConfig
+    from eptctl.engine.loop import build_optimizer, new_adapter
 
     adapter = new_adapter(backbone, budget_config(backbone, variant.split()[1]), num_labels=2, seed=0)
     optimizer, scheduler = build_optimizer(adapter, TrainConfig(), total_steps=1000)
@@ -113,7 +114,7 @@ def _eptctl_step(backbone, answers, variant: str):
 def _floor_step(backbone, answers):
     import torch
 
-    from eptctl.training import TrainConfig
+    from eptctl.engine.config import TrainConfig
 
     prompt = torch.nn.Parameter(backbone.model.get_input_embeddings().weight[:SHORT_LENGTH].detach().float().clone())
     source = _PlainPrompt(prompt)
@@ -200,12 +201,13 @@ def rows_for(backbone, count: int):
     """rt-polarity training rows in the task template, encoded for ``backbone`` (<= 256 tokens with the answer)."""
     import random
 
-    from eptctl import data, runs
+    from eptctl import data
+    from eptctl.engine.encoding import encode_examples
 
     spec = data.resolve_task("rt-polarity")
     task = data.load_task(spec, max_train=count, seed=0)
     answers = backbone.encode_answers(spec.verbalizer)
-    rows = runs.encode_examples(backbone, spec, task.train, answers, FIXED_LENGTH)
+    rows = encode_examples(backbone, spec, task.train, answers, FIXED_LENGTH)
     random.Random(0).shuffle(rows)  # random batches, no length bucketing: the plain dynamic-padding case
     return rows, answers
 
@@ -221,9 +223,9 @@ def _sync(device: str) -> None:
 def time_backbone(short: str, s: dict) -> list[dict]:
     import torch
 
-    from eptctl import models
+    from eptctl import backbones
 
-    backbone = models.load(BACKBONES[short], device=s["device"])
+    backbone = backbones.load(BACKBONES[short], device=s["device"])
     rows, answers = rows_for(backbone, s["batch"] * (s["rounds"] + 1))
     batches = [rows[i * s["batch"]:(i + 1) * s["batch"]] for i in range(s["rounds"] + 1)]
     steps, params = {}, {}
@@ -268,9 +270,9 @@ def memory_of(short: str, variant: str, padding: str, batch: int) -> float:
 
 
 def _memory_child(short: str, variant: str, padding: str, batch: int) -> float:
-    from eptctl import models
+    from eptctl import backbones
 
-    backbone = models.load(BACKBONES[short], device="cpu")
+    backbone = backbones.load(BACKBONES[short], device="cpu")
     rows, answers = rows_for(backbone, batch)
     step, _ = build_variant(backbone, answers, variant)
     with open("/proc/self/clear_refs", "w") as fh:

@@ -17,25 +17,30 @@ TARGETS = tuple(os.environ.get("BENCH_TRANSFER_TARGETS", "rt-subjectivity,bbc-to
 
 
 def run(quick: bool = False) -> list[dict]:
-    from eptctl import models, runs
+    from eptctl import backbones
+    from eptctl.engine.encoding import encode_task
+    from eptctl.workflows.tasks import resolve_spec
+    from eptctl.workflows.train import train_task
     from eptctl.methods import EPTConfig
-    from eptctl.training import TrainConfig, evaluate, new_adapter, train
-    from eptctl.transfer import Source, fused_init
+    from eptctl.engine.config import TrainConfig
+    from eptctl.engine.loop import fit, new_adapter
+    from eptctl.engine.scoring import evaluate_encoded
+    from eptctl.workflows.transfer import Source, fused_init
     from registry import Registry
 
     steps, every, n_eval = (20, 5, 100) if quick else (40, 10, 200)
     reg = Registry()
-    backbone = models.load(os.environ.get("BENCH_MODEL", models.DEFAULT_MODEL))
+    backbone = backbones.load(os.environ.get("BENCH_MODEL", backbones.DEFAULT_MODEL))
     cfg = EPTConfig().resolved(backbone.width)
     try:
         source = reg.resolve(f"{SOURCE}@best")
     except Exception:
-        source = runs.train_task(SOURCE, registry=reg, backbone=backbone,
+        source = train_task(SOURCE, registry=reg, backbone=backbone,
                                  train_cfg=TrainConfig(steps=40 if quick else 150)).record
     rows, curves = [], {}
     for target in TARGETS:
-        spec = runs.resolve_spec(target, reg)
-        enc = runs.encode_task(backbone, spec, cfg.max_length, max_eval=n_eval)
+        spec = resolve_spec(target, reg)
+        enc = encode_task(backbone, spec, cfg.max_length, max_eval=n_eval)
         for init in ("random", "fused"):
             tc = TrainConfig(steps=steps, eval_every=every, max_eval_examples=n_eval)
             init_tensors = None
@@ -43,8 +48,8 @@ def run(quick: bool = False) -> list[dict]:
                 template = new_adapter(backbone, cfg, spec.num_labels, tc.seed)
                 init_tensors, _ = fused_init(reg, [Source(source.id, 1.0)], backbone, template)
             start = new_adapter(backbone, cfg, spec.num_labels, tc.seed, init_tensors)
-            curve = [(0, evaluate(backbone, start, enc.validation, enc.answers)["accuracy"])]
-            result = train(backbone, enc.train, enc.validation, enc.answers, cfg, tc, num_labels=spec.num_labels,
+            curve = [(0, evaluate_encoded(backbone, start, enc.validation, enc.answers)["accuracy"])]
+            result = fit(backbone, enc.train, enc.validation, enc.answers, cfg, tc, num_labels=spec.num_labels,
                            test_set=enc.test, init_tensors=init_tensors)
             curve += [(h["step"], h["validation"]["accuracy"]) for h in result.history if "validation" in h]
             curves[(target, init)] = curve

@@ -5,6 +5,6 @@ The library never imports typer or rich; the CLI in :mod:`eptctl.cli` is a thin 
 
 __version__ = "0.1.0"
 
-from eptctl.errors import EptctlError  # noqa: E402  (light, no torch)
+from eptctl.core.errors import EptctlError  # noqa: E402  (light, no torch)
 
 __all__ = ["__version__", "EptctlError"]

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from eptctl import __version__
-from eptctl.home import eptctl_home
+from eptctl.core.home import eptctl_home
 from registry import migrate, queries, ranking, refs
 from registry.db import Database, RegistryError, is_sqlite, lock_blob, resolve_url
 from registry.records import AdapterRecord, BackboneFingerprint, MetricValue, NewAdapter, TaskRecord

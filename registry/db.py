@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from eptctl.errors import EptctlError
-from eptctl.home import eptctl_home
+from eptctl.core.errors import EptctlError
+from eptctl.core.home import eptctl_home
 
 URL_ENV = "EPTCTL_REGISTRY_URL"
 BUSY_TIMEOUT_MS = 30_000

@@ -16,12 +16,13 @@ import json
 import os
 import re
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from eptctl.core.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -130,17 +131,8 @@ class ArtifactStore(_VerifiedReads):
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=SUFFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob.data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one, never a part
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is synced
+        # temp file in the same folder, fsync, rename, fsync of the folder; the prefix marks leftovers for gc
+        write_bytes_atomic(path, blob.data, tmp_prefix=TMP_PREFIX, tmp_suffix=SUFFIX)
         return path
 
     def _raw_bytes(self, path: Path) -> bytes:
@@ -172,15 +164,6 @@ class ArtifactStore(_VerifiedReads):
                     continue
                 if cutoff is None or mtime <= cutoff:
                     yield (path.name[: -len(SUFFIX)] if is_blob else None), path
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable: it survives a power cut only once the folder itself is synced."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- roots given as URLs ----------------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import torch
 from registry_fixtures import pg_url  # noqa: F401
 from typer.testing import CliRunner
 
-from eptctl.bundle import CARD_NAME, _card_checksum, export_bundle, import_bundle, read_bundle
+from eptctl.interop.bundle import CARD_NAME, _card_checksum, export_bundle, import_bundle, read_bundle
 from eptctl.cli.app import app
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 from registry import URL_ENV, ParentLink, Registry
 
 SMALL = dict(model="tiny-random-llama", max_train=16, max_eval=8)
@@ -40,10 +40,10 @@ class Source:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from eptctl import runs
+    from eptctl.engine.config import TrainConfig
     from eptctl.methods import EPTConfig
-    from eptctl.training import TrainConfig
-    from eptctl.transfer import Source as InitSource
+    from eptctl.workflows.train import train_task
+    from eptctl.workflows.transfer import Source as InitSource, TransferOptions
 
     home = tmp_path_factory.mktemp("source-home")
     url = f"sqlite:///{home / 'registry.db'}"
@@ -54,12 +54,12 @@ def source(tmp_path_factory):
 
         def train(task, method, **kw):
             kw = {**SMALL, **kw}
-            return runs.train_task(task, registry=reg, method_cfg=EPTConfig(method=method, prompt_length=6,
+            return train_task(task, registry=reg, method_cfg=EPTConfig(method=method, prompt_length=6,
                                    max_length=32), train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1),
                                    command_line=f"eptctl train {task} --method {method}", **kw).record
 
         pt = train("rt-polarity", "pt")
-        child = train("rt-subjectivity", "pt", init_from=[InitSource(pt.id, 1.0)])
+        child = train("rt-subjectivity", "pt", transfer=TransferOptions([InitSource(pt.id, 1.0)]))
         dept = train("rt-polarity", "dept")
         ept = train("rt-polarity", "ept")
         t5 = train("rt-polarity", "pt", model="tiny-random-t5")
@@ -313,12 +313,12 @@ def test_export_refuses_a_non_empty_folder_unless_force_and_never_leaves_half_a_
 # --- PEFT -------------------------------------------------------------------------------------------------------------
 def _eptctl_and_peft_logits(source, rec, out: Path, decoder: bool = False):
     import peft
-    from eptctl import data, models
-    from eptctl.inference import load_adapter
-    from eptctl.runs import encode_examples
+    from eptctl import data, backbones
+    from eptctl.workflows.inference import load_adapter
+    from eptctl.engine.encoding import encode_examples
 
     servable = load_adapter(source.reg, rec.id)
-    ours = models.load(rec.backbone.name)
+    ours = backbones.load(rec.backbone.name)
     examples = [data.Example(text=t, label=0) for t in ("A triumph.", "Dull, and far too long for its story.")]
     answers = ours.encode_answers(servable.spec.verbalizer)
     batch = ours.collate(encode_examples(ours, servable.spec, examples, answers, servable.max_length), None, False)
@@ -326,7 +326,7 @@ def _eptctl_and_peft_logits(source, rec, out: Path, decoder: bool = False):
     with torch.no_grad():
         embeds, mask, prompt_len = ours.attach([servable.adapter], batch)  # [P ; E(text)]
         expected = ours.model(inputs_embeds=embeds, attention_mask=mask, **extra).logits
-        base = models.load(rec.backbone.name).model  # a second, untouched copy of the same random backbone
+        base = backbones.load(rec.backbone.name).model  # a second, untouched copy of the same random backbone
         wrapped = peft.PeftModel.from_pretrained(base, str(out))
         wrapped.eval()
         got = wrapped(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra).logits
@@ -403,14 +403,14 @@ def test_show_card_is_a_complete_markdown_model_card_and_the_bundle_readme(sourc
 
 
 def test_the_library_does_not_import_the_cli():
-    code = ("import sys, eptctl.bundle, eptctl.card, eptctl.peft_export; "
+    code = ("import sys, eptctl.interop.bundle, eptctl.interop.card, eptctl.interop.peft_export; "
             "sys.exit(bool({'typer', 'rich'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_parent_links_keep_their_order_and_weights():
     # The card stores lineage as a list; import rebuilds ParentLinks from it in that order.
-    from eptctl.bundle import _records
+    from eptctl.interop.bundle import _records
 
     card = {"adapter": {"id": "a" * 32, "task": "t", "method": "pt", "config": {}, "params_by_group": {"prompt": 1},
                         "created_at": "2025-01-02T03:04:05.000006+00:00"},
@@ -428,7 +428,7 @@ def test_parent_links_keep_their_order_and_weights():
 def test_peft_export_refuses_an_encoder_head_unless_lossy(tmp_path, monkeypatch):
     from registry_fixtures import new_adapter
 
-    from eptctl.peft_export import export_peft
+    from eptctl.interop.peft_export import export_peft
     from registry import TaskRecord
 
     monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "home"))

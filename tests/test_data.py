@@ -22,8 +22,8 @@ from eptctl.data import (
     read_texts,
     resolve_task,
 )
-from eptctl.errors import EptctlError
-from eptctl.tasks.packaged import RT_CORPUS, PackagedData
+from eptctl.core.errors import EptctlError
+from eptctl.data.packaged import RT_CORPUS, PackagedData
 
 EXPECTED_BUILTINS = {
     "rt-polarity": {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eptctl import distributed
+from eptctl.engine import distributed
 
 # 7 rows per global batch: 2 ranks get unequal slices (3 and 4 rows), and the two answers differ in token count,
 # so the per-rank losses must be weighted by their share of the answer tokens to give the global mean.

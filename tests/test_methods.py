@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eptctl import models
-from eptctl.errors import ConfigError
+from eptctl import backbones
+from eptctl.core.errors import ConfigError
 from eptctl.methods import EPTConfig, choose_short_and_rank, count_parameters
-from eptctl.training import TrainConfig, evaluate, new_adapter, train
+from eptctl.engine.config import TrainConfig
+from eptctl.engine.loop import fit as train, new_adapter
+from eptctl.engine.scoring import evaluate_encoded as evaluate
 from tests.tiny_task import encoded_task
 
 FAMILY_MODELS = ["tiny-random-llama", "tiny-random-t5", "tiny-random-bert"]
@@ -17,7 +19,7 @@ FAMILY_MODELS = ["tiny-random-llama", "tiny-random-t5", "tiny-random-bert"]
 
 @pytest.fixture(scope="module", params=FAMILY_MODELS)
 def backbone(request):
-    return models.load(request.param, device="cpu")
+    return backbones.load(request.param, device="cpu")
 
 
 def make(backbone, **overrides):
@@ -47,7 +49,7 @@ def test_budget_rule_for_smollm2_and_explicit_values():
     (dict(method="ept", short_length=6, rank=2, fusion_dim=0, spaces=2), {"fusion": 1, "projection": 2 * 2 * 32 * 1, "gate": 66}),
 ])
 def test_parameter_counts_match_formula(overrides, expected):
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     adapter = make(backbone, **overrides)
     counts = adapter.params_by_group()
     assert counts == count_parameters(adapter.cfg, 32)
@@ -71,7 +73,7 @@ def test_encoder_head_is_counted(backbone):
 
 
 def test_shapes_of_compute():
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     adapter = make(backbone, short_length=6, rank=2, spaces=3)
     prompt, offset, gate = adapter.compute()
     assert prompt.shape == (6, 32) and offset.shape == (32, 32) and gate.shape == (3,)
@@ -113,7 +115,7 @@ def test_identity_at_init(backbone):
 
 
 def test_gradient_reaches_every_component():
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     adapter = make(backbone, short_length=6, rank=2)
     encoded, answers = encoded_task(backbone, n=16)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
@@ -190,7 +192,7 @@ def test_mixed_task_batch_matches_single_task_scores(backbone):
 
 
 def test_offset_uses_position_within_own_text_for_any_padding():
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     adapter, encoded, answers = _trained(backbone, method="dept", short_length=4, rank=3)
     _, offset = adapter.prompt_and_offset()
     right = backbone.collate(encoded[:4], answers, train=False)
@@ -209,7 +211,7 @@ def test_offset_uses_position_within_own_text_for_any_padding():
 
 
 def test_long_inputs_are_truncated_to_max_length_and_counted():
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     answers = backbone.encode_answers(("no", "yes"))
     encoded = backbone.encode(["x" * 100 + " =", "ab ="], [0, 1], answers, max_length=20)
     assert encoded[0].truncated and not encoded[1].truncated
@@ -218,7 +220,7 @@ def test_long_inputs_are_truncated_to_max_length_and_counted():
 
 
 def test_batches_are_padded_to_their_longest_row_not_max_length():
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     encoded, answers = encoded_task(backbone, n=8, max_length=256)
     batch = backbone.collate(encoded, answers, train=True)
     longest = max(len(e.input_ids) + len(answers.answers[e.label]) for e in encoded)

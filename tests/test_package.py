@@ -4,8 +4,8 @@ import sys
 
 def test_library_imports_without_cli_frameworks():
     code = (
-        "import sys, eptctl, eptctl.errors, eptctl.home, eptctl.methods, eptctl.backbones, eptctl.models,"
-        " eptctl.data, eptctl.training, eptctl.runs, eptctl.inference, eptctl.evaluation, eptctl.compare, registry;"
+        "import sys, eptctl, eptctl.core.errors, eptctl.core.home, eptctl.methods, eptctl.backbones, eptctl.backbones.loading,"
+        " eptctl.data, eptctl.engine.loop, eptctl.workflows.train, eptctl.workflows.inference, eptctl.workflows.evaluation, eptctl.workflows.compare, registry;"
         "bad = [m for m in ('typer', 'rich') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -14,7 +14,7 @@ def test_library_imports_without_cli_frameworks():
 
 
 def test_error_carries_hint():
-    from eptctl.errors import EptctlError
+    from eptctl.core.errors import EptctlError
 
     err = EptctlError("unknown task 'x'", hint="run `eptctl tasks`")
     assert "hint" in str(err) and err.message == "unknown task 'x'"

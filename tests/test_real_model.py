@@ -15,25 +15,25 @@ def real_home(tmp_path_factory):
 
 
 def test_default_backbone_converts_once_and_reloads_fast(real_home, monkeypatch):
-    from eptctl import models
+    from eptctl import backbones
 
     monkeypatch.setenv("EPTCTL_HOME", str(real_home))
-    first = models.load("smollm2-135m")  # converts the GGUF into the safetensors cache on first use
+    first = backbones.load("smollm2-135m")  # converts the GGUF into the safetensors cache on first use
     assert first.family == "causal" and first.width == 576
     start = time.perf_counter()
-    second = models.load("smollm2-135m")
+    second = backbones.load("smollm2-135m")
     assert time.perf_counter() - start < 2.0
     assert second.fingerprint()["embedding_sha256"] == first.fingerprint()["embedding_sha256"]
 
 
 def test_training_the_real_default_lowers_the_loss_and_registers_a_complete_row(real_home, monkeypatch):
-    from eptctl import runs
-    from eptctl.training import TrainConfig
+    from eptctl.engine.config import TrainConfig
+    from eptctl.workflows.train import train_task
     from registry import Registry
 
     monkeypatch.setenv("EPTCTL_HOME", str(real_home))
     reg = Registry()
-    outcome = runs.train_task("rt-polarity", registry=reg, max_train=160, max_eval=32,
+    outcome = train_task("rt-polarity", registry=reg, max_train=160, max_eval=32,
                               train_cfg=TrainConfig(steps=10, batch_size=8, eval_every=10))
     losses = [h["loss"] for h in outcome.result.history if "loss" in h]
     assert min(losses[-3:]) < losses[0]

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eptctl.cli.app import app
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 
 TINY = ["--steps", "6", "--eval-every", "2", "--batch-size", "8", "--max-eval", "12"]
 LLAMA = ["--model", "tiny-random-llama", *TINY]
@@ -91,7 +91,7 @@ def test_plot_one_adapter_and_a_task(trained, tmp_path, monkeypatch):
 
 
 def test_curves_come_from_the_recorded_history(trained):
-    from eptctl.plots import training_curves
+    from eptctl.reporting.plots import training_curves
     from registry import Registry
 
     with Registry() as reg:
@@ -105,7 +105,7 @@ def test_curves_come_from_the_recorded_history(trained):
 
 
 def test_similarity_heatmap_groups_backbones_and_blanks_cross_backbone_cells(trained, tmp_path):
-    from eptctl.plots import similarity_matrix
+    from eptctl.reporting.plots import similarity_matrix
     from registry import Registry
 
     out = tmp_path / "similarity.png"
@@ -168,7 +168,7 @@ def test_adapter_without_history_and_task_without_adapters(tmp_path, monkeypatch
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
-    from eptctl import outfile
+    from eptctl.core import files as outfile
 
     target = tmp_path / "keep.png"
     target.write_bytes(b"old")
@@ -183,7 +183,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
 
 
 def test_library_imports_without_cli_frameworks_or_matplotlib():
-    code = ("import sys, eptctl.plots, eptctl.report, eptctl.outfile;"
+    code = ("import sys, eptctl.reporting.plots, eptctl.reporting.html, eptctl.core.files;"
             "print(json.dumps([m for m in ('typer', 'rich', 'matplotlib', 'torch') if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True)
     assert proc.returncode == 0 and json.loads(proc.stdout) == [], proc.stdout + proc.stderr

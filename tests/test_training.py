@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eptctl import models, runs
+from eptctl import backbones
 from eptctl.methods import EPTConfig
-from eptctl.training import TrainConfig, TrainingInterrupted, length_bucketed_batches, train
+from eptctl.core.errors import TrainingInterrupted
+from eptctl.engine.config import TrainConfig
+from eptctl.engine.loop import fit as train, length_bucketed_batches
+from eptctl.workflows.train import train_task
 from tests.tiny_task import encoded_task
 
 
@@ -22,7 +25,7 @@ def _stop_after(n):
 
 
 def test_interrupted_then_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     encoded, answers = encoded_task(backbone, n=48)
     cfg = EPTConfig(prompt_length=10, max_length=32)
     tc = TrainConfig(steps=14, batch_size=8, eval_every=5, checkpoint_every=3, seed=3)
@@ -48,14 +51,14 @@ def test_train_task_resume_registers_once_and_removes_the_checkpoint(eptctl_home
                   method_cfg=EPTConfig(prompt_length=10, max_length=64),
                   train_cfg=TrainConfig(steps=8, batch_size=8, checkpoint_every=2))
     with pytest.raises(TrainingInterrupted):
-        runs.train_task("rt-polarity", should_stop=_stop_after(3), **common)
+        train_task("rt-polarity", should_stop=_stop_after(3), **common)
     assert reg.list_adapters() == []  # nothing registered by an interrupted run
     assert len(list((eptctl_home / "runs").glob("*.safetensors"))) == 1
-    outcome = runs.train_task("rt-polarity", resume=True, **common)
+    outcome = train_task("rt-polarity", resume=True, **common)
     assert outcome.record.ref == "rt-polarity@1" and outcome.result.steps == 8
     assert not list((eptctl_home / "runs").glob("*.safetensors"))
     with pytest.raises(Exception) as info:
-        runs.train_task("rt-polarity", resume=True, **common)
+        train_task("rt-polarity", resume=True, **common)
     assert "no checkpoint" in str(info.value)
 
 
@@ -63,14 +66,14 @@ def test_registered_run_is_complete(eptctl_home):
     from registry import Registry
 
     reg = Registry()
-    outcome = runs.train_task("rt-polarity", registry=reg, model="tiny-random-llama", max_train=32, max_eval=16,
+    outcome = train_task("rt-polarity", registry=reg, model="tiny-random-llama", max_train=32, max_eval=16,
                               method_cfg=EPTConfig(prompt_length=10, max_length=64),
                               train_cfg=TrainConfig(steps=4, batch_size=8), command_line="eptctl train test")
     rec = reg.resolve("rt-polarity@latest")
     assert rec.id == outcome.record.id
     assert {m.split for m in rec.metrics} >= {"validation", "test"}
     assert rec.run.data_fingerprint and rec.run.package_versions["torch"] and rec.run.command_line == "eptctl train test"
-    assert rec.backbone.embedding_sha256 == models.load("tiny-random-llama").fingerprint()["embedding_sha256"]
+    assert rec.backbone.embedding_sha256 == backbones.load("tiny-random-llama").fingerprint()["embedding_sha256"]
     assert sum(rec.params_by_group.values()) == rec.trainable_params == outcome.result.params_by_group["total"]
     assert len(rec.summary["space_weights"]) == 3
     tensors, meta = reg.load_servable(rec)

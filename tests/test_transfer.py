@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from eptctl.cli.app import app
-from eptctl.errors import EptctlError
-from eptctl.transfer import fuse_states, normalise, parse_sources
+from eptctl.core.errors import EptctlError
+from eptctl.workflows.transfer import fuse_states, normalise, parse_sources
 
 TINY = ["--model", "tiny-random-llama", "--steps", "4", "--batch-size", "8", "--max-train", "48", "--max-eval", "16"]
 
@@ -53,14 +53,14 @@ def sources(tmp_path_factory):
 
 
 def test_fused_init_stores_weighted_lineage_and_starts_from_the_combination(sources):
-    from eptctl import models
+    from eptctl import backbones
     from eptctl.methods import EPTConfig
-    from eptctl.training import new_adapter
-    from eptctl.transfer import Source, best_state, fused_init
+    from eptctl.engine.loop import new_adapter
+    from eptctl.workflows.transfer import Source, best_state, fused_init
     from registry import Registry
 
     reg = Registry()
-    backbone = models.load("tiny-random-llama")
+    backbone = backbones.load("tiny-random-llama")
     template = new_adapter(backbone, EPTConfig(), 5, seed=0)
     fused, parents = fused_init(reg, [Source("rt-polarity@1", 3), Source("rt-subjectivity@1", 1)], backbone, template)
     pa, pb = best_state(reg, reg.resolve("rt-polarity@1")), best_state(reg, reg.resolve("rt-subjectivity@1"))

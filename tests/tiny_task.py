@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from eptctl.backbones import Backbone
+from eptctl.backbones.base import Backbone
 
 TEMPLATE = "{text} ="
 VERBALIZER = ("cat", "dog")  # equal lengths: length-normalised scores are then unbiased

@@ -73,7 +73,7 @@ def show(
     """
     reg = open_registry(registry)
     if card:
-        from eptctl.card import adapter_card
+        from eptctl.interop.card import adapter_card
 
         typer.echo(adapter_card(reg, ref), nl=False)
         return
@@ -140,10 +140,10 @@ def compare(
 
     Example: eptctl compare rt-polarity@1 rt-polarity@2
     """
-    from eptctl.compare import compare_adapters
+    from eptctl.workflows.compare import compare_adapters
 
     if len(refs) < 2:
-        from eptctl.errors import EptctlError
+        from eptctl.core.errors import EptctlError
 
         raise EptctlError("compare needs at least two adapters", hint="e.g. eptctl compare rt-polarity@1 rt-polarity@2")
     reg = open_registry(registry)

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from eptctl import __version__
 from eptctl.cli.db import db_app
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 
 EXIT_USER_ERROR = 2
 

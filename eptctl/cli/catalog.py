@@ -10,11 +10,12 @@ def tasks(registry: RegistryUrl = None, as_json: JsonFlag = False) -> None:
 
     Example: eptctl tasks --json
     """
-    from eptctl import data, runs
+    from eptctl import data
+    from eptctl.workflows.tasks import stored_specs
 
     rows = [{"name": s.name, "kind": "builtin", "labels": list(s.labels), "verbalizer": list(s.verbalizer),
              "template": s.template, "description": s.description} for s in data.BUILTIN_TASKS.values()]
-    for name, spec in runs.stored_specs(open_registry(registry)).items():
+    for name, spec in stored_specs(open_registry(registry)).items():
         if name not in data.BUILTIN_TASKS:
             rows.append({"name": name, "kind": "stored", "labels": list(spec.labels),
                          "verbalizer": list(spec.verbalizer), "template": spec.template,
@@ -33,9 +34,9 @@ def models_cmd(as_json: JsonFlag = False) -> None:
 
     Example: eptctl models
     """
-    from eptctl import models
+    from eptctl import backbones
 
-    rows = models.known_models()
+    rows = backbones.known_models()
     if as_json:
         print_json(rows)
         return

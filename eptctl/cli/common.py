@@ -17,10 +17,14 @@ RegistryUrl = Annotated[
         "--registry",
         envvar="EPTCTL_REGISTRY_URL",
         show_envvar=True,
-        help="Database URL, e.g. postgresql+psycopg://user@host/db [default: sqlite:///$EPTCTL_HOME/registry.db]",
+        help="Database URL, e.g. postgresql+psycopg://user@host/db (default: sqlite:///$EPTCTL_HOME/registry.db)",
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The columns of a user's data file, shared by train, eval and predict.
+TextColumnOption = Annotated[str, typer.Option(help="Column with the input text.")]
+TextPairColumnOption = Annotated[str | None, typer.Option(help="Column with a second text (pair tasks).")]
+LabelColumnOption = Annotated[str, typer.Option(help="Column with the label.")]
 
 # Piped output is not cut to 80 columns: tables stay whole for grep and for files.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # data

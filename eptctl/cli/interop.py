@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import JsonFlag, RegistryUrl, err, open_registry, print_json
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 
 FORMATS = ("eptctl", "peft")
 
@@ -36,14 +36,14 @@ def export(
         raise EptctlError("--lossy only applies to --format peft", hint="an eptctl bundle always keeps everything")
     reg = open_registry(registry)
     if fmt == "peft":
-        from eptctl.peft_export import export_peft
+        from eptctl.interop.peft_export import export_peft
 
         done = export_peft(reg, ref, directory, force=force, lossy=lossy)
         report = {"ref": done.record.ref, "id": done.record.id, "format": fmt, "directory": str(done.directory),
                   "task_type": done.config["task_type"], "num_virtual_tokens": done.config["num_virtual_tokens"],
                   "dropped": done.dropped}
     else:
-        from eptctl.bundle import export_bundle
+        from eptctl.interop.bundle import export_bundle
 
         done = export_bundle(reg, ref, directory, force=force, training_state=not no_training_state)
         report = {"ref": done.record.ref, "id": done.record.id, "format": fmt, "directory": str(done.directory),
@@ -65,7 +65,7 @@ def import_bundle(
 
     Example: eptctl import ./rt-polarity-bundle
     """
-    from eptctl.bundle import import_bundle as run_import
+    from eptctl.interop.bundle import import_bundle as run_import
 
     done = run_import(open_registry(registry), directory)
     rec = done.record

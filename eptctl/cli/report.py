@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import RegistryUrl, open_registry
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 
 
 def plot(
@@ -26,7 +26,7 @@ def plot(
 
     Example: eptctl plot rt-polarity --out rt-polarity.png
     """
-    from eptctl import plots
+    from eptctl.reporting import plots
 
     if similarity:
         if target is not None:
@@ -53,6 +53,6 @@ def report(
 
     Example: eptctl report registry.html
     """
-    from eptctl.report import write_report
+    from eptctl.reporting.html import write_report
 
     typer.echo(str(write_report(open_registry(registry), out, include_archived=archived)))

@@ -9,19 +9,21 @@ from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl, fmt_metric, open_registry, print_json
-from eptctl.errors import EptctlError
+from eptctl.cli.common import (
+    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metric, open_registry, print_json,
+)
+from eptctl.core.errors import EptctlError
 
 
 def eval_adapter(
     ref: Annotated[str, typer.Argument(help="Adapter reference.")],
     split: Annotated[str, typer.Option(help="Split of the task's data: validation or test.")] = "test",
     data: Annotated[str | None, typer.Option("--data", help="Evaluate on this labelled file instead.")] = None,
-    text_column: Annotated[str, typer.Option(help="Text column of --data.")] = "text",
-    text_pair_column: Annotated[str | None, typer.Option(help="Second text column of --data.")] = None,
-    label_column: Annotated[str, typer.Option(help="Label column of --data.")] = "label",
+    text_column: TextColumnOption = "text",
+    text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = "label",
     max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.")] = None,
-    model: Annotated[str | None, typer.Option(help="Backbone to run on [default: the adapter's].")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone to run on (default: the adapter's).")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
@@ -30,7 +32,7 @@ def eval_adapter(
 
     Example: eptctl eval rt-polarity@latest --split test
     """
-    from eptctl import evaluation
+    from eptctl.workflows import evaluation
 
     reg = open_registry(registry)
     result = evaluation.evaluate_stored(
@@ -51,8 +53,8 @@ def predict(
     file: Annotated[str | None, typer.Option("--file", help="CSV/JSONL/Parquet/TXT file of inputs.")] = None,
     adapters: Annotated[str | None, typer.Option(help="Comma-separated refs for a mixed-task batch.")] = None,
     task_column: Annotated[str | None, typer.Option(help="Column naming each row's task or adapter (mixed).")] = None,
-    text_column: Annotated[str, typer.Option(help="Text column of the input file.")] = "text",
-    text_pair_column: Annotated[str | None, typer.Option(help="Second text column.")] = None,
+    text_column: TextColumnOption = "text",
+    text_pair_column: TextPairColumnOption = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
     registry: RegistryUrl = None,
 ) -> None:
@@ -62,7 +64,7 @@ def predict(
 
     Example: eptctl predict --adapters rt-polarity@latest,bbc-topic@latest --task-column task rows.csv
     """
-    from eptctl import inference
+    from eptctl.workflows import inference
 
     reg = open_registry(registry)
     if adapters:

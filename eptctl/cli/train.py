@@ -11,63 +11,43 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from eptctl import distributed
-from eptctl.cli.common import RegistryUrl, err, fmt_count, fmt_metric, open_registry, print_json
-from eptctl.errors import TrainingInterrupted
+from eptctl.backbones import DEFAULT_MODEL
+from eptctl.cli.common import (
+    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, open_registry, print_json,
+)
+from eptctl.cli.options import with_config_options
+from eptctl.core import events
+from eptctl.core.errors import TrainingInterrupted
+from eptctl.engine import distributed
+from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
-from eptctl.train_config import TrainConfig
 
-_M = EPTConfig()
-_T = TrainConfig()
-METHOD = "Method (adapter shape)"
-OPTIM = "Optimisation"
 DATA = "Custom data"
+TRANSFER = "Transfer"
 
 
+@with_config_options(method_cfg=(EPTConfig, "Method (adapter shape)"), train_cfg=(TrainConfig, "Optimisation"))
 def train(
     task: Annotated[str, typer.Argument(help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")],
-    model: Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")] = "smollm2-135m",
-    method: Annotated[str, typer.Option(help="pt | dept | ept", rich_help_panel=METHOD)] = _M.method,
-    prompt_length: Annotated[int, typer.Option(help="l: PT prompt length and the budget l*d.", rich_help_panel=METHOD)] = _M.prompt_length,
-    short_length: Annotated[int | None, typer.Option(help="s: short prompt length [default: by budget]", rich_help_panel=METHOD)] = _M.short_length,
-    rank: Annotated[int | None, typer.Option(help="r: rank of the embedding offset [default: by budget]", rich_help_panel=METHOD)] = _M.rank,
-    max_length: Annotated[int, typer.Option(help="n: max input tokens (longer inputs are truncated).", rich_help_panel=METHOD)] = _M.max_length,
-    alpha: Annotated[float, typer.Option(help="Offset scale: H = alpha/sqrt(r) A@B.", rich_help_panel=METHOD)] = _M.alpha,
-    fusion: Annotated[bool, typer.Option("--fusion/--no-fusion", help="Prompt fusion (ept).", rich_help_panel=METHOD)] = _M.fusion,
-    fusion_dim: Annotated[int, typer.Option(help="d_a: fusion attention width; 0 = parameter-free.", rich_help_panel=METHOD)] = _M.fusion_dim,
-    fusion_heads: Annotated[int, typer.Option(help="Fusion attention heads.", rich_help_panel=METHOD)] = _M.fusion_heads,
-    projection: Annotated[bool, typer.Option("--projection/--no-projection", help="Multi-space projection (ept).", rich_help_panel=METHOD)] = _M.projection,
-    spaces: Annotated[int, typer.Option(help="k: gated subspaces.", rich_help_panel=METHOD)] = _M.spaces,
-    space_rank: Annotated[int, typer.Option(help="m: rank of each subspace.", rich_help_panel=METHOD)] = _M.space_rank,
-    prompt_init: Annotated[str, typer.Option(help="vocab | text", rich_help_panel=METHOD)] = _M.prompt_init,
-    init_text: Annotated[str | None, typer.Option(help="Text whose tokens initialise the prompt.", rich_help_panel=METHOD)] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimiser steps.", rich_help_panel=OPTIM)] = _T.steps,
-    epochs: Annotated[float | None, typer.Option(help="Epochs (overrides --steps).", rich_help_panel=OPTIM)] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=OPTIM)] = _T.batch_size,
-    lr_prompt: Annotated[float, typer.Option(help="Learning rate of the prompt.", rich_help_panel=OPTIM)] = _T.lr_prompt,
-    lr_low_rank: Annotated[float, typer.Option(help="Learning rate of A and B.", rich_help_panel=OPTIM)] = _T.lr_low_rank,
-    lr_fusion: Annotated[float, typer.Option(help="Learning rate of fusion, projection and gate.", rich_help_panel=OPTIM)] = _T.lr_fusion,
-    lr_head: Annotated[float, typer.Option(help="Learning rate of the head (encoder backbones).", rich_help_panel=OPTIM)] = _T.lr_head,
-    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps [default: 10% of steps].", rich_help_panel=OPTIM)] = None,
-    objective: Annotated[str, typer.Option(help="lm (answer tokens) | classify (label scores).", rich_help_panel=OPTIM)] = _T.objective,
-    eval_every: Annotated[int | None, typer.Option(help="Validate every N steps [default: 5 times per run].", rich_help_panel=OPTIM)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for init and data order.", rich_help_panel=OPTIM)] = _T.seed,
-    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", rich_help_panel=OPTIM)] = None,
-    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", rich_help_panel=OPTIM)] = None,
+    model: Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")] = DEFAULT_MODEL,
+    method_cfg: EPTConfig = None,  # replaced by the EPTConfig flags
+    train_cfg: TrainConfig = None,  # replaced by the TrainConfig flags
+    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", rich_help_panel="Optimisation")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", rich_help_panel="Optimisation")] = None,
     data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
-    text_column: Annotated[str, typer.Option(help="Column with the input text.", rich_help_panel=DATA)] = "text",
-    text_pair_column: Annotated[str | None, typer.Option(help="Column with a second text (pair tasks).", rich_help_panel=DATA)] = None,
-    label_column: Annotated[str, typer.Option(help="Column with the label.", rich_help_panel=DATA)] = "label",
+    text_column: TextColumnOption = "text",
+    text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = "label",
     template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
-    init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel="Transfer")] = None,
-    transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel="Transfer")] = "weighted",
-    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", rich_help_panel="Transfer")] = 2,
-    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", rich_help_panel="Transfer")] = 64,
+    init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
+    transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
+    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", rich_help_panel=TRANSFER)] = 2,
+    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", rich_help_panel=TRANSFER)] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
     description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights [default: bf16 where faster].")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")] = False,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")] = False,
@@ -80,17 +60,14 @@ def train(
 
     Example: eptctl train rt-subjectivity --init-from rt-polarity@best
     """
-    from eptctl import models, runs, transfer
+    from eptctl import backbones
+    from eptctl.data import DataOptions
+    from eptctl.workflows.train import train_task
+    from eptctl.workflows.transfer import TransferOptions, parse_sources
 
-    method_cfg = EPTConfig(method=method, prompt_length=prompt_length, short_length=short_length, rank=rank,
-                           max_length=max_length, alpha=alpha, fusion=fusion, fusion_dim=fusion_dim,
-                           fusion_heads=fusion_heads, projection=projection, spaces=spaces, space_rank=space_rank,
-                           prompt_init=prompt_init, init_text=init_text)
-    train_cfg = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr_prompt=lr_prompt,
-                            lr_low_rank=lr_low_rank, lr_fusion=lr_fusion, lr_head=lr_head, warmup_steps=warmup_steps,
-                            objective=objective, eval_every=eval_every, seed=seed)
-    custom = None if data is None else runs.DataOptions(data, text_column, text_pair_column, label_column, template, hub)
-    sources = None if init_from is None else ("auto" if init_from == "auto" else transfer.parse_sources(init_from))
+    custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub)
+    transfer = None if init_from is None else TransferOptions(
+        "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
     leader = distributed.is_main()
     reg = open_registry(registry)
@@ -99,15 +76,14 @@ def train(
     backbone = None
     if precision is not None:
         with distributed.main_first():
-            backbone = models.load(model, precision=precision, trust_remote_code=trust_remote_code)
+            backbone = backbones.load(model, precision=precision, trust_remote_code=trust_remote_code)
     try:
         with stop, view:
-            outcome = runs.train_task(
+            outcome = train_task(
                 task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
-                max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone, description=description,
-                tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]), on_event=view.on_event,
-                should_stop=stop.is_set, trust_remote_code=trust_remote_code, init_from=sources,
-                transfer_mode=transfer_mode, top_k=top_k, probe=probe,
+                transfer=transfer, max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone,
+                description=description, tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]),
+                on_event=view.on_event, should_stop=stop.is_set, trust_remote_code=trust_remote_code,
             )
     except TrainingInterrupted as interrupted:
         if leader:
@@ -184,41 +160,38 @@ class _ProgressView:
         if not self.quiet:
             err.print(text)
 
-    def on_event(self, event: dict) -> None:
-        kind = event["event"]
-        if kind == "data":
-            sizes = event["sizes"]
-            self.note(f"task {event['task']}: {sizes['train']} train / {sizes['validation']} validation / "
+    def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.DataLoaded):
+            sizes = event.sizes
+            self.note(f"task {event.task}: {sizes['train']} train / {sizes['validation']} validation / "
                       f"{sizes['test']} test examples")
-        elif kind == "loading_model":
-            self.note(f"loading {event['model']} (the first use converts it once)…")
-        elif kind == "resumed":
-            self.note(f"resumed at step {event['step']} of {event['total']}")
-        elif kind == "start":
-            p = event["params"]
+        elif isinstance(event, events.LoadingModel):
+            self.note(f"loading {event.model} (the first use converts it once)…")
+        elif isinstance(event, events.Resumed):
+            self.note(f"resumed at step {event.step} of {event.total}")
+        elif isinstance(event, events.TrainingStarted):
+            p = event.params
             self.note(f"trainable parameters: {p['total']:,} (" + ", ".join(
                 f"{k} {v:,}" for k, v in p.items() if k != "total" and v) + ")")
-            self.started, self.first_step = time.perf_counter(), event["step"]
-            self.task_id = self.progress.add_task("train", total=event["total"], completed=event["step"],
+            self.started, self.first_step = time.perf_counter(), event.step
+            self.task_id = self.progress.add_task("train", total=event.total, completed=event.step,
                                                   loss="-", rate="-")
-        elif kind == "step" and self.task_id is not None:
+        elif isinstance(event, events.StepDone) and self.task_id is not None:
             elapsed = time.perf_counter() - self.started
-            rate = (event["step"] - self.first_step) / elapsed if elapsed > 0 else 0.0
-            self.progress.update(self.task_id, completed=event["step"], loss=f"{event['loss']:.4f}",
-                                 rate=f"{rate:.2f}")
-        elif kind == "eval":
-            m = event["metrics"]
+            rate = (event.step - self.first_step) / elapsed if elapsed > 0 else 0.0
+            self.progress.update(self.task_id, completed=event.step, loss=f"{event.loss:.4f}", rate=f"{rate:.2f}")
+        elif isinstance(event, events.Evaluated) and not self.quiet:
+            m = event.metrics
             self.progress.console.print(
-                f"step {event['step']}/{event['total']}: validation accuracy {fmt_metric(m.get('accuracy'))}, "
-                f"macro-F1 {fmt_metric(m.get('macro_f1'))} (best step {event['best_step']})"
-            ) if not self.quiet else None
-        elif kind == "auto_sources":
+                f"step {event.step}/{event.total}: validation accuracy {fmt_metric(m.get('accuracy'))}, "
+                f"macro-F1 {fmt_metric(m.get('macro_f1'))} (best step {event.best_step})")
+        elif isinstance(event, events.SourcesChosen):
             self.note("auto-selected sources: " + ", ".join(
                 f"{r.get('ref', r['id'][:8])}" + (f" (probe accuracy {r['probe_accuracy']:.3f})" if "probe_accuracy" in r else "")
-                for r in event["ranked"]))
-        elif kind == "fused_init":
-            self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event["parents"]))
-        elif kind == "attention_init":
-            self.note("attention over the frozen prompts of " + ", ".join(event["sources"]))
-        elif kind == "final_eval":
+                for r in event.ranked))
+        elif isinstance(event, events.FusedInit):
+            self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event.parents))
+        elif isinstance(event, events.AttentionInit):
+            self.note("attention over the frozen prompts of " + ", ".join(event.sources))
+        elif isinstance(event, events.FinalEvaluation):
             self.note("evaluating the best checkpoint on validation and test…")

@@ -10,7 +10,9 @@ import typer
 from rich.tree import Tree
 
 from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_metric, make_table, open_registry, out, print_json
-from eptctl.errors import EptctlError
+from eptctl.backbones import DEFAULT_MODEL
+from eptctl.core import events
+from eptctl.core.errors import EptctlError
 
 
 def _ancestry(reg, rec, seen: set) -> dict:
@@ -72,7 +74,9 @@ def similar(
 
     Example: eptctl similar rt-subjectivity@latest --top-k 3 --probe 64
     """
-    from eptctl import data, inference, models, runs, transfer
+    from eptctl import backbones, data
+    from eptctl.workflows import inference, transfer
+    from eptctl.workflows.tasks import resolve_spec
 
     reg = open_registry(registry)
     try:
@@ -85,13 +89,13 @@ def similar(
         spec = inference.load_adapter(reg, rec.id).spec
         backbone_name = model or rec.backbone.name
     else:
-        spec = runs.resolve_spec(target, reg)
+        spec = resolve_spec(target, reg)
         if probe is None:
             raise EptctlError(f"'{target}' has no adapter to compare prompts with",
                               hint=f"add --probe N to rank adapters by zero-step accuracy on {target}")
-        backbone_name = model or models.DEFAULT_MODEL
+        backbone_name = model or DEFAULT_MODEL
     if probe:
-        backbone = models.load(backbone_name)
+        backbone = backbones.load(backbone_name)
         examples = data.load_task(spec, max_eval=probe).validation
         ranked = transfer.probe_sources(reg, spec, backbone, examples, top_k=None)
         result["by_probe"] = [r for r in ranked if rec is None or r["id"] != rec.id][:top_k]
@@ -109,7 +113,7 @@ def similar(
 
 def continual(
     tasks: Annotated[list[str], typer.Argument(help="Tasks in the order to learn them.")],
-    model: Annotated[str, typer.Option(help="Backbone.")] = "smollm2-135m",
+    model: Annotated[str, typer.Option(help="Backbone.")] = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="pt | dept | ept")] = "ept",
     steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).")] = 50,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
@@ -126,23 +130,23 @@ def continual(
 
     Example: eptctl continual rt-polarity rt-subjectivity bbc-topic --steps 50
     """
-    from eptctl import continual as continual_lib
+    from eptctl.engine.config import TrainConfig
     from eptctl.methods import EPTConfig
-    from eptctl.training import TrainConfig
+    from eptctl.workflows import continual as continual_lib
 
     if len(tasks) < 2:
         raise EptctlError("continual needs at least two tasks", hint="e.g. eptctl continual rt-polarity rt-subjectivity")
     reg = open_registry(registry)
 
-    def on_event(event):
+    def on_event(event: events.Event) -> None:
         if as_json:
             return
-        if event["event"] == "stage":
-            err.print(f"stage {event['stage'] + 1}: {event['task']}"
-                      + (f" from {', '.join(event['init_from'])}" if event["init_from"] else " (random init)"))
-        elif event["event"] == "forward_transfer":
-            err.print(f"  {event['task']}: fused init {event['fused_init']:.4f} vs random init "
-                      f"{event['random_init']:.4f} ({event['delta']:+.4f})")
+        if isinstance(event, events.StageStarted):
+            err.print(f"stage {event.stage + 1}: {event.task}"
+                      + (f" from {', '.join(event.init_from)}" if event.init_from else " (random init)"))
+        elif isinstance(event, events.ForwardTransfer):
+            err.print(f"  {event.task}: fused init {event.fused_init:.4f} vs random init "
+                      f"{event.random_init:.4f} ({event.delta:+.4f})")
 
     report = continual_lib.continual(
         reg, tasks, model=model, method_cfg=EPTConfig(method=method),

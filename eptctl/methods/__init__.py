@@ -1,4 +1,5 @@
-"""The EPT method family: pt, dept and ept as switches of one module. Pure torch, no I/O.
+"""The EPT method family: pt, dept and ept as switches of one module. Pure torch, no I/O; may import only
+``eptctl.core``.
 
 The config and the budget rule are importable without torch (the CLI builds its options from them); the modules load
 on first use.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eptctl.errors import ConfigError
+from eptctl.core.errors import ConfigError
 
 GROUPS = ("prompt", "low_rank", "fusion", "projection", "gate", "transfer", "head")
 

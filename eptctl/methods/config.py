@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from eptctl.errors import ConfigError
+from eptctl.core.errors import ConfigError
 
 SCHEMA_VERSION = 1
 METHODS = ("pt", "dept", "ept")
@@ -19,25 +19,30 @@ PROMPT_INITS = ("vocab", "text", "tensors")
 
 @dataclass(frozen=True)
 class EPTConfig:
-    """Shapes and switches of one adapter. ``None`` for ``short_length``/``rank`` means: pick by DePT's budget rule."""
+    """Shapes and switches of one adapter. ``None`` for ``short_length``/``rank`` means: pick by DePT's budget rule.
+
+    Every field with help text and without ``cli=False`` is a flag of ``eptctl train`` (``eptctl.cli.options``).
+    Raises ``ConfigError`` naming the flag for an invalid value.
+    """
 
     method: str = field(default="ept", metadata={"help": "pt | dept | ept"})
-    prompt_length: int = field(default=40, metadata={"help": "l: PT prompt length, and the parameter budget l*d"})
-    short_length: int | None = field(default=None, metadata={"help": "s: short prompt length (dept/ept)"})
-    rank: int | None = field(default=None, metadata={"help": "r: rank of the embedding offset A@B"})
-    short_fraction: float = field(default=0.3, metadata={"help": "s = round(fraction * l) when s is not given"})
-    max_length: int = field(default=256, metadata={"help": "n: max input tokens; rows of the offset"})
-    alpha: float = field(default=1.0, metadata={"help": "offset scale: H = alpha/sqrt(r) * A@B"})
-    fusion: bool = field(default=True, metadata={"help": "prompt fusion: the prompt attends over the offset rows"})
-    fusion_dim: int = field(default=2, metadata={"help": "d_a: attention width of fusion; 0 = parameter-free"})
-    fusion_heads: int = field(default=1, metadata={"help": "attention heads of fusion (divide fusion_dim)"})
-    projection: bool = field(default=True, metadata={"help": "multi-space projection with a gate"})
-    spaces: int = field(default=3, metadata={"help": "k: number of gated subspaces"})
-    space_rank: int = field(default=1, metadata={"help": "m: rank of each subspace map"})
-    source_prompts: int = field(default=0, metadata={"help": "t: frozen source prompts mixed by attention (transfer)"})
-    prompt_init: str = field(default="vocab", metadata={"help": "vocab | text | tensors"})
-    init_text: str | None = field(default=None, metadata={"help": "text whose token embeddings init the prompt"})
-    schema_version: int = SCHEMA_VERSION
+    prompt_length: int = field(default=40, metadata={"help": "l: PT prompt length, and the parameter budget l*d."})
+    short_length: int | None = field(default=None, metadata={"help": "s: short prompt length (dept/ept) (default: by the budget rule)."})
+    rank: int | None = field(default=None, metadata={"help": "r: rank of the embedding offset A@B (default: by the budget rule)."})
+    short_fraction: float = field(default=0.3, metadata={"help": "s = round(fraction * l) when --short-length is not given."})
+    max_length: int = field(default=256, metadata={"help": "n: max input tokens (longer inputs are truncated); rows of the offset."})
+    alpha: float = field(default=1.0, metadata={"help": "Offset scale: H = alpha/sqrt(r) * A@B."})
+    fusion: bool = field(default=True, metadata={"help": "Prompt fusion (ept): the prompt attends over the offset rows."})
+    fusion_dim: int = field(default=2, metadata={"help": "d_a: attention width of fusion; 0 = parameter-free."})
+    fusion_heads: int = field(default=1, metadata={"help": "Attention heads of fusion (must divide --fusion-dim)."})
+    projection: bool = field(default=True, metadata={"help": "Multi-space projection with a gate (ept)."})
+    spaces: int = field(default=3, metadata={"help": "k: number of gated subspaces."})
+    space_rank: int = field(default=1, metadata={"help": "m: rank of each subspace map."})
+    source_prompts: int = field(default=0, metadata={
+        "help": "t: frozen source prompts mixed by attention (set by --transfer-mode attention)", "cli": False})
+    prompt_init: str = field(default="vocab", metadata={"help": "vocab | text (tensors: given init tensors, library only)."})
+    init_text: str | None = field(default=None, metadata={"help": "Text whose token embeddings initialise the prompt (--prompt-init text)."})
+    schema_version: int = field(default=SCHEMA_VERSION, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         validate(self)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eptctl.errors import EptctlError
+from eptctl.core.errors import EptctlError
 from eptctl.methods.budget import GROUPS, count_parameters
 from eptctl.methods.config import EPTConfig
 from eptctl.methods.decomposition import Decomposition

@@ -1,0 +1,314 @@
+"""The interface every model family implements, and what the families share: encoding, batching, attaching the
+prompt. The family classes (``causal``, ``seq2seq``, ``encoder`` modules) add the loss and the label scoring.
+
+One input layout for all families: each row is ``[P ; E + H[pos]]`` right-padded, where ``P`` is the row's prompt
+(``s`` rows), ``E`` the frozen token embeddings of the row's text and ``H[pos]`` the offset at each token's position
+within its own text (pads get none). Batches are padded to their own longest row, never to ``n``.
+
+- causal:  text = template prefix + answer; loss on the answer tokens; a label's score is the mean log-probability
+           of its answer tokens after the prefix (one batched pass; a single pass over the prefixes when every answer
+           is one token).
+- seq2seq: the prompt goes to the encoder; answers are decoder labels; the encoder runs once per row and the decoder
+           once per (row, label).
+- encoder: masked mean of the last hidden states -> the adapter's linear head; scores are log-softmax of the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from eptctl.core.errors import EptctlError
+
+
+
+class PromptSource(Protocol):
+    """An EPTAdapter (training) or a MaterializedAdapter (inference)."""
+
+    def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]  # causal: template prefix; seq2seq/encoder: the encoder input
+    label: int
+    truncated: bool = False
+
+
+@dataclass
+class TaskEncoding:
+    """Token ids of each label's answer for one task on one backbone."""
+
+    answers: list[list[int]]
+
+    @property
+    def single_token(self) -> bool:
+        return all(len(a) == 1 for a in self.answers)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [b, L] right-padded text tokens (causal training: prefix + answer)
+    attention_mask: torch.Tensor  # [b, L]
+    labels: torch.Tensor  # [b] class indices
+    answer_start: torch.Tensor | None = None  # [b] causal training: index of the first answer token in the text
+    answer_len: torch.Tensor | None = None  # [b]
+    adapter_index: torch.Tensor | None = None  # [b] mixed-task batches: which adapter each row uses
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> "Batch":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class Backbone:
+    """A frozen Hugging Face model of one family with its tokenizer; subclasses implement one family each.
+
+    The interface a workflow uses: ``encode_answers``, ``encode``, ``collate`` (token ids in, padded batches out),
+    ``loss`` (training), ``loss_terms`` (data-parallel weighting) and ``score`` (label scores). A subclass sets
+    ``family`` and implements ``_answer_ids``, ``_lm_loss``, ``loss_terms`` and ``_family_scores``.
+    """
+
+    family: str = ""
+    answer_in_input = False  # causal: the answer tokens follow the prefix in the same row
+    has_head = False  # encoder: a trainable classification head replaces answer scoring
+
+    def __init__(self, name: str, model, tokenizer, revision: str | None = None,
+                 device: str | torch.device | None = None, precision: str = "fp32"):
+        self.name = name
+        self.tokenizer = tokenizer
+        self.revision = revision
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.requires_grad_(False)
+        model.eval()  # no dropout in the frozen backbone: training and inference see the same function
+        self._fingerprint = {**_fingerprint(name, revision, model, tokenizer), "family": self.family}
+        self.precision = precision
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model = model.to(device=self.device, dtype=dtype)
+        if tokenizer.pad_token_id is None:  # e.g. Llama tokenizers: padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # --- facts --------------------------------------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        """d: the width of the input embeddings."""
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def fingerprint(self, max_length: int | None = None) -> dict:
+        """name, revision, embedding/tokenizer sha256, width, family and ``max_length``: what an adapter is tied to."""
+        return {**self._fingerprint, "max_length": max_length}
+
+    def backbone_state_hash(self) -> str:
+        """sha256 over every backbone tensor, to prove training leaves the backbone bit-identical."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # --- encoding -----------------------------------------------------------------------------------------------------
+    def _answer_ids(self, word: str) -> list[int]:
+        """Token ids of one label's answer (empty for families without answers)."""
+        raise NotImplementedError
+
+    def _add_special_tokens(self) -> bool:
+        return True
+
+    def encode_answers(self, verbalizer: Sequence[str]) -> TaskEncoding:
+        """Token ids of each label's answer; raises ``EptctlError`` for an answer that encodes to no tokens."""
+        answers = []
+        for word in verbalizer:
+            ids = self._answer_ids(word)
+            if not self.has_head and not ids:
+                raise EptctlError(f"answer {word!r} encodes to no tokens", hint="give every label a non-empty verbalizer")
+            answers.append(ids)
+        return TaskEncoding(answers)
+
+    def encode(self, texts: Sequence[str], labels: Sequence[int], answers: TaskEncoding, max_length: int
+               ) -> list[EncodedExample]:
+        """Tokenize formatted prompts. A row longer than ``max_length`` (causal: answer included) keeps its head and
+        its last few tokens (the template's answer cue) and is marked ``truncated``."""
+        ids_list = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens())["input_ids"]
+        out = []
+        for ids, label in zip(ids_list, labels):
+            room = max_length - (len(answers.answers[label]) if self.answer_in_input else 0)
+            truncated = len(ids) > room
+            if truncated:
+                # Keep the head of the text and the final tokens (the template's question/answer cue).
+                tail = min(8, room // 4)
+                ids = ids[: room - tail] + ids[len(ids) - tail:] if tail else ids[:room]
+            out.append(EncodedExample(ids, int(label), truncated))
+        return out
+
+    def collate(self, examples: Sequence[EncodedExample], answers: TaskEncoding | None, train: bool,
+                adapter_index: Sequence[int] | None = None) -> Batch:
+        """Right-pad to the longest row of this batch. Causal training rows carry their answer tokens."""
+        rows, starts, lens = [], [], []
+        for ex in examples:
+            ids = list(ex.input_ids)
+            if train and self.answer_in_input:
+                answer = answers.answers[ex.label]
+                starts.append(len(ids))
+                lens.append(len(answer))
+                ids = ids + answer
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=mask,
+            labels=torch.tensor([ex.label for ex in examples], dtype=torch.long),
+            answer_start=torch.tensor(starts) if starts else None,
+            answer_len=torch.tensor(lens) if lens else None,
+            adapter_index=None if adapter_index is None else torch.tensor(list(adapter_index), dtype=torch.long),
+        )
+
+    # --- attaching the prompt -------------------------------------------------------------------------------------
+    def _text_embeddings(self, input_ids: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor | None
+                         ) -> torch.Tensor:
+        emb = self.model.get_input_embeddings()(input_ids).float()  # [b, L, d] frozen
+        if offset is None:
+            return emb
+        if input_ids.shape[1] > offset.shape[0]:
+            raise EptctlError(
+                f"batch has {input_ids.shape[1]} tokens but the adapter's offset covers {offset.shape[0]}",
+                hint="inputs must be truncated to the adapter's max length",
+            )
+        pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # position of each token within its own text
+        return emb + offset[pos] * mask.unsqueeze(-1).to(emb.dtype)  # E' = E + H[pos]; pads get nothing
+
+    def attach(self, sources: Sequence[PromptSource], batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (inputs_embeds [b, S, d] in the backbone dtype, attention_mask [b, S], prompt_len [b])."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        b = ids.shape[0]
+        if len(sources) == 1:
+            prompt, offset = sources[0].prompt_and_offset()
+            text = self._text_embeddings(ids, mask, offset)
+            s = prompt.shape[0]
+            embeds = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1).to(text.dtype), text], dim=1)
+            full_mask = torch.cat([mask.new_ones(b, s), mask], dim=1)
+            prompt_len = torch.full((b,), s, dtype=torch.long, device=ids.device)
+            return embeds.to(self.dtype), full_mask, prompt_len
+        # Mixed-task batch: each row its own prompt (lengths may differ), still one backbone pass.
+        index = batch.adapter_index
+        computed = [src.prompt_and_offset() for src in sources]
+        text = torch.zeros(*ids.shape, self.width, device=ids.device)
+        for a, (_, offset) in enumerate(computed):
+            rows = (index == a).nonzero(as_tuple=True)[0]
+            if len(rows):
+                text[rows] = self._text_embeddings(ids[rows], mask[rows], offset)
+        lengths = mask.sum(dim=1)
+        prompt_len = torch.tensor([computed[int(a)][0].shape[0] for a in index], device=ids.device)
+        total = int((prompt_len + lengths).max())
+        embeds = torch.zeros(b, total, self.width, device=ids.device)
+        full_mask = torch.zeros(b, total, dtype=mask.dtype, device=ids.device)
+        for i in range(b):
+            s, n = int(prompt_len[i]), int(lengths[i])
+            embeds[i, :s] = computed[int(index[i])][0]
+            embeds[i, s: s + n] = text[i, :n]
+            full_mask[i, : s + n] = 1
+        return embeds.to(self.dtype), full_mask, prompt_len
+
+    # --- loss -------------------------------------------------------------------------------------------------------
+    def loss(self, adapter, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> torch.Tensor:
+        """Scalar training loss of ``adapter`` on ``batch``.
+
+        ``lm``: cross-entropy of the answer tokens (the spec's default; the head's cross-entropy on encoders).
+        ``classify``: cross-entropy over the length-normalised label scores, i.e. the prediction rule itself; useful
+        when answer continuations are unlearnable noise (tiny random decoders) or answers differ in length.
+        """
+        if objective == "classify" and not self.has_head:
+            batch = self._scoring_batch(batch)
+            scores = torch.stack(self._label_scores([adapter], batch, [answers]))
+            return F.cross_entropy(scores, batch.labels.to(scores.device))
+        embeds, mask, prompt_len = self.attach([adapter], batch)
+        return self._lm_loss(adapter, batch, answers, embeds, mask, prompt_len)
+
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds: torch.Tensor, mask: torch.Tensor,
+                 prompt_len: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
+        """How many terms ``loss`` averages over (answer tokens for lm on decoders, else rows): data parallelism
+        weights each rank's loss by it, so that the ranks together give the mean over the global batch."""
+        return len(batch)
+
+    def _scoring_batch(self, batch: Batch) -> Batch:
+        """Strip the appended answers from a causal training batch, leaving the prefixes."""
+        if batch.answer_start is None:
+            return batch
+        ids, mask = batch.input_ids.clone(), batch.attention_mask.clone()
+        for i in range(len(batch)):
+            start = int(batch.answer_start[i])
+            ids[i, start:] = self.tokenizer.pad_token_id
+            mask[i, start:] = 0
+        width = int(batch.answer_start.max())
+        return Batch(ids[:, :width], mask[:, :width], batch.labels, adapter_index=batch.adapter_index)
+
+    # --- scoring ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, sources: Sequence[PromptSource], batch: Batch, answers: Sequence[TaskEncoding]) -> list[torch.Tensor]:
+        """Length-normalised log-likelihood of every label's answer, per row: a list of [num_labels] tensors.
+
+        ``answers[a]`` belongs to ``sources[a]``; rows pick theirs through ``batch.adapter_index`` (0 if absent).
+        Raises ``EptctlError`` for several sources without ``adapter_index``.
+        """
+        return self._label_scores(sources, batch, answers)
+
+    def _label_scores(self, sources, batch: Batch, answers: Sequence[TaskEncoding]) -> list[torch.Tensor]:
+        index = batch.adapter_index if batch.adapter_index is not None else torch.zeros(len(batch), dtype=torch.long)
+        if len(sources) > 1 and batch.adapter_index is None:
+            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
+        embeds, mask, prompt_len = self.attach(sources, batch)
+        row_answers = [answers[int(a)].answers for a in index]
+        return self._family_scores(sources, batch, embeds, mask, prompt_len, index, row_answers)
+
+    def _family_scores(self, sources, batch: Batch, embeds: torch.Tensor, mask: torch.Tensor,
+                       prompt_len: torch.Tensor, index: torch.Tensor, row_answers: list) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _decoder_labels(self, answers: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[rows, longest answer] token ids, -100 where a shorter answer has none."""
+        width = max(len(a) for a in answers)
+        labels = torch.full((len(answers), width), -100, dtype=torch.long, device=self.device)
+        for i, a in enumerate(answers):
+            labels[i, : len(a)] = torch.tensor(a, device=self.device)
+        return labels
+
+
+def regroup(flat: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+    out, k = [], 0
+    for n in sizes:
+        out.append(torch.stack(flat[k: k + n]))
+        k += n
+    return out
+
+
+def _fingerprint(name, revision, model, tokenizer) -> dict:
+    weight = model.get_input_embeddings().weight.detach().float().cpu().contiguous()
+    emb_hash = hashlib.sha256(weight.numpy().tobytes()).hexdigest()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tok_text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return {
+        "name": name,
+        "revision": revision,
+        "embedding_sha256": emb_hash,
+        "tokenizer_sha256": hashlib.sha256(tok_text.encode()).hexdigest(),
+        "width": int(weight.shape[1]),
+    }

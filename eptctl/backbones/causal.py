@@ -1,0 +1,69 @@
+"""Causal LMs (Llama/SmolLM2, GPT-2, ...): text = template prefix + answer; loss on the answer tokens; a label's
+score is the mean log-probability of its answer tokens after the prefix (one batched pass; a single pass over the
+prefixes when every answer is one token)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
+
+
+class CausalBackbone(Backbone):
+    """A decoder-only LM with its verbalizer answers appended after the prompt and the text."""
+
+    family = "causal"
+    answer_in_input = True
+
+    def _answer_ids(self, word: str) -> list[int]:
+        return self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+
+    def _add_special_tokens(self) -> bool:
+        return bool(getattr(self.tokenizer, "add_bos_token", False))
+
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
+        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        rows, positions, targets = [], [], []
+        for i in range(len(batch)):
+            start = int(prompt_len[i] + batch.answer_start[i])
+            for j in range(int(batch.answer_len[i])):
+                rows.append(i)
+                positions.append(start + j - 1)  # the hidden state before a token predicts it
+                targets.append(int(batch.input_ids[i, batch.answer_start[i] + j]))
+        # lm_head only on answer positions: the vocabulary projection is a large share of the step otherwise.
+        logits = self.model.get_output_embeddings()(hidden[rows, positions])
+        return F.cross_entropy(logits.float(), torch.tensor(targets, device=logits.device))
+
+    def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
+        return len(batch) if objective == "classify" else int(batch.answer_len.sum())
+
+    def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
+        lengths = batch.attention_mask.sum(dim=1)
+        last = prompt_len + lengths - 1  # [b] position of each row's last prefix token
+        if all(len(a) == 1 for ans in row_answers for a in ans):
+            hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[torch.arange(len(batch)), last]).float(), -1)
+            return [logp[i, [a[0] for a in ans]] for i, ans in enumerate(row_answers)]
+        return self._score_expanded(embeds, mask, last, row_answers)
+
+    def _score_expanded(self, embeds, mask, last, row_answers) -> list[torch.Tensor]:
+        """Multi-token answers: one row per (example, label) with the answer appended after the prefix."""
+        pairs = [(i, ans) for i, answers in enumerate(row_answers) for ans in answers]
+        emb_layer = self.model.get_input_embeddings()
+        seq_len = int(max(int(last[i]) + 1 + len(ans) for i, ans in pairs))
+        x = embeds.new_zeros(len(pairs), seq_len, embeds.shape[-1])
+        m = mask.new_zeros(len(pairs), seq_len)
+        for p, (i, ans) in enumerate(pairs):
+            n = int(last[i]) + 1
+            x[p, :n] = embeds[i, :n]
+            x[p, n: n + len(ans)] = emb_layer(torch.tensor(ans, device=x.device)).to(x.dtype)
+            m[p, : n + len(ans)] = 1
+        hidden = self.model.base_model(inputs_embeds=x, attention_mask=m).last_hidden_state
+        head = self.model.get_output_embeddings()
+        scores = []
+        for p, (i, ans) in enumerate(pairs):
+            n = int(last[i]) + 1
+            logp = torch.log_softmax(head(hidden[p, n - 1: n - 1 + len(ans)]).float(), dim=-1)
+            scores.append(logp[torch.arange(len(ans)), torch.tensor(ans, device=logp.device)].mean())
+        return regroup(scores, [len(a) for a in row_answers])

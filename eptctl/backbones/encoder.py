@@ -1,0 +1,35 @@
+"""Encoder-only models (BERT, MiniLM): no generation head; the masked mean of the last hidden states (prompt and
+text) goes through the adapter's trainable linear head; scores are the head's log-softmax."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from eptctl.backbones.base import Backbone, Batch, TaskEncoding
+
+
+class EncoderBackbone(Backbone):
+    """An encoder with a per-adapter classification head in place of answer scoring."""
+
+    family = "encoder"
+    has_head = True
+
+    def _answer_ids(self, word: str) -> list[int]:
+        return []
+
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
+        logits = self._head_logits([adapter], embeds, mask, None)
+        return F.cross_entropy(logits, batch.labels.to(logits.device))
+
+    def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
+        logits = self._head_logits(sources, embeds, mask, index)
+        return [torch.log_softmax(row.float(), dim=-1) for row in logits]
+
+    def _head_logits(self, sources, embeds, mask, index) -> list[torch.Tensor] | torch.Tensor:
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state.float()
+        weights = mask.unsqueeze(-1).float()
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # masked mean over prompt and text
+        if index is None:
+            return sources[0].head(pooled)
+        return [sources[int(a)].head(pooled[i: i + 1])[0] for i, a in enumerate(index)]

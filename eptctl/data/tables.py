@@ -1,0 +1,229 @@
+"""User data: CSV, TSV, JSON Lines and Parquet files, a folder of split files, or a hub dataset, read with ``datasets``.
+
+``datasets`` is imported here only, and only when such data is read: importing it costs over a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from eptctl.core.errors import EptctlError
+from eptctl.data.rows import RawRow
+
+FORMAT_BY_SUFFIX = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+# ``datasets`` decompresses these by itself; the format comes from the suffix before them.
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+SPLIT_COLUMN = "split"
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def file_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    fmt = FORMAT_BY_SUFFIX.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise EptctlError(
+            f"unsupported file type: {path.name}",
+            hint=f"use one of {', '.join(FORMAT_BY_SUFFIX)} (optionally compressed: {', '.join(COMPRESSION_SUFFIXES)})",
+        )
+    return fmt
+
+
+def split_files(folder: Path) -> dict[str, Path]:
+    """The split files in a folder: ``train.csv``, ``validation.jsonl`` (or ``dev``, ``val``...), ``test.parquet``."""
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        split = SPLIT_NAMES.get(file.name.split(".")[0].lower())
+        if split is None or not file.is_file():
+            continue
+        if split in found:
+            raise EptctlError(
+                f"{folder} holds two {split} files: {found[split].name} and {file.name}", hint="keep one of them"
+            )
+        file_format(file)
+        found[split] = file
+    if "train" not in found:
+        raise EptctlError(
+            f"no train file in folder {folder}",
+            hint="name the files train.csv, validation.csv and test.csv (or .jsonl, .parquet)",
+        )
+    return found
+
+
+def locate(path: str | Path, *, hub: bool = False) -> dict:
+    """The source dict for ``path``: a local file or folder (checked now), or a hub dataset when asked for."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if local.is_dir():
+            split_files(local)
+            return {"kind": "file", "path": str(local.resolve()), "format": "folder"}
+        return {"kind": "file", "path": str(local.resolve()), "format": file_format(local)}
+    if hub:
+        if not _HUB_NAME.fullmatch(str(path)):
+            raise EptctlError(f"'{path}' is not a hub dataset name", hint="hub datasets are named owner/name")
+        return {"kind": "hub", "name": str(path)}
+    hint = "check the path"
+    if _HUB_NAME.fullmatch(str(path)):
+        hint += f"; to load the hub dataset '{path}' instead, ask for the hub explicitly (hub=True, --hub)"
+    raise EptctlError(f"file not found: {path}", hint=hint)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[Any]:
+    """``datasets`` without its progress bars and error logs: eptctl reports failures itself, once."""
+    import datasets
+
+    bars_were_off = datasets.are_progress_bars_disabled()
+    level = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield datasets
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error's message: ``datasets`` wraps a parser's useful one in a generic build error."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return _first_line(err)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in OFFLINE_VARIABLES)
+
+
+def _has_no_rows(file: Path, fmt: str) -> bool:
+    """Only asked after a read failed: tells an empty file (or a lone header) from a broken one."""
+    if fmt == "parquet" or file.suffix.lower() in COMPRESSION_SUFFIXES:
+        return file.stat().st_size == 0
+    with file.open("rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return lines <= (0 if fmt == "json" else 1)
+
+
+def _read_file(datasets, file: Path):
+    fmt = file_format(file)
+    options: dict[str, Any] = {}
+    if fmt in ("csv", "tsv"):
+        # Keep "NA", "null", "None" as text: they are words in a corpus, not missing values.
+        options = {"keep_default_na": False, "sep": "\t" if fmt == "tsv" else ","}
+    try:
+        return datasets.load_dataset(
+            "csv" if fmt == "tsv" else fmt, data_files=str(file), split="train", **options
+        )
+    except Exception as err:  # noqa: BLE001  (datasets, pandas and pyarrow raise a dozen types for a bad file)
+        if _has_no_rows(file, fmt):
+            raise EptctlError(f"{file} is empty", hint="add rows: a header line and one row per example") from None
+        raise EptctlError(f"could not read {file}: {_root_cause(err)}", hint=f"check that it is valid {fmt}") from err
+
+
+def _read_hub(datasets, name: str) -> dict[str, Any]:
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as err:  # noqa: BLE001  (network, auth and builder errors all end here)
+        if _offline():
+            hint = f"offline mode is on ({' or '.join(OFFLINE_VARIABLES)}): unset it where the network allows"
+        else:
+            hint = "check the dataset name and network access to the hub"
+        raise EptctlError(f"could not load hub dataset '{name}': {_first_line(err)}", hint=hint) from err
+    # Hub datasets carry extra splits (e.g. "unsupervised"); only the three known ones are used.
+    return {SPLIT_NAMES[key]: ds for key, ds in loaded.items() if key in SPLIT_NAMES}
+
+
+def read_tables(source: dict) -> tuple[dict[str, Any], bool]:
+    """The ``datasets.Dataset`` per split and whether the splits come from the data layout (folder, hub)."""
+    with _quiet_datasets() as datasets:
+        if source["kind"] == "hub":
+            return _read_hub(datasets, source["name"]), True
+        path = Path(source["path"])
+        if not path.exists():
+            raise EptctlError(f"file not found: {path}", hint="the task's data file moved or was deleted")
+        if path.is_dir():
+            return {split: _read_file(datasets, file) for split, file in split_files(path).items()}, True
+        return {"all": _read_file(datasets, path)}, False
+
+
+def _column_values(table, column: str, role: str, where: str) -> list:
+    if column not in table.column_names:
+        raise EptctlError(
+            f"{role} column '{column}' not found in {where}",
+            hint=f"available columns: {', '.join(table.column_names)}",
+        )
+    values = table[column][:]  # a whole-column slice: iterating a datasets Column decodes row by row, 100x slower
+    # A ClassLabel column stores integers; the names are the labels. -1 marks an unlabelled row.
+    names = getattr(table.features[column], "names", None)
+    if names is not None:
+        values = [names[v] if v is not None and 0 <= v < len(names) else None for v in values]
+    return values
+
+
+def describe(source: dict) -> str:
+    """Where a file or hub source's data lives, for messages."""
+    return source.get("path") or f"hub dataset {source.get('name')}"
+
+
+def read_rows(
+    source: dict, *, text_column: str, text_pair_column: str | None, label_column: str | None
+) -> dict[str, list[RawRow]]:
+    """Raw rows per split (``train``/``validation``/``test``, or ``all`` when the data names no split)."""
+    tables, layout_splits = read_tables(source)
+    where_base = describe(source)
+    rows: dict[str, list[RawRow]] = {}
+    for split, table in tables.items():
+        where = where_base if split == "all" else f"{where_base} ({split})"
+        texts = _column_values(table, text_column, "text", where)
+        pairs = _column_values(table, text_pair_column, "text pair", where) if text_pair_column else [None] * len(texts)
+        labels = _column_values(table, label_column, "label", where) if label_column else [None] * len(texts)
+        rows[split] = [RawRow(*values, row) for row, values in enumerate(zip(texts, pairs, labels), start=1)]
+        if split == "all" and not layout_splits and SPLIT_COLUMN in table.column_names:
+            return _by_split_column(rows.pop("all"), table[SPLIT_COLUMN][:], where)
+    return rows
+
+
+def _by_split_column(rows: list[RawRow], marks: list, where: str) -> dict[str, list[RawRow]]:
+    grouped: dict[str, list[RawRow]] = {}
+    for raw, mark in zip(rows, marks):
+        split = SPLIT_NAMES.get(str(mark).strip().lower())
+        if split is None:
+            raise EptctlError(
+                f"row {raw.row} of {where} names an unknown split '{mark}' in column '{SPLIT_COLUMN}'",
+                hint="use train, validation (or dev) and test",
+            )
+        grouped.setdefault(split, []).append(raw)
+    return grouped

@@ -1,0 +1,73 @@
+"""Optimisation settings of a training run (torch-free, so the CLI can build its options without importing torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from eptctl.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Defaults are tuned on SmolLM2-135M + rt-polarity (docs/method.md#defaults).
+
+    Every field with help text is a flag of ``eptctl train`` (``eptctl.cli.options``). Raises ``ConfigError``
+    naming the flag for an invalid value.
+    """
+
+    steps: int | None = field(default=150, metadata={"help": "Optimiser steps."})
+    epochs: float | None = field(default=None, metadata={"help": "Epochs (overrides --steps)."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per step."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Examples per scoring batch in evaluations."})
+    lr_prompt: float = field(default=0.1, metadata={"help": "Learning rate of the prompt."})
+    lr_low_rank: float = field(default=3e-3, metadata={"help": "Learning rate of A and B."})
+    lr_fusion: float = field(default=1e-2, metadata={"help": "Learning rate of fusion, projection and gate."})
+    lr_head: float = field(default=1e-2, metadata={"help": "Learning rate of the head (encoder backbones)."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Linear warmup steps (default: 10% of the steps)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the adapter's gradient norm to this."})
+    eval_every: int | None = field(default=None, metadata={
+        "help": "Validate every N steps (default: 5 times per run)."})
+    checkpoint_every: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps."})
+    max_eval_examples: int | None = field(default=200, metadata={
+        "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
+    objective: str = field(default="lm", metadata={"help": "lm (answer tokens) | classify (label scores)."})
+    seed: int = field(default=0, metadata={"help": "Seed for init and data order."})
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("lm", "classify"):
+            raise ConfigError(f"--objective must be lm or classify, got {self.objective!r}", hint="use --objective lm")
+        for flag, value in (("--batch-size", self.batch_size), ("--eval-batch-size", self.eval_batch_size),
+                            ("--checkpoint-every", self.checkpoint_every)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 150")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs}", hint="e.g. --epochs 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be ≥ 1, got {self.eval_every}", hint="e.g. --eval-every 50")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be ≥ 0, got {self.warmup_steps}", hint="e.g. --warmup-steps 15")
+        if self.max_eval_examples is not None and self.max_eval_examples < 1:
+            raise ConfigError(f"--max-eval-examples must be ≥ 1, got {self.max_eval_examples}",
+                              hint="e.g. --max-eval-examples 200")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"--weight-decay must be ≥ 0, got {self.weight_decay}", hint="e.g. --weight-decay 0")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm}",
+                              hint="e.g. --max-grad-norm 1.0")
+        for flag, lr in (("--lr-prompt", self.lr_prompt), ("--lr-low-rank", self.lr_low_rank),
+                         ("--lr-fusion", self.lr_fusion), ("--lr-head", self.lr_head)):
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ConfigError(f"{flag} must be a positive number, got {lr}", hint=f"e.g. {flag} 1e-3")
+
+    def total_steps(self, train_size: int) -> int:
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * math.ceil(train_size / self.batch_size)))
+        return self.steps or 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,286 @@
+"""Export bundles: one adapter as a self-describing folder, importable into any registry with its identity intact.
+
+    DIR/eptctl-bundle.json          the card: format, task, config, metrics, lineage, backbone, run, files + sha256
+    DIR/servable.safetensors        the registry's file, byte for byte
+    DIR/training_state.safetensors  if the adapter has one (and it was not left out)
+    DIR/README.md                   the model card (eptctl.interop.card)
+
+Import keeps the adapter id, the file bytes (so their sha256) and every metric value; the version is the task's next
+one in the target registry. Everything is verified before anything is written, so a tampered or truncated bundle
+imports nothing. The card carries a checksum of its own content, so an edited card is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from eptctl import __version__
+from eptctl.interop.card import render_card
+from eptctl.core.errors import EptctlError
+from eptctl.core.files import check_target, write_folder
+
+CARD_NAME = "eptctl-bundle.json"
+FORMAT = "eptctl-bundle"
+FORMAT_VERSION = 1
+FILE_NAMES = {"servable": "servable.safetensors", "training_state": "training_state.safetensors",
+              "readme": "README.md"}
+ARTIFACT_KINDS = ("servable", "training_state")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    record: object  # registry.AdapterRecord
+    directory: Path
+    files: dict[str, dict]  # kind -> {"path", "sha256", "size"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its card and the bytes of each file, by kind."""
+
+    directory: Path
+    card: dict
+    files: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    record: object  # registry.AdapterRecord in the target registry
+    source_ref: str  # the adapter's ref in the registry it was exported from
+    already_present: bool
+    skipped_parents: list[dict] = field(default_factory=list)  # {"id", "ref"}: parents not in the target registry
+    skipped_aliases: list[str] = field(default_factory=list)  # taken in the target task by another adapter
+
+
+# --- export -----------------------------------------------------------------------------------------------------------
+def export_bundle(registry, ref, directory: str | Path, *, force: bool = False, training_state: bool = True
+                  ) -> ExportResult:
+    """Write the adapter ``ref`` names as a bundle folder (refused if ``directory`` is not empty, unless ``force``)."""
+    rec = registry.resolve(ref)
+    check_target(directory, force)  # before reading anything: a wrong target fails fast
+    data = {"servable": registry.artifact_bytes(rec, "servable")}
+    if training_state and rec.artifact("training_state") is not None:
+        data["training_state"] = registry.artifact_bytes(rec, "training_state")
+    task = registry.get_task(rec.task)
+    parents, children = registry.parents(rec), registry.children(rec)
+    data["readme"] = render_card(rec, task, parents, children).encode()
+    files = {kind: {"path": FILE_NAMES[kind], "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+             for kind, b in data.items()}
+    card = _card(rec, task, parents, files)
+    out = {FILE_NAMES[kind]: b for kind, b in data.items()}
+    out[CARD_NAME] = (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode()
+    path = write_folder(directory, out, force=force)
+    return ExportResult(rec, path, files)
+
+
+def _card(rec, task, parents, files: dict) -> dict:
+    refs = {p.id: p.ref for p in parents}
+    card = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "eptctl_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(),
+        "adapter": {
+            "id": rec.id, "ref": rec.ref, "task": rec.task, "version": rec.version, "method": rec.method,
+            "status": rec.status, "created_at": rec.created_at.isoformat(), "description": rec.description,
+            "config": rec.config, "params_by_group": rec.params_by_group, "trainable_params": rec.trainable_params,
+            "summary": rec.summary, "tags": list(rec.tags), "aliases": list(rec.aliases),
+        },
+        "task": {"name": task.name, "description": task.description, "labels": list(task.labels),
+                 "metric": task.metric, "source": task.source, "template": task.template},
+        "backbone": asdict(rec.backbone),
+        "metrics": [asdict(m) for m in rec.metrics],
+        "run": None if rec.run is None else asdict(rec.run),
+        "lineage": {"parents": [{"id": p.parent_id, "ref": refs.get(p.parent_id), "weight": p.weight, "how": p.how}
+                                for p in rec.parents]},
+        "files": files,
+    }
+    card["card_sha256"] = _card_checksum(card)
+    return card
+
+
+def _card_checksum(card: dict) -> str:
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- read and verify --------------------------------------------------------------------------------------------------
+def read_bundle(directory: str | Path) -> Bundle:
+    """The bundle in ``directory``, after checking the card and every file; one-line errors name the bad file."""
+    directory = Path(directory).expanduser()
+    card_path = directory / CARD_NAME
+    if not directory.is_dir():
+        raise EptctlError(f"no bundle at {directory}: not a folder", hint="export one with `eptctl export REF DIR`")
+    try:
+        text = card_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EptctlError(f"{directory} is not an eptctl bundle: {CARD_NAME} is missing",
+                          hint="export one with `eptctl export REF DIR`") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EptctlError(f"cannot read bundle card {card_path}: {err}", hint="re-export the bundle") from None
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EptctlError(f"bundle card {card_path} is not valid JSON ({err.msg}, line {err.lineno})",
+                          hint="the bundle is damaged: re-export it") from None
+    _check_card(card, card_path)
+    files = {kind: _read_file(directory, kind, entry) for kind, entry in card["files"].items()}
+    for kind in ARTIFACT_KINDS:
+        if kind in files:
+            _check_safetensors(directory / card["files"][kind]["path"], files[kind])
+    return Bundle(directory, card, files)
+
+
+def _check_card(card, card_path: Path) -> None:
+    def bad(what: str) -> EptctlError:
+        return EptctlError(f"bundle card {card_path} is malformed: {what}", hint="the bundle is damaged: re-export it")
+
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise bad(f"'format' is not {FORMAT!r}")
+    version = card.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad("'format_version' is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise EptctlError(f"bundle {card_path.parent} has format version {version}; this eptctl reads up to "
+                          f"{FORMAT_VERSION}", hint="upgrade eptctl: pip install -U eptctl")
+    if card.get("card_sha256") != _card_checksum(card):
+        raise EptctlError(f"bundle card {card_path} was changed after export (its checksum does not match)",
+                          hint="re-export the bundle; a card cannot be edited by hand")
+    for key, kind in (("adapter", dict), ("task", dict), ("backbone", dict), ("metrics", list), ("lineage", dict),
+                      ("files", dict)):
+        if not isinstance(card.get(key), kind):
+            raise bad(f"{key!r} is missing or not a {kind.__name__}")
+    files = card["files"]
+    if "servable" not in files or set(files) - set(FILE_NAMES):
+        raise bad(f"'files' must name a servable file and only {', '.join(FILE_NAMES)}")
+    for kind, entry in files.items():
+        if not (isinstance(entry, dict) and entry.get("path") == FILE_NAMES[kind]
+                and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
+                and isinstance(entry.get("size"), int) and entry["size"] >= 0):
+            raise bad(f"entry {kind!r} of 'files' needs path {FILE_NAMES[kind]!r}, a sha256 and a size")
+
+
+def _read_file(directory: Path, kind: str, entry: dict) -> bytes:
+    path = directory / entry["path"]  # a fixed name per kind (checked above): nothing outside the folder is read
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EptctlError(f"bundle file {path} is missing", hint="the bundle is incomplete: re-export it") from None
+    except OSError as err:
+        raise EptctlError(f"cannot read bundle file {path}: {err.strerror}", hint="check its permissions") from None
+    if len(data) != entry["size"]:
+        raise EptctlError(f"bundle file {path} has {len(data):,} bytes, the card says {entry['size']:,} "
+                          "(truncated or changed)", hint="the bundle is damaged: re-export it")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry["sha256"]:
+        raise EptctlError(f"bundle file {path} does not match its sha256 in the card ({actual[:12]}…, expected "
+                          f"{entry['sha256'][:12]}…)", hint="the bundle was modified: re-export it")
+    return data
+
+
+def _check_safetensors(path: Path, data: bytes) -> None:
+    from safetensors.torch import load
+
+    try:
+        load(data)
+    except Exception as err:  # safetensors raises its own error types for a bad header or size
+        raise EptctlError(f"bundle file {path} is not a readable safetensors file ({err})",
+                          hint="the bundle is damaged: re-export it") from None
+
+
+# --- import -----------------------------------------------------------------------------------------------------------
+def import_bundle(registry, directory: str | Path) -> ImportResult:
+    """Register the bundle's adapter in ``registry`` under its own id. Importing it again is a no-op
+    (``already_present``); lineage links go to the parents that exist here, the others are reported."""
+    from registry import RegistryError
+
+    bundle = read_bundle(directory)
+    card, card_path = bundle.card, bundle.directory / CARD_NAME
+    try:
+        new, adapter_id, created_at, alias_names, task = _records(card)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise EptctlError(f"bundle card {card_path} is malformed: {type(err).__name__}: {err}",
+                          hint="the bundle is damaged: re-export it") from None
+    source_ref = str(card["adapter"].get("ref") or adapter_id)
+    existing = _get(registry, adapter_id, RegistryError)
+    if existing is not None:
+        return _already_present(existing, bundle, source_ref)
+    _check_task(registry, task, RegistryError)
+    kept, skipped = [], []
+    for link, entry in zip(new.parents, card["lineage"]["parents"]):
+        if _get(registry, link.parent_id, RegistryError) is not None:
+            kept.append(link)
+        else:
+            skipped.append({"id": link.parent_id, "ref": entry.get("ref")})
+    new = replace(new, parents=kept)
+    registry.ensure_task(task)
+    files = {kind: bundle.files[kind] for kind in ARTIFACT_KINDS if kind in bundle.files}
+    rec = registry.import_adapter(new, adapter_id=adapter_id, created_at=created_at, files=files,
+                                  alias_names=alias_names)
+    return ImportResult(rec, source_ref, False, skipped, [a for a in alias_names if a not in rec.aliases])
+
+
+def _records(card: dict):
+    """(NewAdapter, id, created_at, aliases, TaskRecord) from a card; KeyError/TypeError/ValueError if malformed."""
+    from registry import BackboneFingerprint, MetricValue, NewAdapter, ParentLink, RunInfo, TaskRecord
+
+    a, t = card["adapter"], card["task"]
+    metrics = [MetricValue(str(m["split"]), str(m["name"]), _finite(m["value"]),
+                           None if m["step"] is None else int(m["step"])) for m in card["metrics"]]
+    parents = [ParentLink(str(p["id"]), float(p["weight"]), str(p["how"])) for p in card["lineage"]["parents"]]
+    run = None if card.get("run") is None else RunInfo(**card["run"])
+    params = {str(k): int(v) for k, v in a["params_by_group"].items()}
+    new = NewAdapter(task=str(t["name"]), method=str(a["method"]), config=dict(a["config"]), params_by_group=params,
+                     backbone=BackboneFingerprint(**card["backbone"]), servable={}, metrics=metrics, parents=parents,
+                     run=run, description=str(a.get("description") or ""), tags=[str(x) for x in a.get("tags", [])],
+                     summary=dict(a.get("summary") or {}))
+    if a["task"] != t["name"]:
+        raise ValueError(f"adapter task {a['task']!r} is not the task {t['name']!r}")
+    task = TaskRecord(name=str(t["name"]), description=str(t["description"]), labels=[str(x) for x in t["labels"]],
+                      metric=str(t["metric"]), source=dict(t["source"]), template=str(t["template"]))
+    created = datetime.fromisoformat(a["created_at"])
+    return new, str(a["id"]), created, [str(x) for x in a.get("aliases", [])], task
+
+
+def _finite(value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"metric value {value} is not finite")
+    return value
+
+
+def _get(registry, adapter_id: str, not_found: type):
+    try:
+        return registry.get(adapter_id)
+    except not_found:
+        return None
+
+
+def _already_present(existing, bundle: Bundle, source_ref: str) -> ImportResult:
+    """The same id again: fine if the files both sides have are the same bytes (a bundle exported without its
+    training state, or with it, is the same adapter), an error if they differ."""
+    for kind in ARTIFACT_KINDS:
+        art = existing.artifact(kind)
+        entry = bundle.card["files"].get(kind)
+        if entry is not None and art is not None and art.sha256 != entry["sha256"]:
+            raise EptctlError(f"adapter {existing.id} is already in this registry as {existing.ref}, with a "
+                              f"different {kind} file than the bundle's", hint=f"see `eptctl show {existing.ref}`")
+    return ImportResult(existing, source_ref, True)
+
+
+def _check_task(registry, task, not_found: type) -> None:
+    try:
+        have = registry.get_task(task.name)
+    except not_found:
+        return
+    if list(have.labels) != list(task.labels):
+        raise EptctlError(f"task {task.name!r} in this registry has labels {', '.join(have.labels)}; the bundle's "
+                          f"adapter was trained for {', '.join(task.labels)}",
+                          hint="import into a registry without this task, or one whose task has the same labels")

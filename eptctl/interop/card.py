@@ -1,0 +1,178 @@
+"""A markdown model card for one adapter: what it is for, what it was trained on, how well it does, how to load it.
+
+Rendered from registry records only (no torch, no model), so ``eptctl show --card`` is instant and an export bundle
+carries the same card as its README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+METHOD_NAMES = {
+    "pt": "vanilla prompt tuning (a plain soft prompt of l rows)",
+    "dept": "DePT (a short soft prompt plus a low-rank offset of the input embeddings)",
+    "ept": "EPT (short prompt, low-rank embedding offset, prompt fusion and gated multi-space projection)",
+}
+GROUP_NOTES = {
+    "prompt": "soft prompt rows",
+    "low_rank": "A and B of the embedding offset H = A·B",
+    "fusion": "attention of the prompt over the offset rows",
+    "projection": "subspace maps",
+    "gate": "gate over the subspaces",
+    "transfer": "attention over frozen source prompts",
+    "head": "classification head",
+}
+
+
+def render_card(rec, task=None, parents: Sequence = (), children: Sequence = ()) -> str:
+    """Markdown for ``rec`` (a registry AdapterRecord); ``task`` is its TaskRecord, ``parents``/``children`` the
+    AdapterRecords of its lineage (for their refs), all optional."""
+    lines = [f"# {rec.ref}: {rec.method} adapter for task `{rec.task}`", ""]
+    lines += [f"Adapter id `{rec.id}`, version {rec.version}, status {rec.status}, created "
+              f"{rec.created_at:%Y-%m-%d %H:%M} UTC." + (f" {rec.description}" if rec.description else "")]
+    if rec.aliases or rec.tags:
+        lines += ["", "Aliases: " + (", ".join(f"`{rec.task}@{a}`" for a in rec.aliases) or "-")
+                  + ". Tags: " + (", ".join(f"`{t}`" for t in rec.tags) or "-") + "."]
+    lines += _intended_use(rec, task)
+    lines += _task(rec, task)
+    lines += _backbone(rec)
+    lines += _method(rec)
+    lines += _data(rec, task)
+    lines += _metrics(rec)
+    lines += _lineage(rec, parents, children)
+    lines += _params(rec)
+    lines += _files(rec)
+    lines += _how_to_load(rec)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def adapter_card(registry, ref) -> str:
+    """The card of the adapter ``ref`` names, with its task and lineage read from ``registry``."""
+    rec = registry.resolve(ref)
+    return render_card(rec, registry.get_task(rec.task), registry.parents(rec), registry.children(rec))
+
+
+def _intended_use(rec, task) -> list[str]:
+    labels = ", ".join(f"`{label}`" for label in task.labels) if task else "its task's labels"
+    b = rec.backbone
+    return ["", "## Intended use", "",
+            f"Classifies text for the task `{rec.task}` into {labels}, as a soft prompt on the frozen backbone "
+            f"`{b.name}`; the backbone itself is unchanged. Each label is scored by the mean log-likelihood of its "
+            "answer after the task's template (encoders: by the adapter's head).",
+            "",
+            f"Use it only on the exact backbone it was trained on (embedding sha256 `{b.embedding_sha256[:16]}…`): "
+            f"eptctl refuses any other. Inputs longer than {b.max_length} tokens are truncated."]
+
+
+def _task(rec, task) -> list[str]:
+    lines = ["", "## Task and labels", ""]
+    if task is None:
+        return lines + [f"Task `{rec.task}` (not described in this registry)."]
+    verbalizer = list((task.source or {}).get("verbalizer") or task.labels)
+    lines += [f"`{task.name}`: {task.description or '-'}", "", "| label | answer the model scores |", "| --- | --- |"]
+    lines += [f"| {label} | {_cell(answer)} |" for label, answer in zip(task.labels, verbalizer)]
+    lines += ["", f"Template: `{_inline(task.template)}`. Metric for `@best`: {task.metric}."]
+    return lines
+
+
+def _backbone(rec) -> list[str]:
+    b = rec.backbone
+    return ["", "## Backbone", "", "| field | value |", "| --- | --- |",
+            f"| name | {b.name} |", f"| revision | {b.revision or '-'} |", f"| width | {b.width} |",
+            f"| max input length | {b.max_length} |", f"| embedding sha256 | `{b.embedding_sha256}` |",
+            f"| tokenizer sha256 | `{b.tokenizer_sha256}` |"]
+
+
+def _method(rec) -> list[str]:
+    cfg = {k: v for k, v in rec.config.items() if k != "schema_version"}
+    lines = ["", "## Method and config", "", f"`{rec.method}`: {METHOD_NAMES.get(rec.method, rec.method)}.", ""]
+    lines += ["| option | value |", "| --- | --- |"] + [f"| {k} | {_cell(v)} |" for k, v in cfg.items()]
+    train = rec.summary.get("train_config")
+    if train:
+        lines += ["", "Training: " + ", ".join(f"{k}={v}" for k, v in train.items()) + "."]
+    gate = rec.summary.get("space_weights")
+    if gate:
+        lines += ["", "Space weights (gate): " + ", ".join(f"{w:.3f}" for w in gate) + "."]
+    return lines
+
+
+def _data(rec, task) -> list[str]:
+    lines = ["", "## Data", ""]
+    source = {k: v for k, v in ((task.source if task else {}) or {}).items() if k != "verbalizer"}
+    if source:
+        lines += ["Source: " + ", ".join(f"{k}={v}" for k, v in source.items()) + "."]
+    sizes = rec.summary.get("data_sizes")
+    if sizes:
+        lines += ["Examples: " + ", ".join(f"{split} {n:,}" for split, n in sizes.items()) + "."]
+    if rec.run and rec.run.data_fingerprint:
+        lines += [f"Data fingerprint: `{rec.run.data_fingerprint}`."]
+    if rec.summary.get("truncated"):
+        lines += [f"Examples cut to the max length ({rec.backbone.max_length} tokens): {rec.summary['truncated']:,}."]
+    return lines if len(lines) > 3 else lines + ["Not recorded."]
+
+
+def _metrics(rec) -> list[str]:
+    final = sorted((m for m in rec.metrics if m.step is None), key=lambda m: (m.split, m.name))
+    lines = ["", "## Metrics", ""]
+    if not final:
+        return lines + ["None recorded."]
+    lines += ["| split | metric | value |", "| --- | --- | --- |"]
+    lines += [f"| {m.split} | {m.name} | {m.value:.4f} |" for m in final]
+    stepped = [m for m in rec.metrics if m.step is not None]
+    if stepped:
+        steps = sorted({m.step for m in stepped})
+        lines += ["", f"Also {len(stepped)} values recorded during training at {len(steps)} step(s) "
+                      f"({steps[0]}–{steps[-1]})" + (f"; best step {rec.summary['best_step']}"
+                                                   if rec.summary.get("best_step") is not None else "") + "."]
+    return lines
+
+
+def _lineage(rec, parents, children) -> list[str]:
+    lines = ["", "## Lineage", ""]
+    refs = {p.id: p.ref for p in parents}
+    for link in rec.parents:
+        lines.append(f"- initialised from {refs.get(link.parent_id, '(not in this registry)')} "
+                     f"(`{link.parent_id}`), weight {link.weight:.3f}, {link.how}")
+    lines += [f"- parent of {c.ref} (`{c.id}`)" for c in children]
+    return lines if len(lines) > 3 else lines + ["Trained from scratch; no adapter descends from it."]
+
+
+def _params(rec) -> list[str]:
+    lines = ["", "## Trainable parameters", "", "| group | count | what |", "| --- | ---: | --- |"]
+    lines += [f"| {g} | {n:,} | {GROUP_NOTES.get(g, '')} |" for g, n in rec.params_by_group.items() if n]
+    return lines + [f"| **total** | **{rec.trainable_params:,}** | |"]
+
+
+def _files(rec) -> list[str]:
+    lines = ["", "## Training run and files", ""]
+    run = rec.run
+    if run:
+        versions = ", ".join(f"{k} {v}" for k, v in run.package_versions.items())
+        lines += [f"Seed {run.seed}, {run.duration_s or 0:.1f} s on {run.device or '-'}; command `{run.command_line}`.",
+                  "", f"Packages: {versions or '-'}.", ""]
+    lines += [f"- {a.kind}: {a.size:,} bytes, sha256 `{a.sha256}`" for a in rec.artifacts]
+    return lines
+
+
+def _how_to_load(rec) -> list[str]:
+    ref = rec.id[:12]  # the id survives export and import; the version is per registry
+    return ["", "## How to load it", "",
+            f"`{ref}` is a prefix of the adapter id, valid in every registry it is imported into "
+            f"(here it is also `{rec.ref}`).", "", "Command line:", "", "```bash",
+            f'eptctl predict {ref} "some text"          # label and per-label scores, as JSON lines',
+            f"eptctl eval {ref} --split test",
+            "eptctl import PATH                      # from an export bundle folder into your registry",
+            "```", "", "Python:", "", "```python",
+            "from eptctl.workflows.inference import backbone_for, load_adapter, predict",
+            "from registry import Registry", "",
+            f'servable = load_adapter(Registry(), "{ref}")',
+            'print(predict(backbone_for([servable]), servable, [("some text", None)]))',
+            "```"]
+
+
+def _cell(value) -> str:
+    return _inline(str(value)).replace("|", "\\|")
+
+
+def _inline(text: str) -> str:
+    return text.replace("\n", "\\n").replace("`", "'")

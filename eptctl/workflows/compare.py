@@ -1,0 +1,37 @@
+"""Side-by-side comparison of stored adapters (library part of `eptctl compare`)."""
+
+from __future__ import annotations
+
+import itertools
+
+from eptctl.workflows.inference import load_adapter, prompt_similarity
+
+
+def compare_adapters(registry, refs: list[str], all_config: bool = False) -> dict:
+    servables = [load_adapter(registry, ref) for ref in refs]
+    records = [s.record for s in servables]
+    keys = sorted({(m.split, m.name) for r in records for m in r.metrics if m.step is None})
+    metrics = []
+    for split, name in keys:
+        values = [r.metric(name, split) for r in records]
+        base = values[0]
+        deltas = [None if v is None or base is None else v - base for v in values]
+        metrics.append({"split": split, "name": name, "values": values, "deltas": deltas})
+    config_keys = sorted({k for r in records for k in r.config if k != "schema_version"})
+    config = {}
+    for key in config_keys:
+        values = [r.config.get(key) for r in records]
+        if all_config or any(v != values[0] for v in values):
+            config[key] = values
+    similarity = []
+    for i, j in itertools.combinations(range(len(servables)), 2):
+        if records[i].backbone.width == records[j].backbone.width:
+            similarity.append({"pair": [i, j], "cosine": prompt_similarity(servables[i].adapter, servables[j].adapter)})
+    return {
+        "adapters": [{"ref": r.ref, "id": r.id, "task": r.task, "method": r.method,
+                      "trainable_params": r.trainable_params, "params_by_group": r.params_by_group,
+                      "duration_s": r.run.duration_s if r.run else None} for r in records],
+        "metrics": metrics,
+        "config": config,
+        "prompt_similarity": similarity,
+    }
