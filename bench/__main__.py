@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         **extra,
         "rows": rows,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    from eptctl.core.files import write_atomic
+
+    write_atomic(out, (json.dumps(report, indent=2) + "\n").encode())  # a resumed sweep never reads half a file
     print(f"\nJSON written to {out}", file=sys.stderr)
     return 0
 
