@@ -201,10 +201,13 @@ class Registry:
         wanted = {p.parent_id for p in new.parents}
         if not wanted:
             return
-        found = set(conn.execute(sa.select(adapters.c.id).where(adapters.c.id.in_(wanted))).scalars())
+        # FOR UPDATE (PostgreSQL): a parent cannot be deleted between this check and the lineage insert
+        query = sa.select(adapters.c.id).where(adapters.c.id.in_(wanted)).with_for_update()
+        found = set(conn.execute(query).scalars())
         if wanted - found:
             raise RegistryError(
-                f"unknown parent adapter(s): {', '.join(sorted(wanted - found))}",
+                f"unknown parent adapter(s): {', '.join(sorted(wanted - found))} (never registered, or deleted "
+                "meanwhile); nothing was registered",
                 hint="parents are full adapter ids of registered adapters",
             )
 
@@ -351,7 +354,12 @@ class Registry:
         """Record metrics for an existing adapter (``eptctl eval``); same (split, name, step) replaces."""
         _check_metrics(values)
         adapter_id = self._resolve_id(ref)
-        self._db.write(lambda conn: ranking.write_metrics(conn, adapter_id, values))
+
+        def write(conn: Connection) -> None:
+            _still_there(conn, adapter_id, ref, "evaluated", "metrics not stored")
+            ranking.write_metrics(conn, adapter_id, values)
+
+        self._db.write(write)
         return self.get(adapter_id)
 
     def set_alias(self, ref: Ref, alias: str) -> AdapterRecord:
@@ -360,7 +368,7 @@ class Registry:
         rec = self.resolve(ref)
 
         def move(conn: Connection) -> None:
-            task_id = conn.execute(sa.select(adapters.c.task_id).where(adapters.c.id == rec.id)).scalar_one()
+            task_id = _still_there(conn, rec.id, rec, "aliased", f"alias {alias!r} not set")
             conn.execute(aliases.delete().where(aliases.c.task_id == task_id, aliases.c.name == alias))
             conn.execute(aliases.insert().values(task_id=task_id, name=alias, adapter_id=rec.id))
 
@@ -381,6 +389,7 @@ class Registry:
         adapter_id = self._resolve_id(ref)
 
         def add(conn: Connection) -> None:
+            _still_there(conn, adapter_id, ref, "tagged", "tags not added")
             have = set(conn.execute(sa.select(tags.c.tag).where(tags.c.adapter_id == adapter_id)).scalars())
             missing = sorted(set(new_tags) - have)
             if missing:
@@ -391,9 +400,12 @@ class Registry:
 
     def remove_tags(self, ref: Ref, old_tags: list[str]) -> AdapterRecord:
         adapter_id = self._resolve_id(ref)
-        self._db.write(
-            lambda conn: conn.execute(tags.delete().where(tags.c.adapter_id == adapter_id, tags.c.tag.in_(old_tags)))
-        )
+
+        def remove(conn: Connection) -> None:
+            _still_there(conn, adapter_id, ref, "untagged", "tags not removed")
+            conn.execute(tags.delete().where(tags.c.adapter_id == adapter_id, tags.c.tag.in_(old_tags)))
+
+        self._db.write(remove)
         return self.get(adapter_id)
 
     def archive(self, ref: Ref, archived: bool = True) -> AdapterRecord:
@@ -401,13 +413,18 @@ class Registry:
         adapter_id = self._resolve_id(ref)
         status = "archived" if archived else "ready"
         update = adapters.update().where(adapters.c.id == adapter_id).values(status=status)
-        self._db.write(lambda conn: conn.execute(update))
+
+        def write(conn: Connection) -> None:
+            _still_there(conn, adapter_id, ref, "archived" if archived else "restored", "status not changed")
+            conn.execute(update)
+
+        self._db.write(write)
         return self.get(adapter_id)
 
     def delete(self, ref: Ref, force: bool = False) -> AdapterRecord:
         """Remove the adapter's rows, then each of its files that no other adapter references.
 
-        An adapter other adapters were initialised from is refused unless ``force`` (their lineage links go).
+        An adapter other adapters were initialised from is refused unless ``force`` (they keep its id in their lineage).
         """
         rec = self.resolve(ref)
 
@@ -416,7 +433,7 @@ class Registry:
             if kids and not force:
                 raise RegistryError(
                     f"adapter {rec.ref} is a parent of {len(kids)} other adapter(s)",
-                    hint=f"see `eptctl show {rec.ref}`; pass --force to delete it anyway (their lineage links go)",
+                    hint=f"see `eptctl show {rec.ref}`; pass --force to delete it anyway (children keep its id)",
                 )
             conn.execute(adapters.delete().where(adapters.c.id == rec.id))  # cascades to every child table
 
@@ -481,6 +498,19 @@ class Registry:
     @staticmethod
     def _child_ids(conn: Connection, adapter_id: str) -> list[str]:
         return list(conn.execute(sa.select(lineage.c.child_id).where(lineage.c.parent_id == adapter_id)).scalars())
+
+
+def _still_there(conn: Connection, adapter_id: str, ref: Ref, doing: str, lost: str) -> int:
+    """The adapter's task id, with its row locked for this transaction (PostgreSQL: FOR UPDATE; SQLite holds the
+    write lock); a ``RegistryError`` if it was deleted since the caller resolved it, so a write that follows a read
+    never dies on a foreign key."""
+    query = sa.select(adapters.c.task_id).where(adapters.c.id == adapter_id).with_for_update()
+    task_id = conn.execute(query).scalar()
+    if task_id is None:
+        name = ref.ref if isinstance(ref, AdapterRecord) else ref
+        raise RegistryError(f"{name} was deleted while it was being {doing}; {lost}",
+                            hint="see `eptctl list`; nothing was written")
+    return task_id
 
 
 def _crash_point(name: str) -> None:

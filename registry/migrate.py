@@ -60,12 +60,28 @@ def downgrade(url: str | None = None, revision: str = "base") -> tuple[str | Non
     return _migrate(url, lambda cfg: command.downgrade(cfg, revision))
 
 
+def newer_schema_error(where: str, revision: str) -> db.RegistryError:
+    """The error for a database whose schema revision this eptctl does not know: a newer eptctl wrote it."""
+    return db.RegistryError(
+        f"the registry schema at {where} is newer than this eptctl understands: a newer eptctl wrote it "
+        f"(revision {revision})",
+        hint="upgrade eptctl (pip install -U eptctl); this eptctl leaves the database as it is",
+    )
+
+
+def check_known(revision: str | None, where: str) -> None:
+    """Raise ``RegistryError`` for a schema revision this eptctl does not know (None, an empty database, is fine)."""
+    if revision is not None and revision not in known_revisions():
+        raise newer_schema_error(where, revision)
+
+
 def _migrate(url, step) -> tuple[str | None, str | None]:
     database = db.Database(db.resolve_url(url))
 
     def run(conn: Connection):
         _lock_schema(conn)
         before = revision_of(conn)
+        check_known(before, database.display_url)  # never hand Alembic a revision it cannot place
         step(alembic_config(conn))
         return before, revision_of(conn)
 
@@ -102,10 +118,7 @@ def ensure_schema(database: db.Database, explicit_url: str | None) -> None:
                 f"the registry schema at {where} is out of date (revision {current}, this eptctl needs {head})",
                 hint=db.upgrade_hint(explicit_url),
             )
-        raise db.RegistryError(
-            f"the registry schema at {where} is newer than this eptctl understands (revision {current})",
-            hint="upgrade eptctl (pip install -U eptctl)",
-        )
+        raise newer_schema_error(where, current)
 
     database.write(check_and_create, schema_change=True)
 

@@ -113,7 +113,8 @@ lineage = sa.Table(
     "lineage",
     metadata,
     sa.Column("child_id", ID, sa.ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("parent_id", ID, sa.ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key: a child keeps the id of a deleted parent (migration 0003); ``Registry.parents`` skips it.
+    sa.Column("parent_id", ID, primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),  # parents keep the order they were given in
     sa.Column("weight", sa.Float, nullable=False),
     sa.Column("how", NAME, nullable=False),

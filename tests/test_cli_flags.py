@@ -55,9 +55,10 @@ def test_every_config_field_is_a_train_flag_with_its_default_and_help_or_library
 def test_config_errors_name_the_flag_a_user_typed():
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, ["train", "rt-polarity", "--eval-batch-size", "0", "--model", "tiny-random-llama"])
+    result = CliRunner().invoke(app, ["train", "rt-polarity", "--method", "dept", "--prompt-length", "10",
+                                      "--short-length", "12", "--model", "tiny-random-llama"])
     assert result.exit_code == 2
-    assert "--eval-batch-size must be ≥ 1" in result.output
+    assert "--short-length (12) must be below --prompt-length (10)" in result.output
 
 
 def _error_strings(path: Path) -> list[tuple[int, str]]:

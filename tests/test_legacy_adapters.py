@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import Registry
+from registry import Registry, head_revision, upgrade
 
 LEGACY = Path(__file__).parent / "data" / "legacy-registry"
 
@@ -18,7 +18,9 @@ LEGACY = Path(__file__).parent / "data" / "legacy-registry"
 def legacy(tmp_path, monkeypatch):
     monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "home"))
     shutil.copytree(LEGACY, tmp_path / "legacy")
-    reg = Registry(f"sqlite:///{tmp_path / 'legacy' / 'registry.db'}", artifacts=tmp_path / "legacy" / "artifacts")
+    url = f"sqlite:///{tmp_path / 'legacy' / 'registry.db'}"
+    assert upgrade(url) == ("0002", head_revision())  # made at schema 0002: `eptctl db upgrade` brings it up
+    reg = Registry(url, artifacts=tmp_path / "legacy" / "artifacts")
     yield reg, json.loads((LEGACY / "expected.json").read_text())
     reg.close()
 
@@ -35,10 +37,12 @@ def test_legacy_adapters_evaluate_and_predict_as_before(legacy):
         assert servable.record.ref == want["ref"] and servable.config.method == want["method"]
         backbone = backbone_for([servable])
         assert backbone.name == want["model"]
-        result = evaluate_stored(reg, adapter_id, split="test", max_eval=16, store=False, backbone=backbone)
-        assert result["metrics"] == want["test"]
+        result = evaluate_stored(reg, adapter_id, data_path=str(LEGACY / "short.csv"), store=False,
+                                 backbone=backbone)
+        assert result["metrics"] == want["test"] and result["truncated"] == 0
         got = predict(backbone, servable, texts)
         for row, old in zip(got, want["predict"]):
+            assert not row["truncated"]  # rows that fit: the same tokens as before, so the same scores
             assert row["label"] == old["label"]
             assert row["scores"] == pytest.approx(old["scores"], abs=1e-5)
 

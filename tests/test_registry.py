@@ -263,7 +263,9 @@ def test_lineage_and_delete_of_a_parent(reg):
         reg.delete(p1.ref)
     assert "--force" in info.value.hint and reg.resolve(p1.id)
     reg.delete(p1.ref, force=True)
-    assert reg.get(child.id).parents == [links[0]]
+    # The child keeps the deleted parent's id and how it was initialised; only live parents resolve.
+    assert reg.get(child.id).parents == links
+    assert [r.id for r in reg.parents(child.ref)] == [p2.id]
     with pytest.raises(RegistryError, match="unknown parent"):
         reg.register(new_adapter(seed=4, parents=[ParentLink("f" * 32, 1.0, "attention")]))
 

@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from eptctl.core.errors import EptctlError
+from eptctl.core.errors import ConfigError, EptctlError
 
 
 
@@ -105,6 +105,24 @@ class Backbone:
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions (prompt + text) the model was built for, or None where it has no such limit (T5's
+        relative positions)."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def check_length(self, prompt_length: int, max_length: int) -> None:
+        """Refuse (``ConfigError``) an adapter whose ``prompt_length`` prompt rows plus ``max_length`` text tokens
+        exceed the model's positions: the failure would otherwise come deep inside the model, after the work."""
+        limit = self.max_positions
+        if limit is not None and prompt_length + max_length > limit:
+            raise ConfigError(
+                f"--max-length {max_length} plus the {prompt_length} prompt tokens exceeds the {limit} positions of "
+                f"{self.name}",
+                hint=f"use --max-length {max(1, limit - prompt_length)} or less with this prompt length",
+            )
+
     def fingerprint(self, max_length: int | None = None) -> dict:
         """name, revision, embedding/tokenizer sha256, width, family and ``max_length``: what an adapter is tied to."""
         return {**self._fingerprint, "max_length": max_length}
@@ -135,14 +153,22 @@ class Backbone:
             answers.append(ids)
         return TaskEncoding(answers)
 
+    def token_ids(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+        """Token ids of each text, with the special tokens this family adds to an input (``special``)."""
+        add = self._add_special_tokens() if special else False
+        return self.tokenizer(list(texts), add_special_tokens=add)["input_ids"]
+
+    def text_room(self, max_length: int, answers: TaskEncoding, label: int) -> int:
+        """Input tokens a row may have: ``max_length``, less its answer where the answer is part of the input."""
+        return max_length - (len(answers.answers[label]) if self.answer_in_input else 0)
+
     def encode(self, texts: Sequence[str], labels: Sequence[int], answers: TaskEncoding, max_length: int
                ) -> list[EncodedExample]:
         """Tokenize formatted prompts. A row longer than ``max_length`` (causal: answer included) keeps its head and
         its last few tokens (the template's answer cue) and is marked ``truncated``."""
-        ids_list = self.tokenizer(list(texts), add_special_tokens=self._add_special_tokens())["input_ids"]
         out = []
-        for ids, label in zip(ids_list, labels):
-            room = max_length - (len(answers.answers[label]) if self.answer_in_input else 0)
+        for ids, label in zip(self.token_ids(texts), labels):
+            room = self.text_room(max_length, answers, label)
             truncated = len(ids) > room
             if truncated:
                 # Keep the head of the text and the final tokens (the template's question/answer cue).

@@ -13,6 +13,10 @@ class Seq2SeqBackbone(Backbone):
 
     family = "seq2seq"
 
+    @property
+    def max_positions(self) -> int | None:
+        return None  # relative position buckets: no hard limit on the encoder's input length
+
     def _answer_ids(self, word: str) -> list[int]:
         return self.tokenizer(word)["input_ids"]
 

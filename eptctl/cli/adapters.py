@@ -32,8 +32,8 @@ def list_adapters(
     tag: Annotated[str | None, typer.Option(help="Only adapters with this tag.")] = None,
     sort: Annotated[str, typer.Option(help="created, or a metric such as accuracy or test:accuracy.")] = "created",
     ascending: Annotated[bool, typer.Option("--ascending", help="Smallest first.")] = False,
-    min_accuracy: Annotated[float | None, typer.Option(help="Keep adapters with accuracy ≥ this.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Show at most N adapters.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Keep adapters with accuracy ≥ this.", min=0.0, max=1.0)] = None,
+    limit: Annotated[int | None, typer.Option(help="Show at most N adapters.", min=1)] = None,
     archived: Annotated[bool, typer.Option("--archived", help="Include archived adapters.")] = False,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
@@ -78,11 +78,11 @@ def show(
         typer.echo(adapter_card(reg, ref), nl=False)
         return
     rec = reg.resolve(ref)
-    parents, children = reg.parents(rec), reg.children(rec)
-    weights = {p.parent_id: p for p in rec.parents}
-    lineage = {
-        "parents": [{"ref": p.ref, "id": p.id, "weight": weights[p.id].weight, "how": weights[p.id].how}
-                    for p in parents],
+    found, children = {p.id: p for p in reg.parents(rec)}, reg.children(rec)
+    lineage = {  # a deleted parent keeps its link: its ref is None and "deleted" says why
+        "parents": [{"ref": found[link.parent_id].ref if link.parent_id in found else None, "id": link.parent_id,
+                     "weight": link.weight, "how": link.how, "deleted": link.parent_id not in found}
+                    for link in rec.parents],
         "children": [{"ref": c.ref, "id": c.id} for c in children],
     }
     final = [m for m in rec.metrics if m.step is None]
@@ -120,7 +120,8 @@ def show(
     out.print(f"backbone: {b.name} (revision {b.revision or '-'}, width {b.width}, max length {b.max_length}, "
               f"embeddings sha256 {b.embedding_sha256[:12]}…, tokenizer sha256 {b.tokenizer_sha256[:12]}…)")
     for p in lineage["parents"]:
-        out.print(f"parent: {p['ref']} weight {p['weight']:.3f} ({p['how']})")
+        name = f"initialised from a deleted adapter ({p['id']})" if p["deleted"] else p["ref"]
+        out.print(f"parent: {name} weight {p['weight']:.3f} ({p['how']})")
     for c in lineage["children"]:
         out.print(f"child: {c['ref']}")
     if rec.run:
@@ -166,7 +167,8 @@ def compare(
     out.print(table)
     sim = report["prompt_similarity"]
     out.print("prompt cosine similarity: " + "  ".join(
-        f"{names[i]}~{names[j]} {v:.3f}" for (i, j), v in ((tuple(p["pair"]), p["cosine"]) for p in sim)))
+        f"{names[i]}~{names[j]} " + ("n/a (different backbones)" if v is None else f"{v:.3f}")
+        for (i, j), v in ((tuple(p["pair"]), p["cosine"]) for p in sim)))
 
 
 def alias(
@@ -231,7 +233,7 @@ def rm(
 
 
 def gc(
-    grace: Annotated[float, typer.Option(help="Keep files younger than this many seconds (running writers).")] = 3600,
+    grace: Annotated[float, typer.Option(help="Keep files younger than this many seconds (running writers).", min=0.0)] = 3600,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     registry: RegistryUrl = None,
 ) -> None:

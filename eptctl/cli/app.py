@@ -14,6 +14,7 @@ from eptctl.cli.db import db_app
 from eptctl.core.errors import EptctlError
 
 EXIT_USER_ERROR = 2
+USAGE_ERROR = typer.BadParameter.__mro__[1]  # typer vendors its own click; its UsageError is BadParameter's base
 
 
 def echo_error(err: EptctlError) -> None:
@@ -33,6 +34,11 @@ class _Root(TyperGroup):
             return super().invoke(ctx)
         except EptctlError as err:
             echo_error(err)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        except USAGE_ERROR as err:  # a bad option or value: one line like every other user error, not a usage box
+            command = " ".join(ctx.command_path.split()[1:] + ([ctx.invoked_subcommand] if ctx.invoked_subcommand
+                                                                 else []))
+            echo_error(EptctlError(err.format_message().rstrip("."), hint=f"see `eptctl {command} -h`"))
             raise SystemExit(EXIT_USER_ERROR) from None
 
 

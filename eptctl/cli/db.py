@@ -37,8 +37,11 @@ def current(
     """
     import registry as reg
 
+    from registry.migrate import check_known
+
     url = reg.resolve_url(registry)
     revision, head = reg.current_revision(url), reg.head_revision()
+    check_known(revision, reg.mask_url(url))
     if as_json:
         typer.echo(json.dumps({"url": reg.mask_url(url), "revision": revision, "head": head}))
         return

@@ -72,7 +72,7 @@ def import_bundle(
     if as_json:
         print_json({"ref": rec.ref, "id": rec.id, "source_ref": done.source_ref,
                     "already_present": done.already_present, "skipped_parents": done.skipped_parents,
-                    "skipped_aliases": done.skipped_aliases})
+                    "skipped_aliases": done.skipped_aliases, "ignored_keys": done.ignored_keys})
         return
     if done.already_present:
         typer.echo(f"already present: {rec.ref} ({rec.id[:8]})")
@@ -82,3 +82,5 @@ def import_bundle(
         err.print(f"note: lineage link to parent {p['ref'] or '?'} ({p['id'][:8]}) skipped: not in this registry")
     for name in done.skipped_aliases:
         err.print(f"note: alias {rec.task}@{name} not set: it already names another adapter here")
+    if done.ignored_keys:
+        err.print(f"note: ignored card fields written by a newer eptctl: {', '.join(done.ignored_keys)}")

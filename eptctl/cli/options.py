@@ -1,7 +1,9 @@
 """Typer options generated from the config dataclasses, so the configs are the single source of the training flags.
 
-A config field becomes ``--field-name`` (booleans: ``--field/--no-field``) with the field's default and the help
-text in its ``metadata["help"]``; a field whose metadata says ``cli=False`` is library-only and gets no flag.
+A config field becomes ``--field-name`` (booleans: ``--field/--no-field``) with the field's default, the help
+text in its ``metadata["help"]`` and the range in ``metadata["min"]``/``["max"]`` (the config's own validation then
+refuses what a closed range cannot say, such as 0 for a learning rate); a field whose metadata says ``cli=False`` is
+library-only and gets no flag.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def config_parameters(cls: type, panel: str) -> list[inspect.Parameter]:
     for f in cli_fields(cls):
         flag = flag_name(f.name)
         decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
-        option = typer.Option(*decls, help=f.metadata["help"], rich_help_panel=panel)
+        option = typer.Option(*decls, help=f.metadata["help"], rich_help_panel=panel, min=f.metadata.get("min"),
+                              max=f.metadata.get("max"))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                                         annotation=Annotated[hints[f.name], option]))
     return params

@@ -22,13 +22,17 @@ def eval_adapter(
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
     label_column: LabelColumnOption = "label",
-    max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.", min=1)] = None,
     model: Annotated[str | None, typer.Option(help="Backbone to run on (default: the adapter's).")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Store even though the task's data changed since training.")] = False,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Re-evaluate a stored adapter and store the metrics (under the split name, or data:FILE).
+
+    A subset (--max-eval below the training-time size) is stored as SPLIT[:N]; when the task's data changed since
+    training nothing is stored, unless --force.
 
     Example: eptctl eval rt-polarity@latest --split test
     """
@@ -37,14 +41,15 @@ def eval_adapter(
     reg = open_registry(registry)
     result = evaluation.evaluate_stored(
         reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, max_eval=max_eval, model=model, store=not no_store)
+        label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force)
     if as_json:
         print_json(result)
         return
     m = result["metrics"]
     typer.echo(f"{result['ref']} on {result['split']} ({result['examples']} examples): accuracy "
                f"{fmt_metric(m['accuracy'])}, macro-F1 {fmt_metric(m['macro_f1'])}"
-               + ("" if no_store else " (stored)"))
+               + ("" if no_store else " (stored)")
+               + (f"; {result['truncated']} truncated to the adapter's max length" if result["truncated"] else ""))
 
 
 def predict(
@@ -55,7 +60,7 @@ def predict(
     task_column: Annotated[str | None, typer.Option(help="Column naming each row's task or adapter (mixed).")] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.", min=1)] = 64,
     registry: RegistryUrl = None,
 ) -> None:
     """Classify texts; prints one JSON line per input with the label and every label's score.
@@ -89,20 +94,22 @@ def predict(
 
 
 def _inputs(texts, file, text_column, text_pair_column) -> list[tuple[str, str | None]]:
+    """The texts to score, normalised as every other text (eptctl.data.text); refused with the place named."""
     from eptctl import data
+    from eptctl.data import text
 
     if texts:
-        return [(t, None) for t in texts]
+        return text.clean_inputs([(t, None) for t in texts], where="argument")
     if file:
         path = Path(file)
         if path.suffix == ".txt" and path.exists():
-            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            lines = text.lines(path.read_bytes(), str(path))
         else:
             return data.read_texts(file, text_column=text_column, text_pair_column=text_pair_column)
     else:
         if sys.stdin.isatty():
             raise EptctlError("no input texts", hint='pass texts, --file FILE, or pipe lines on stdin')
-        lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+        lines = text.lines(sys.stdin.buffer.read(), "stdin")
     if not lines:
         raise EptctlError("no input texts", hint="the input is empty")
     return [(line, None) for line in lines]

@@ -32,8 +32,8 @@ def train(
     model: Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")] = DEFAULT_MODEL,
     method_cfg: EPTConfig = None,  # replaced by the EPTConfig flags
     train_cfg: TrainConfig = None,  # replaced by the TrainConfig flags
-    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", rich_help_panel="Optimisation")] = None,
-    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", rich_help_panel="Optimisation")] = None,
+    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")] = None,
     data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
@@ -42,8 +42,8 @@ def train(
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
-    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", rich_help_panel=TRANSFER)] = 2,
-    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", rich_help_panel=TRANSFER)] = 64,
+    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 2,
+    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
     description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,

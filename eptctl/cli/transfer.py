@@ -21,16 +21,21 @@ def _ancestry(reg, rec, seen: set) -> dict:
     if rec.id in seen:  # lineage is a DAG; print each adapter's ancestry once
         return node
     seen.add(rec.id)
-    links = {p.parent_id: p for p in rec.parents}
-    for parent in reg.parents(rec):
-        child = _ancestry(reg, parent, seen)
-        child.update(weight=links[parent.id].weight, how=links[parent.id].how)
+    found = {p.id: p for p in reg.parents(rec)}
+    for link in rec.parents:
+        if link.parent_id in found:
+            child = _ancestry(reg, found[link.parent_id], seen)
+        else:  # deleted since: the link keeps its id and how this adapter was initialised
+            child = {"ref": None, "id": link.parent_id, "deleted": True, "parents": []}
+        child.update(weight=link.weight, how=link.how)
         node["parents"].append(child)
     return node
 
 
 def _label(node: dict) -> str:
     extra = f" ×{node['weight']:.2f} ({node['how']})" if "weight" in node else ""
+    if node.get("deleted"):
+        return f"initialised from a deleted adapter ({node['id']}){extra}"
     return f"[bold]{node['ref']}[/] {node['method']} test acc {fmt_metric(node['accuracy'])}{extra}"
 
 
@@ -64,8 +69,8 @@ def lineage(
 
 def similar(
     target: Annotated[str, typer.Argument(help="Adapter reference, or a task name (then --probe is needed).")],
-    top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.")] = 5,
-    probe: Annotated[int | None, typer.Option(help="Also rank by zero-step accuracy on N examples of the target task.")] = None,
+    top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.", min=1)] = 5,
+    probe: Annotated[int | None, typer.Option(help="Also rank by zero-step accuracy on N examples of the target task.", min=1)] = None,
     model: Annotated[str | None, typer.Option(help="Backbone for --probe on a task with no adapter yet.")] = None,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
@@ -115,11 +120,11 @@ def continual(
     tasks: Annotated[list[str], typer.Argument(help="Tasks in the order to learn them.")],
     model: Annotated[str, typer.Option(help="Backbone.")] = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="pt | dept | ept")] = "ept",
-    steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.")] = None,
-    max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).", min=1)] = 50,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.", min=1)] = 16,
+    max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.", min=1)] = None,
+    max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed.", min=0)] = 0,
     no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Random init for every task (the baseline).")] = False,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Skip the random-init runs (no forward transfer figure).")] = False,
     registry: RegistryUrl = None,

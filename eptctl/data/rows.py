@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from eptctl.core.errors import EptctlError
 from eptctl.data.spec import Example
+from eptctl.data.text import clean as _clean_text
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -41,13 +42,6 @@ def infer_label_names(values: Iterable[Any]) -> tuple[str, ...]:
 def readable(label: str) -> str:
     """A label name as answer text: ``very_positive`` reads ``very positive``."""
     return " ".join(label.replace("_", " ").split())
-
-
-def _clean_text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def _label_index(labels: Sequence[str]):

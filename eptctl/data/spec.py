@@ -107,7 +107,8 @@ class TaskData:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
-    fingerprint: str
+    fingerprint: str  # of the splits as loaded (after --max-train / --max-eval sampling)
+    source_fingerprint: str = ""  # of the full splits: changes only when the task's data changes
 
     def split(self, name: str) -> list[Example]:
         if name not in SPLITS:

@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import logging
 import os
 import re
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eptctl.core.errors import EptctlError
+from eptctl.data import text
 from eptctl.data.rows import RawRow
 
 FORMAT_BY_SUFFIX = {
@@ -137,8 +141,51 @@ def _has_no_rows(file: Path, fmt: str) -> bool:
     return lines <= (0 if fmt == "json" else 1)
 
 
+def _check_text_file(file: Path, fmt: str) -> None:
+    """What ``datasets`` would get wrong or report badly: bytes that are not UTF-8 (named by line), and a column
+    named twice (pandas renames the second ``label`` to ``label.1`` and training would silently use the first)."""
+    if fmt == "parquet" or file.suffix.lower() in COMPRESSION_SUFFIXES:
+        return
+    data = file.read_bytes()
+    content = text.decode(data, str(file))
+    if fmt in ("csv", "tsv"):
+        header = next(csv.reader(io.StringIO(content), delimiter="\t" if fmt == "tsv" else ","), [])
+        seen: set[str] = set()
+        for name in (h.strip() for h in header):
+            if name in seen:
+                raise EptctlError(f"column '{name}' appears twice in the header of {file}",
+                                  hint="rename or drop one of the two columns")
+            seen.add(name)
+        return
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as dup:
+            raise EptctlError(f"key '{dup.key}' appears twice in line {number} of {file}",
+                              hint="keep one value per key") from None
+        except ValueError:
+            return  # not JSON Lines (a JSON document, or broken): datasets reads it or reports the error
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def _read_file(datasets, file: Path):
     fmt = file_format(file)
+    _check_text_file(file, fmt)
     options: dict[str, Any] = {}
     if fmt in ("csv", "tsv"):
         # Keep "NA", "null", "None" as text: they are words in a corpus, not missing values.

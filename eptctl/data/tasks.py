@@ -144,12 +144,13 @@ def load_task(
     else:
         raise EptctlError(f"task '{spec.name}' has an unknown data source kind {kind!r}")
     splits = make_splits(given, policy, where=_where(spec))
+    source = fingerprint(spec, splits)
     splits = {
         "train": subsample(splits["train"], max_train, seed=seed),
         "validation": subsample(splits["validation"], max_eval, seed=None),
         "test": subsample(splits["test"], max_eval, seed=None),
     }
-    return TaskData(spec=spec, fingerprint=fingerprint(spec, splits), **splits)
+    return TaskData(spec=spec, fingerprint=fingerprint(spec, splits), source_fingerprint=source, **splits)
 
 
 def read_texts(

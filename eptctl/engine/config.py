@@ -17,24 +17,28 @@ class TrainConfig:
     naming the flag for an invalid value.
     """
 
-    steps: int | None = field(default=150, metadata={"help": "Optimiser steps."})
-    epochs: float | None = field(default=None, metadata={"help": "Epochs (overrides --steps)."})
-    batch_size: int = field(default=16, metadata={"help": "Examples per step."})
-    eval_batch_size: int = field(default=64, metadata={"help": "Examples per scoring batch in evaluations."})
-    lr_prompt: float = field(default=0.1, metadata={"help": "Learning rate of the prompt."})
-    lr_low_rank: float = field(default=3e-3, metadata={"help": "Learning rate of A and B."})
-    lr_fusion: float = field(default=1e-2, metadata={"help": "Learning rate of fusion, projection and gate."})
-    lr_head: float = field(default=1e-2, metadata={"help": "Learning rate of the head (encoder backbones)."})
-    warmup_steps: int | None = field(default=None, metadata={"help": "Linear warmup steps (default: 10% of the steps)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the adapter's gradient norm to this."})
-    eval_every: int | None = field(default=None, metadata={
+    steps: int | None = field(default=150, metadata={"min": 1, "help": "Optimiser steps."})
+    epochs: float | None = field(default=None, metadata={"min": 0.0, "help": "Epochs (overrides --steps)."})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "Examples per step."})
+    eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Examples per scoring batch in evaluations."})
+    lr_prompt: float = field(default=0.1, metadata={"min": 0.0, "help": "Learning rate of the prompt."})
+    lr_low_rank: float = field(default=3e-3, metadata={"min": 0.0, "help": "Learning rate of A and B."})
+    lr_fusion: float = field(default=1e-2, metadata={
+        "min": 0.0, "help": "Learning rate of fusion, projection and gate."})
+    lr_head: float = field(default=1e-2, metadata={
+        "min": 0.0, "help": "Learning rate of the head (encoder backbones)."})
+    warmup_steps: int | None = field(default=None, metadata={
+        "min": 0, "help": "Linear warmup steps (default: 10% of the steps)."})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0, "help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "min": 0.0, "help": "Clip the adapter's gradient norm to this."})
+    eval_every: int | None = field(default=None, metadata={"min": 1,
         "help": "Validate every N steps (default: 5 times per run)."})
-    checkpoint_every: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps."})
-    max_eval_examples: int | None = field(default=200, metadata={
+    checkpoint_every: int = field(default=10, metadata={"min": 1, "help": "Save a resumable checkpoint every N steps."})
+    max_eval_examples: int | None = field(default=200, metadata={"min": 1,
         "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
     objective: str = field(default="lm", metadata={"help": "lm (answer tokens) | classify (label scores)."})
-    seed: int = field(default=0, metadata={"help": "Seed for init and data order."})
+    seed: int = field(default=0, metadata={"min": 0, "help": "Seed for init and data order."})
 
     def __post_init__(self) -> None:
         if self.objective not in ("lm", "classify"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +24,43 @@ class EncodedTask:
 
 def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[data.Example], answers: TaskEncoding,
                     max_length: int) -> list[EncodedExample]:
-    """The task's template filled with each example, tokenized in one call; rows over ``max_length`` tokens are
-    truncated and marked (see ``Backbone.encode``)."""
-    return backbone.encode([spec.prompt(e) for e in examples], [e.label for e in examples], answers, max_length)
+    """The task's template filled with each example, tokenized in one call.
+
+    A row over ``max_length`` tokens (causal: its answer included) is shortened in its texts, never in the template:
+    with a pair, the longer text loses tokens first ("longest first"), so the template's cue and both texts stay.
+    Such rows are marked ``truncated``; a template longer than the budget on its own is cut by ``Backbone.encode``.
+    """
+    examples = list(examples)
+    labels = [e.label for e in examples]
+    ids = backbone.token_ids([spec.prompt(e) for e in examples])
+    shortened = set()
+    for i, (e, row) in enumerate(zip(examples, ids)):
+        room = backbone.text_room(max_length, answers, e.label)
+        if len(row) > room:
+            examples[i] = _fit(backbone, spec, e, len(row) - room, room)
+            shortened.add(i)
+    encoded = backbone.encode([spec.prompt(e) for e in examples], labels, answers, max_length)
+    for i in shortened:
+        encoded[i].truncated = True
+    return encoded
+
+
+def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess: int, room: int) -> data.Example:
+    """``example`` with its longest text cut by whole tokens until the filled template fits ``room`` tokens."""
+    fields = {"text": example.text, "text_pair": example.text_pair}
+    for _ in range(8):  # tokenizing a cut text can merge differently: a few rounds settle it
+        lengths = {k: len(backbone.token_ids([v], special=False)[0]) for k, v in fields.items() if v}
+        longest = max(lengths, key=lengths.get)
+        keep = max(1, lengths[longest] - excess)
+        if keep == lengths[longest]:
+            break  # nothing left to cut: the template alone is too long
+        cut = backbone.token_ids([fields[longest]], special=False)[0][:keep]
+        fields[longest] = backbone.tokenizer.decode(cut, skip_special_tokens=True).strip()
+        candidate = dataclasses.replace(example, text=fields["text"], text_pair=fields["text_pair"])
+        excess = len(backbone.token_ids([spec.prompt(candidate)])[0]) - room
+        if excess <= 0:
+            return candidate
+    return dataclasses.replace(example, text=fields["text"], text_pair=fields["text_pair"])
 
 
 def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max_train: int | None = None,

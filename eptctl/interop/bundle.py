@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,8 @@ FORMAT_VERSION = 1
 FILE_NAMES = {"servable": "servable.safetensors", "training_state": "training_state.safetensors",
               "readme": "README.md"}
 ARTIFACT_KINDS = ("servable", "training_state")
+CARD_KEYS = ("format", "format_version", "eptctl_version", "exported_at", "adapter", "task", "backbone", "metrics",
+             "run", "lineage", "files", "card_sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,6 +59,7 @@ class ImportResult:
     already_present: bool
     skipped_parents: list[dict] = field(default_factory=list)  # {"id", "ref"}: parents not in the target registry
     skipped_aliases: list[str] = field(default_factory=list)  # taken in the target task by another adapter
+    ignored_keys: list[str] = field(default_factory=list)  # card fields a newer eptctl wrote, unknown here
 
 
 # --- export -----------------------------------------------------------------------------------------------------------
@@ -203,8 +206,9 @@ def import_bundle(registry, directory: str | Path) -> ImportResult:
 
     bundle = read_bundle(directory)
     card, card_path = bundle.card, bundle.directory / CARD_NAME
+    ignored: list[str] = []
     try:
-        new, adapter_id, created_at, alias_names, task = _records(card)
+        new, adapter_id, created_at, alias_names, task = _records(card, ignored)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise EptctlError(f"bundle card {card_path} is malformed: {type(err).__name__}: {err}",
                           hint="the bundle is damaged: re-export it") from None
@@ -224,21 +228,33 @@ def import_bundle(registry, directory: str | Path) -> ImportResult:
     files = {kind: bundle.files[kind] for kind in ARTIFACT_KINDS if kind in bundle.files}
     rec = registry.import_adapter(new, adapter_id=adapter_id, created_at=created_at, files=files,
                                   alias_names=alias_names)
-    return ImportResult(rec, source_ref, False, skipped, [a for a in alias_names if a not in rec.aliases])
+    return ImportResult(rec, source_ref, False, skipped, [a for a in alias_names if a not in rec.aliases], ignored)
 
 
-def _records(card: dict):
-    """(NewAdapter, id, created_at, aliases, TaskRecord) from a card; KeyError/TypeError/ValueError if malformed."""
+def _known(cls, values: dict, where: str, ignored: list[str]) -> dict:
+    """The fields of dataclass ``cls`` in ``values``; other keys (written by a newer eptctl) are noted in
+    ``ignored`` as ``where.key`` and dropped, so an older reader still imports what it understands."""
+    names = {f.name for f in fields(cls)}
+    ignored.extend(f"{where}.{key}" for key in values if key not in names and f"{where}.{key}" not in ignored)
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _records(card: dict, ignored: list[str] | None = None):
+    """(NewAdapter, id, created_at, aliases, TaskRecord) from a card; KeyError/TypeError/ValueError if malformed.
+    Keys this eptctl does not know are skipped and listed in ``ignored``."""
     from registry import BackboneFingerprint, MetricValue, NewAdapter, ParentLink, RunInfo, TaskRecord
 
+    ignored = [] if ignored is None else ignored
+    ignored.extend(k for k in card if k not in CARD_KEYS)
     a, t = card["adapter"], card["task"]
     metrics = [MetricValue(str(m["split"]), str(m["name"]), _finite(m["value"]),
                            None if m["step"] is None else int(m["step"])) for m in card["metrics"]]
     parents = [ParentLink(str(p["id"]), float(p["weight"]), str(p["how"])) for p in card["lineage"]["parents"]]
-    run = None if card.get("run") is None else RunInfo(**card["run"])
+    run = None if card.get("run") is None else RunInfo(**_known(RunInfo, card["run"], "run", ignored))
     params = {str(k): int(v) for k, v in a["params_by_group"].items()}
     new = NewAdapter(task=str(t["name"]), method=str(a["method"]), config=dict(a["config"]), params_by_group=params,
-                     backbone=BackboneFingerprint(**card["backbone"]), servable={}, metrics=metrics, parents=parents,
+                     backbone=BackboneFingerprint(**_known(BackboneFingerprint, card["backbone"], "backbone", ignored)),
+                     servable={}, metrics=metrics, parents=parents,
                      run=run, description=str(a.get("description") or ""), tags=[str(x) for x in a.get("tags", [])],
                      summary=dict(a.get("summary") or {}))
     if a["task"] != t["name"]:

@@ -131,8 +131,8 @@ def _lineage(rec, parents, children) -> list[str]:
     lines = ["", "## Lineage", ""]
     refs = {p.id: p.ref for p in parents}
     for link in rec.parents:
-        lines.append(f"- initialised from {refs.get(link.parent_id, '(not in this registry)')} "
-                     f"(`{link.parent_id}`), weight {link.weight:.3f}, {link.how}")
+        source = refs.get(link.parent_id, "a deleted adapter")
+        lines.append(f"- initialised from {source} (`{link.parent_id}`), weight {link.weight:.3f}, {link.how}")
     lines += [f"- parent of {c.ref} (`{c.id}`)" for c in children]
     return lines if len(lines) > 3 else lines + ["Trained from scratch; no adapter descends from it."]
 

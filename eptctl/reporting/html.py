@@ -139,7 +139,7 @@ def _data_uri(png: bytes) -> str:
 
 def _ref(everyone, adapter_id: str) -> str:
     rec = everyone.get(adapter_id)
-    return rec.ref if rec is not None else adapter_id[:8]
+    return rec.ref if rec is not None else f"a deleted adapter ({adapter_id[:8]})"
 
 
 def _num(value: float | None) -> str:

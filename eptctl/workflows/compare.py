@@ -8,6 +8,8 @@ from eptctl.workflows.inference import load_adapter, prompt_similarity
 
 
 def compare_adapters(registry, refs: list[str], all_config: bool = False) -> dict:
+    """Metrics with deltas to the first adapter, the config keys that differ (all with ``all_config``; the backbone
+    first when it differs), and the prompt cosine of each pair (None, noted, across backbones)."""
     servables = [load_adapter(registry, ref) for ref in refs]
     records = [s.record for s in servables]
     keys = sorted({(m.split, m.name) for r in records for m in r.metrics if m.step is None})
@@ -19,14 +21,19 @@ def compare_adapters(registry, refs: list[str], all_config: bool = False) -> dic
         metrics.append({"split": split, "name": name, "values": values, "deltas": deltas})
     config_keys = sorted({k for r in records for k in r.config if k != "schema_version"})
     config = {}
+    backbones = [f"{r.backbone.name} ({r.backbone.embedding_sha256[:8]})" for r in records]
+    if all_config or len(set(backbones)) > 1:  # an adapter is tied to its backbone: the first difference to show
+        config["backbone"] = backbones
     for key in config_keys:
         values = [r.config.get(key) for r in records]
         if all_config or any(v != values[0] for v in values):
             config[key] = values
     similarity = []
     for i, j in itertools.combinations(range(len(servables)), 2):
-        if records[i].backbone.width == records[j].backbone.width:
-            similarity.append({"pair": [i, j], "cosine": prompt_similarity(servables[i].adapter, servables[j].adapter)})
+        same = records[i].backbone.embedding_sha256 == records[j].backbone.embedding_sha256
+        # Prompts live in their backbone's embedding space: across backbones a cosine means nothing.
+        cosine = prompt_similarity(servables[i].adapter, servables[j].adapter) if same else None
+        similarity.append({"pair": [i, j], "cosine": cosine, **({} if same else {"note": "different backbones"})})
     return {
         "adapters": [{"ref": r.ref, "id": r.id, "task": r.task, "method": r.method,
                       "trainable_params": r.trainable_params, "params_by_group": r.params_by_group,

@@ -6,21 +6,25 @@ from pathlib import Path
 
 from eptctl import data
 from eptctl.core.errors import EptctlError
-from eptctl.workflows.inference import backbone_for, evaluate_examples, load_adapter
+from eptctl.workflows.inference import backbone_for, evaluate_servable, load_adapter
 
 
 def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str | None = None,
                     text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
                     max_eval: int | None = None, model: str | None = None, store: bool = True,
-                    backbone=None) -> dict:
+                    backbone=None, force: bool = False) -> dict:
     """Evaluate adapter ``ref`` on a split of its task (or on a labelled file) and store the metrics.
 
-    Returns ``{"ref", "id", "split", "examples", "metrics"}``. Raises ``EptctlError`` for an unknown reference or
-    split, unreadable data, or a backbone other than the adapter's.
+    A split's metrics replace the training-time ones only when they are computed on the same rows: when the task's
+    data changed since training (its fingerprint differs) nothing is stored unless ``force``; a subset
+    (``max_eval`` below the training-time size) is stored under ``SPLIT[:N]``; a file under ``data:NAME``.
+    Returns ``{"ref", "id", "split", "examples", "truncated", "metrics", "data_changed"}``. Raises ``EptctlError``
+    for an unknown reference or split, unreadable or changed data, or a backbone other than the adapter's.
     """
     from registry import MetricValue
 
     servable = load_adapter(registry, ref)
+    data_changed = False
     if data_path is not None:
         examples = data.read_examples(data_path, text_column=text_column, text_pair_column=text_pair_column,
                                       label_column=label_column, labels=servable.spec.labels)
@@ -32,11 +36,22 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
                                    if servable.record.run else 0)
         examples = task_data.split(split)
         split_name = split
+        trained_on = servable.record.summary.get("data_source_fingerprint")  # absent for adapters before 0.1
+        data_changed = trained_on is not None and trained_on != task_data.source_fingerprint
+        if data_changed and store and not force:
+            raise EptctlError(
+                f"the data of task '{servable.spec.name}' changed since {servable.record.ref} was trained: its {split} "
+                "metrics would not be comparable; nothing stored",
+                hint="evaluate on a new file with --data FILE (stored under its own name), or pass --force to store "
+                     "anyway, or --no-store to only look")
+        sized = servable.record.summary.get("data_sizes", {}).get(split)
+        if max_eval is not None and sized is not None and min(max_eval, len(examples)) < sized:
+            split_name = f"{split}[:{min(max_eval, len(examples))}]"  # a subset never replaces the full metric
     if max_eval is not None:
         examples = examples[:max_eval]
     backbone = backbone_for([servable], model=model, backbone=backbone)
-    metrics = evaluate_examples(backbone, servable, examples)
+    result = evaluate_servable(backbone, servable, examples)
     if store:
-        registry.add_metrics(servable.record, [MetricValue(split_name, k, v) for k, v in metrics.items()])
+        registry.add_metrics(servable.record, [MetricValue(split_name, k, v) for k, v in result.metrics.items()])
     return {"ref": servable.record.ref, "id": servable.record.id, "split": split_name, "examples": len(examples),
-            "metrics": metrics}
+            "truncated": result.truncated, "metrics": result.metrics, "data_changed": data_changed}

@@ -15,6 +15,7 @@ import torch
 from eptctl import backbones, data
 from eptctl.backbones.base import Backbone, TaskEncoding
 from eptctl.core.errors import EptctlError
+from eptctl.data.text import clean_inputs
 from eptctl.engine import servable as servable_format
 from eptctl.engine.encoding import encode_examples
 from eptctl.engine.scoring import classification_metrics, predict_scores, score_mixed
@@ -75,30 +76,47 @@ def _encode(backbone: Backbone, servable: ServableAdapter, examples: Sequence[da
     return encode_examples(backbone, servable.spec, examples, answers, servable.max_length), answers
 
 
-def evaluate_examples(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
-                      batch_size: int = 64) -> dict[str, float]:
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a stored adapter on labelled examples, and how many of them were truncated to its max length."""
+
+    metrics: dict[str, float]
+    examples: int
+    truncated: int
+
+
+def evaluate_servable(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
+                      batch_size: int = 64) -> Evaluation:
     """Accuracy and macro-F1 of a stored adapter on labelled ``examples``; ``EptctlError`` if there are none."""
     if not examples:
         raise EptctlError("nothing to evaluate: the dataset is empty", hint="check the data file")
     encoded, answers = _encode(backbone, servable, examples)
     scores = predict_scores(backbone, servable.adapter.to(backbone.device), encoded, answers, batch_size)
-    return classification_metrics(scores, [e.label for e in examples])
+    return Evaluation(classification_metrics(scores, [e.label for e in examples]), len(encoded),
+                      sum(e.truncated for e in encoded))
+
+
+def evaluate_examples(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
+                      batch_size: int = 64) -> dict[str, float]:
+    """The metrics of :func:`evaluate_servable`."""
+    return evaluate_servable(backbone, servable, examples, batch_size).metrics
 
 
 def predict(backbone: Backbone, servable: ServableAdapter, inputs: Sequence[tuple[str, str | None]],
             batch_size: int = 64) -> list[dict]:
-    """One dict per input ``(text, text_pair)``: ``adapter``, the predicted ``label`` and every label's score
-    (length-normalised log-likelihood; encoders: head log-probability)."""
-    examples = [data.Example(text=t, label=0, text_pair=p) for t, p in inputs]
+    """One dict per input ``(text, text_pair)``: ``adapter``, the predicted ``label``, every label's score
+    (length-normalised log-likelihood; encoders: head log-probability) and whether the input was ``truncated`` to
+    the adapter's max length. Inputs are normalised as training data is; an empty one is an ``EptctlError``."""
+    examples = [data.Example(text=t, label=0, text_pair=p) for t, p in clean_inputs(inputs)]
     encoded, answers = _encode(backbone, servable, examples)
     scores = predict_scores(backbone, servable.adapter.to(backbone.device), encoded, answers, batch_size)
-    return [_row(servable, s) for s in scores]
+    return [_row(servable, s, e.truncated) for s, e in zip(scores, encoded)]
 
 
-def _row(servable: ServableAdapter, scores: torch.Tensor) -> dict:
+def _row(servable: ServableAdapter, scores: torch.Tensor, truncated: bool) -> dict:
     labels = servable.spec.labels
     return {"adapter": servable.record.ref, "label": labels[int(scores.argmax())],
-            "scores": {label: round(float(v), 6) for label, v in zip(labels, scores)}}
+            "scores": {label: round(float(v), 6) for label, v in zip(labels, scores)}, "truncated": bool(truncated)}
 
 
 def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows: Sequence[tuple[int, str, str | None]],
@@ -106,6 +124,8 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
     """Rows of different tasks in one batch: ``rows[i] = (adapter index, text, text_pair)``; each row gets its own
     prompt and offset, and every batch is one backbone forward pass. Returns one dict per row as :func:`predict`."""
     answers: list[TaskEncoding] = [backbone.encode_answers(s.spec.verbalizer) for s in servables]
+    cleaned = clean_inputs([(text, pair) for _, text, pair in rows], where="row")
+    rows = [(row[0], text, pair) for row, (text, pair) in zip(rows, cleaned)]
     encoded: list = [None] * len(rows)
     for a, s in enumerate(servables):  # one tokenizer call per adapter, not per row
         mine = [i for i, row in enumerate(rows) if row[0] == a]
@@ -115,7 +135,7 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
     sources = [s.adapter.to(backbone.device) for s in servables]
     index = [row[0] for row in rows]
     scores = score_mixed(backbone, sources, answers, encoded, index, batch_size)
-    return [_row(servables[a], s) for a, s in zip(index, scores)]
+    return [_row(servables[a], s, e.truncated) for a, s, e in zip(index, scores, encoded)]
 
 
 def prompt_similarity(a: MaterializedAdapter, b: MaterializedAdapter) -> float:

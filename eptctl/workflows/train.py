@@ -23,7 +23,7 @@ from eptctl.engine import distributed, servable
 from eptctl.engine.config import TrainConfig
 from eptctl.engine.encoding import encode_task
 from eptctl.engine.loop import TrainResult, fit
-from eptctl.methods import EPTConfig
+from eptctl.methods import EPTConfig, prompt_length_of
 from eptctl.workflows.tasks import resolve_spec, spec_to_task_record
 from eptctl.workflows.transfer import TransferOptions, TransferStart, prepare_transfer
 
@@ -115,6 +115,7 @@ def train_task(
         with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
             backbone = backbones.load(model, trust_remote_code=trust_remote_code)
     method_cfg = method_cfg.resolved(backbone.width)
+    backbone.check_length(prompt_length_of(method_cfg), method_cfg.max_length)
     encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data)
     start = TransferStart(init_tensors=None, method_cfg=method_cfg)
     if transfer is not None:
@@ -150,6 +151,7 @@ def train_task(
         "history": result.history,
         "train_config": train_cfg.to_dict(),
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},
+        "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
     }
     servable_tensors, servable_meta = servable.to_file(materialized, result.adapter.cfg, spec,
