@@ -365,15 +365,15 @@ class Registry:
     def set_alias(self, ref: Ref, alias: str) -> AdapterRecord:
         """Point ``TASK@alias`` at this adapter (moving it if it pointed elsewhere)."""
         refs.check_alias(alias)
-        rec = self.resolve(ref)
+        adapter_id = self._resolve_id(ref)
 
         def move(conn: Connection) -> None:
-            task_id = _still_there(conn, rec.id, rec, "aliased", f"alias {alias!r} not set")
+            task_id = _still_there(conn, adapter_id, ref, "aliased", f"alias {alias!r} not set")
             conn.execute(aliases.delete().where(aliases.c.task_id == task_id, aliases.c.name == alias))
-            conn.execute(aliases.insert().values(task_id=task_id, name=alias, adapter_id=rec.id))
+            conn.execute(aliases.insert().values(task_id=task_id, name=alias, adapter_id=adapter_id))
 
         self._db.write(move)
-        return self.get(rec.id)
+        return self.get(adapter_id)
 
     def remove_alias(self, task: str, alias: str) -> None:
         def remove(conn: Connection) -> int:
