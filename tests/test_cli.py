@@ -6,9 +6,8 @@ import json
 import sqlite3
 
 import pytest
-from typer.testing import CliRunner
+from cli_support import ok, run, user_error
 
-from eptctl.cli.app import app
 
 TINY = ["--model", "tiny-random-llama", "--steps", "6", "--batch-size", "8", "--max-train", "64", "--max-eval", "24"]
 
@@ -22,16 +21,6 @@ def home(tmp_path_factory):
 def _env(home, monkeypatch):
     monkeypatch.setenv("EPTCTL_HOME", str(home))
     monkeypatch.delenv("EPTCTL_REGISTRY_URL", raising=False)
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(app, list(args), input=input)
-
-
-def ok(*args, input=None):
-    result = run(*args, input=input)
-    assert result.exit_code == 0, result.output + (result.stderr or "")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +142,6 @@ def test_custom_task_from_csv_is_stored_and_reusable(tmp_path):
 
 
 # --- errors: one line on stderr with a hint, exit code 2, nothing written ---------------------------------------
-def _assert_user_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "hint:" in lines[0], result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0]
-
-
 def test_user_errors_are_one_line_exit_2_and_write_nothing(trained, home, tmp_path):
     before = registry_rows(home)
     good = tmp_path / "good.csv"
@@ -184,10 +164,10 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(trained, home, tmp_pa
         (("predict", "rt-polarity@1", "--file", str(tmp_path / "nope.csv")), ()),
     ]
     for args, needles in cases:
-        _assert_user_error(run(*args), *needles)
+        user_error(run(*args), *needles)
     # A label outside a stored task's label set:
     ok("train", "labelled", "--data", str(good), "--model", "tiny-random-bert", "--steps", "1", "--max-eval", "4")
     after_first = registry_rows(home)
-    _assert_user_error(run("train", "labelled", "--data", str(bad_label), "--model", "tiny-random-bert"), "zzz")
+    user_error(run("train", "labelled", "--data", str(bad_label), "--model", "tiny-random-bert"), "zzz")
     assert registry_rows(home) == after_first == before + 1
     assert "secret" not in run("list", "--registry", "postgresql+psycopg://nobody:secret@127.0.0.1:1/none").stderr

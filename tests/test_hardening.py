@@ -7,8 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from cli_support import ok, run
+from cli_support import user_error as refused
 from registry_fixtures import TASK, new_adapter
-from typer.testing import CliRunner
 
 from eptctl.cli.app import app
 from registry import ParentLink, Registry, TaskRecord
@@ -25,30 +26,6 @@ def home(tmp_path_factory):
 def _env(home, monkeypatch):
     monkeypatch.setenv("EPTCTL_HOME", str(home))
     monkeypatch.delenv("EPTCTL_REGISTRY_URL", raising=False)
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def ok(*args, input=None):
-    result = run(*args, input=input)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def refused(result, *needles, notes: bool = False):
-    """One line on stderr starting with "error:", with a hint, exit 2, no traceback, and each needle in it.
-    ``notes``: progress notes (task sizes, model loading) may come before it."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if notes:
-        lines = [line for line in lines if line.startswith("error:")] if lines[-1].startswith("error:") else lines
-    assert len(lines) == 1 and lines[0].startswith("error:") and "hint:" in lines[0], result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def dump(home) -> str:

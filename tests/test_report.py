@@ -12,9 +12,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_support import ok, run, user_error
 
-from eptctl.cli.app import app
 from eptctl.core.errors import EptctlError
 
 TINY = ["--steps", "6", "--eval-every", "2", "--batch-size", "8", "--max-eval", "12"]
@@ -32,16 +31,6 @@ def home(tmp_path_factory):
 def _env(home, monkeypatch):
     monkeypatch.setenv("EPTCTL_HOME", str(home))
     monkeypatch.delenv("EPTCTL_REGISTRY_URL", raising=False)
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output + (result.stderr or "")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +53,6 @@ def trained(home, tmp_path_factory):
 def assert_png(path: Path, min_size: int = 10_000) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > min_size, (path, len(data))
-
-
-def assert_user_error(result, *needles) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "hint:" in lines[0], result.stderr
-    assert "Traceback" not in result.output and not result.stdout
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # --- plot -----------------------------------------------------------------------------------------------------------
@@ -145,7 +125,7 @@ def test_plot_errors_are_one_line_exit_2_and_write_nothing(trained, tmp_path):
         (("plot", "alpha", "--task", "alpha", "--out", good), ("--task",)),
     ]
     for args, needles in cases:
-        assert_user_error(run(*args), *needles)
+        user_error(run(*args), *needles, quiet_stdout=True)
     assert good.read_bytes() == before  # a failed plot never replaces a good file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "good.png"]
 
@@ -160,10 +140,10 @@ def test_adapter_without_history_and_task_without_adapters(tmp_path, monkeypatch
             reg.ensure_task(TaskRecord(name, "", ["a", "b"]))
         reg.register(new_adapter(task="bare"))  # registered by other code: no summary history
     out = tmp_path / "x.png"
-    assert_user_error(run("plot", "bare@1", "--out", out), "bare@1", "no recorded training history")
-    assert_user_error(run("plot", "bare", "--out", out), "no recorded training history")
-    assert_user_error(run("plot", "empty", "--out", out), "no adapters", "nothing to plot")
-    assert_user_error(run("plot", "--similarity", "--out", out), "two or more")
+    user_error(run("plot", "bare@1", "--out", out), "bare@1", "no recorded training history", quiet_stdout=True)
+    user_error(run("plot", "bare", "--out", out), "no recorded training history", quiet_stdout=True)
+    user_error(run("plot", "empty", "--out", out), "no adapters", "nothing to plot", quiet_stdout=True)
+    user_error(run("plot", "--similarity", "--out", out), "two or more", quiet_stdout=True)
     assert not out.exists()
 
 
@@ -213,8 +193,8 @@ def test_report_is_self_contained_and_lists_every_adapter(trained, report_html):
 
 
 def test_report_errors_write_nothing(trained, tmp_path):
-    assert_user_error(run("report", tmp_path / "missing" / "r.html"), "does not exist")
-    assert_user_error(run("report", tmp_path / "r.png"), ".html")
+    user_error(run("report", tmp_path / "missing" / "r.html"), "does not exist", quiet_stdout=True)
+    user_error(run("report", tmp_path / "r.png"), ".html", quiet_stdout=True)
     assert not list(tmp_path.iterdir())
 
 
