@@ -27,7 +27,9 @@ ALLOWED = {
     "workflows": {"workflows", "core", "data", "methods", "backbones", "engine", "registry"},
     "interop": {"interop", "core", "data", "methods", "backbones", "engine", "registry"},
     "reporting": {"reporting", "core", "registry", "workflows"},
-    "cli": {"cli", "core", "data", "methods", "backbones", "engine", "registry", "workflows", "interop", "reporting"},
+    "serving": {"serving", "core", "data", "methods", "backbones", "engine", "registry", "workflows"},
+    "cli": {"cli", "core", "data", "methods", "backbones", "engine", "registry", "workflows", "interop", "reporting",
+            "serving"},
 }
 
 

@@ -68,13 +68,14 @@ def version() -> None:
 
 
 def _register_commands() -> None:
-    from eptctl.cli import adapters, catalog, serve, train, transfer
+    from eptctl.cli import adapters, catalog, serve, server, train, transfer
     from eptctl.cli import interop
     from eptctl.cli import report
 
     app.command("train")(train.train)
     app.command("eval")(serve.eval_adapter)
     app.command("predict")(serve.predict)
+    app.command("serve")(server.serve)
     app.command("list")(adapters.list_adapters)
     app.command("show")(adapters.show)
     app.command("compare")(adapters.compare)

@@ -1,0 +1,266 @@
+"""`eptctl serve` as a real server: a subprocess on a free loopback port, talked to over HTTP with httpx.
+
+Tiny random backbones and a real SQLite registry. Every load loop here is bounded in count and in time, and
+targets 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from registry import Registry
+
+LLAMA = "tiny-random-llama"
+TEXTS = ["A triumph.", "Dull and overlong.", "The markets fell sharply today.", "Quietly moving, and funny too.",
+         "He scored twice in the final.", "A plot you can see coming a mile off."]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A registry with adapters of three tasks on the tiny Llama (two of rt-polarity) and one on tiny BERT."""
+    from eptctl.engine.config import TrainConfig
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.train import train_task
+
+    home = tmp_path_factory.mktemp("serve-home")
+    url = f"sqlite:///{home / 'registry.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EPTCTL_HOME", str(home))
+        reg = Registry(url)
+        small = dict(registry=reg, max_train=16, max_eval=8, train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1))
+        refs = {}
+        for name, task, model, seed in (("pol1", "rt-polarity", LLAMA, 0), ("pol2", "rt-polarity", LLAMA, 1),
+                                        ("subj", "rt-subjectivity", LLAMA, 0), ("topic", "bbc-topic", LLAMA, 0),
+                                        ("bert", "rt-polarity", "tiny-random-bert", 0)):
+            cfg = EPTConfig(method="ept", prompt_length=6, max_length=64)
+            small["train_cfg"] = TrainConfig(steps=2, batch_size=8, eval_every=1, seed=seed)
+            refs[name] = train_task(task, model=model, method_cfg=cfg, **small).record.ref
+        reg.set_alias(refs["pol1"], "prod")
+        reg.close()
+    return {"home": home, "url": url, "refs": refs}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``eptctl serve`` in a subprocess; ``stop()`` sends SIGTERM and returns the exit code."""
+
+    def __init__(self, world, *args: str):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "EPTCTL_HOME": str(world["home"])}
+        env.pop("EPTCTL_SERVE_TOKEN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eptctl", "serve", "--model", LLAMA, "--port", str(self.port),
+             "--registry", world["url"], *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.proc.kill()
+        raise AssertionError("server did not become ready in 90 s")
+
+    def post(self, body, **kw) -> httpx.Response:
+        return httpx.post(f"{self.base}/v1/predict", json=body, timeout=60, **kw)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    srv = Server(world, "--resolve-ttl", "0.2", "--max-wait-ms", "20")
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def expected(world):
+    """Single-task answers computed in this process with the library's predict: what HTTP must return."""
+    from eptctl.workflows.inference import backbone_for, load_adapter, predict
+
+    reg = _registry(world)
+    out = {}
+    for name, ref in world["refs"].items():
+        if name == "bert":
+            continue
+        servable = load_adapter(reg, ref)
+        rows = predict(backbone_for([servable]), servable, [(t, None) for t in TEXTS])
+        out[ref] = {t: r["scores"] for t, r in zip(TEXTS, rows)}
+    reg.close()
+    return out
+
+
+def _registry(world) -> Registry:
+    return Registry(world["url"], artifacts=world["home"] / "artifacts")
+
+
+def _same(got: dict, want: dict) -> bool:
+    return got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-5 for k in want)
+
+
+def test_http_answers_equal_predict(server, world, expected):
+    ref = world["refs"]["pol1"]
+    response = server.post({"adapter": ref, "inputs": TEXTS})
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    assert [o["adapter"] for o in outputs] == [ref] * len(TEXTS)
+    assert all(_same(o["scores"], expected[ref][t]) for o, t in zip(outputs, TEXTS))
+    from typer.testing import CliRunner
+
+    from eptctl.cli.app import app
+
+    cli = CliRunner().invoke(app, ["predict", ref, *TEXTS[:2], "--registry", world["url"]],
+                             env={"EPTCTL_HOME": str(world["home"])})
+    assert cli.exit_code == 0, cli.output
+    for line, out in zip(cli.stdout.splitlines(), outputs):
+        assert _same(json.loads(line)["scores"], out["scores"])
+
+
+def test_mixed_request_and_adapter_listing(server, world, expected):
+    refs = world["refs"]
+    inputs = [{"text": TEXTS[0], "adapter": refs["subj"]}, {"text": TEXTS[2], "adapter": refs["topic"]},
+              {"text": TEXTS[1], "adapter": refs["pol2"]}]
+    outputs = server.post({"inputs": inputs}).json()["outputs"]
+    for item, out in zip(inputs, outputs):
+        assert out["adapter"] == item["adapter"] and _same(out["scores"], expected[item["adapter"]][item["text"]])
+    listed = httpx.get(f"{server.base}/v1/adapters").json()
+    assert {a["ref"] for a in listed["adapters"]} >= {refs["subj"], refs["topic"], refs["pol2"]}
+    topic = next(a for a in listed["adapters"] if a["ref"] == refs["topic"])
+    assert topic["task"] == "bbc-topic" and len(topic["labels"]) == 5 and listed["backbone"] == LLAMA
+
+
+def test_sixteen_clients_400_requests_across_three_adapters(server, world, expected):
+    refs = [world["refs"][k] for k in ("pol1", "subj", "topic")]
+    jobs = [(refs[i % 3], [TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 3)]) for i in range(400)]
+
+    def one(job):
+        ref, texts = job
+        with httpx.Client(timeout=60) as client:
+            response = client.post(f"{server.base}/v1/predict", json={"adapter": ref, "inputs": texts})
+        return job, response
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answered = list(pool.map(one, jobs, timeout=240))
+    assert time.monotonic() - started < 240
+    for (ref, texts), response in answered:
+        assert response.status_code == 200, response.text
+        for text, out in zip(texts, response.json()["outputs"]):
+            assert out["adapter"] == ref and _same(out["scores"], expected[ref][text])
+    metrics = httpx.get(f"{server.base}/metrics").text
+    single = float(re.search(r'eptctl_batch_adapters_bucket\{le="1.0"\} (\S+)', metrics).group(1))
+    passes = float(re.search(r"eptctl_batch_adapters_count (\S+)", metrics).group(1))
+    assert passes > single, "no backbone pass mixed adapters"
+    assert float(re.search(r"eptctl_batch_rows_count (\S+)", metrics).group(1)) < 400  # requests shared passes
+
+
+def test_moving_an_alias_changes_answers_without_a_restart(server, world, expected):
+    refs = world["refs"]
+    first = server.post({"adapter": "rt-polarity@prod", "inputs": TEXTS[:1]}).json()["outputs"][0]
+    assert first["adapter"] == refs["pol1"] and _same(first["scores"], expected[refs["pol1"]][TEXTS[0]])
+    reg = _registry(world)
+    reg.set_alias(refs["pol2"], "prod")
+    reg.close()
+    time.sleep(0.5)  # the server trusts a resolved reference for 0.2 s
+    moved = server.post({"adapter": "rt-polarity@prod", "inputs": TEXTS[:1]}).json()["outputs"][0]
+    assert moved["adapter"] == refs["pol2"] and _same(moved["scores"], expected[refs["pol2"]][TEXTS[0]])
+
+
+def test_bad_input_gets_its_status_and_a_json_error(server, world, expected):
+    ref = world["refs"]["pol1"]
+    cases = [
+        (httpx.post(f"{server.base}/v1/predict", content=b"{not json", headers={"content-type": "application/json"}),
+         422),
+        (server.post({"adapter": ref, "inputs": 5}), 422),
+        (server.post({"inputs": ["no adapter named"]}), 422),
+        (server.post({"adapter": ref, "inputs": ["  "]}), 422),
+        (server.post({"adapter": "no-such-task@1", "inputs": ["x"]}), 404),
+        (server.post({"adapter": world["refs"]["bert"], "inputs": ["x"]}), 409),
+        (server.post({"adapter": ref, "inputs": ["x"] * 65}), 413),
+        (server.post({"adapter": ref, "inputs": ["x" * 20_001]}), 413),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert set(body) == {"error", "hint"} and body["error"] and body["hint"]
+    assert "tiny-random-bert" in cases[5][0].json()["error"] and LLAMA in cases[5][0].json()["error"]
+    assert "64" in cases[6][0].json()["error"]
+    good = server.post({"adapter": ref, "inputs": TEXTS[:1]}).json()["outputs"][0]
+    assert _same(good["scores"], expected[ref][TEXTS[0]])
+    assert httpx.get(f"{server.base}/docs").status_code == 200
+
+
+def test_queue_full_is_503_with_retry_after_and_the_token_guards_routes(world):
+    srv = Server(world, "--max-queue", "1", "--max-wait-ms", "300", "--token", "s3cret")
+    try:
+        auth = {"Authorization": "Bearer s3cret"}
+        assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]}).status_code == 401
+        assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]},
+                        headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{srv.base}/healthz").status_code == 200  # health checks need no token
+
+        def one(_):
+            return srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]}, headers=auth)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            statuses = [r for r in pool.map(one, range(12), timeout=120)]
+        busy = [r for r in statuses if r.status_code == 503]
+        assert busy and all(r.headers.get("retry-after") for r in busy)
+        assert any(r.status_code == 200 for r in statuses)
+        assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]}, headers=auth).status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected):
+    srv = Server(world, "--max-wait-ms", "50", "--max-batch-size", "4")
+    ref = world["refs"]["pol1"]
+    clients = [httpx.Client(base_url=srv.base, timeout=60) for _ in range(24)]
+    for client in clients:  # connections the server has accepted before the burst
+        assert client.get("/healthz").status_code == 200
+    sent = threading.Barrier(len(clients) + 1)
+
+    def one(i):
+        sent.wait()
+        return i, clients[i].post("/v1/predict", json={"adapter": ref, "inputs": [TEXTS[i % len(TEXTS)]]})
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(one, i) for i in range(len(clients))]
+        sent.wait(timeout=30)
+        time.sleep(0.1)  # every request is on the wire; the batcher has answered only a few
+        srv.proc.send_signal(signal.SIGTERM)
+        results = [f.result(timeout=120) for f in futures]
+    assert srv.proc.wait(timeout=60) == 0
+    for i, response in results:
+        assert response.status_code == 200, response.text
+        assert _same(response.json()["outputs"][0]["scores"], expected[ref][TEXTS[i % len(TEXTS)]])
+    for client in clients:
+        client.close()
