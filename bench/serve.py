@@ -1,0 +1,161 @@
+"""HTTP serving: throughput (inputs/s) and latency (p50/p99) of ``eptctl serve`` at concurrency 1, 8 and 32.
+
+Servers, each a real subprocess on a free loopback port, the load from this process (one httpx client per thread,
+one input per request, requests spread round-robin over the adapters):
+  eptctl batched, 4 adapters: dynamic batching across requests and adapters (max batch 32, max wait 5 ms);
+  eptctl batched, 1 adapter: the same server, single-task traffic;
+  eptctl unbatched, 4 adapters: ``--no-batching``, one request per backbone pass;
+  peft, 4 adapters: one PEFT prompt-tuning model per adapter on one PeftModel, ``set_adapter`` per request
+  (bench/peft_server.py), the way a user would serve PEFT prompt tuning today.
+Adapters: four eptctl EPT adapters of three tasks (rt-polarity twice, rt-subjectivity, bbc-topic), trained for one
+step (serving cost does not depend on training) in a temporary registry. Inputs: rt-polarity validation texts.
+Environment: BENCH_BACKBONES (tiny, smollm2), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (per concurrency unit).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.step_time import BACKBONES
+
+MODES = ("eptctl batched, 4 adapters", "eptctl batched, 1 adapter", "eptctl unbatched, 4 adapters",
+         "peft, 4 adapters")
+
+
+def _settings(quick: bool) -> dict:
+    return {
+        "backbones": os.environ.get("BENCH_BACKBONES", "tiny" if quick else "tiny,smollm2").split(","),
+        "concurrency": [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(",")],
+        "requests": int(os.environ.get("BENCH_REQUESTS", "4" if quick else "8")),  # x concurrency (min 16) per cell
+    }
+
+
+def _adapters(model: str, workdir: Path) -> tuple[str, list[str]]:
+    """A registry URL with four adapters on ``model`` and their refs."""
+    from eptctl.engine.config import TrainConfig
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.train import train_task
+    from registry import Registry
+
+    url = f"sqlite:///{workdir / 'registry.db'}"
+    reg = Registry(url, artifacts=workdir / "artifacts")
+    refs = []
+    for task, seed in (("rt-polarity", 0), ("rt-polarity", 1), ("rt-subjectivity", 0), ("bbc-topic", 0)):
+        outcome = train_task(task, registry=reg, model=model, method_cfg=EPTConfig(), max_train=8, max_eval=8,
+                             train_cfg=TrainConfig(steps=1, batch_size=8, seed=seed))
+        refs.append(outcome.record.ref)
+    reg.close()
+    return url, refs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server not ready in 300 s")
+
+
+def _load(base: str, adapters: list[str], texts: list[str], concurrency: int, requests: int) -> dict:
+    """Send ``requests`` requests from ``concurrency`` threads; inputs/s and latency percentiles (ms)."""
+    import httpx
+
+    local = threading.local()
+
+    def one(i: int) -> float:
+        client = getattr(local, "client", None) or httpx.Client(base_url=base, timeout=600)
+        local.client = client
+        started = time.perf_counter()
+        response = client.post("/v1/predict", json={"adapter": adapters[i % len(adapters)],
+                                                    "inputs": [texts[i % len(texts)]]})
+        response.raise_for_status()
+        return time.perf_counter() - started
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm-up: connections, first passes
+        started = time.perf_counter()
+        latencies = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {"inputs_per_s": round(requests / wall, 2), "p50_ms": round(cuts[49] * 1000, 1),
+            "p99_ms": round(cuts[98] * 1000, 1), "requests": requests}
+
+
+def run(quick: bool = False) -> dict:
+    from eptctl import data
+
+    settings = _settings(quick)
+    texts = [e.text for e in data.load_task(data.builtin_task("rt-polarity"), max_eval=200).validation]
+    rows = []
+    for short in settings["backbones"]:
+        model = BACKBONES[short]
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            url, refs = _adapters(model, Path(tmp))
+            env = {**os.environ, "EPTCTL_ARTIFACTS": str(Path(tmp) / "artifacts")}
+            serve = [sys.executable, "-m", "eptctl", "serve", "--model", model, "--registry", url,
+                     "--adapters", ",".join(refs), "--max-batch-size", "32", "--max-wait-ms", "5"]
+            servers = {
+                "eptctl batched": serve,
+                "eptctl unbatched": [*serve, "--no-batching"],
+                "peft": [sys.executable, "-m", "bench.peft_server", "--model", model, "--adapters", "4"],
+            }
+            for name, command in servers.items():
+                proc, base = _start(command, env)
+                try:
+                    for mode in (m for m in MODES if m.startswith(name + ",")):
+                        adapters = ([refs[0]] if "1 adapter" in mode else refs) if name != "peft" else \
+                            [f"a{i}" for i in range(4)]
+                        for c in settings["concurrency"]:
+                            n = max(16, settings["requests"] * c)
+                            result = _load(base, adapters, texts, c, n)
+                            rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **result})
+                            print(f"{short} {mode} c={c}: {result}", file=sys.stderr)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=120)
+    return {"rows": rows, "ratios": _ratios(rows), "settings": settings}
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """The issue's targets at the highest concurrency: batched vs unbatched, mixed vs single, eptctl vs PEFT."""
+    out = {}
+    for backbone in sorted({r["backbone"] for r in rows}):
+        top = max(r["concurrency"] for r in rows if r["backbone"] == backbone)
+        rate = {r["mode"]: r["inputs_per_s"] for r in rows if r["backbone"] == backbone and r["concurrency"] == top}
+        mixed = rate.get("eptctl batched, 4 adapters")
+        out[backbone] = {
+            "concurrency": top,
+            "batched_vs_unbatched": round(mixed / rate["eptctl unbatched, 4 adapters"], 2),
+            "mixed_vs_single": round(mixed / rate["eptctl batched, 1 adapter"], 2),
+            "batched_vs_peft": round(mixed / rate["peft, 4 adapters"], 2),
+        }
+    return out
