@@ -110,14 +110,39 @@ def _load(base: str, adapters: list[str], texts: list[str], concurrency: int, re
             "p99_ms": round(cuts[98] * 1000, 1), "requests": requests}
 
 
+def pass_ceiling(model: str, texts: list[str], sizes=(1, 4, 8, 16, 32)) -> dict[int, float]:
+    """Inputs/s of scoring 64 texts in this process, no HTTP, at each rows-per-pass size: what batching can gain on
+    this hardware before any server overhead."""
+    from eptctl import backbones, data
+    from eptctl.engine.encoding import encode_examples
+    from eptctl.engine.loop import new_adapter
+    from eptctl.engine.scoring import score_mixed
+    from eptctl.methods import EPTConfig
+
+    backbone = backbones.load(model)
+    spec = data.builtin_task("rt-polarity")
+    answers = backbone.encode_answers(spec.verbalizer)
+    adapter = new_adapter(backbone, EPTConfig(), spec.num_labels, seed=0).materialize()
+    encoded = encode_examples(backbone, spec, [data.Example(t, 0) for t in texts[:64]], answers, 256)
+    out = {}
+    for size in sizes:
+        score_mixed(backbone, [adapter], [answers], encoded[:8], [0] * 8, size)  # warm-up
+        started = time.perf_counter()
+        score_mixed(backbone, [adapter], [answers], encoded, [0] * len(encoded), size)
+        out[size] = round(len(encoded) / (time.perf_counter() - started), 2)
+    return out
+
+
 def run(quick: bool = False) -> dict:
     from eptctl import data
 
     settings = _settings(quick)
     texts = [e.text for e in data.load_task(data.builtin_task("rt-polarity"), max_eval=200).validation]
-    rows = []
+    rows, ceiling = [], {}
     for short in settings["backbones"]:
         model = BACKBONES[short]
+        ceiling[short] = pass_ceiling(model, texts)
+        print(f"{short} in-process inputs/s by rows per pass: {ceiling[short]}", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             url, refs = _adapters(model, Path(tmp))
             env = {**os.environ, "EPTCTL_ARTIFACTS": str(Path(tmp) / "artifacts")}
@@ -142,7 +167,7 @@ def run(quick: bool = False) -> dict:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=120)
-    return {"rows": rows, "ratios": _ratios(rows), "settings": settings}
+    return {"rows": rows, "ratios": _ratios(rows), "pass_ceiling": ceiling, "settings": settings}
 
 
 def _ratios(rows: list[dict]) -> dict:
