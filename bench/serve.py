@@ -2,14 +2,17 @@
 
 Servers, each a real subprocess on a free loopback port, the load from this process (one httpx client per thread,
 one input per request, requests spread round-robin over the adapters):
-  eptctl batched, 4 adapters: dynamic batching across requests and adapters (max batch 32, max wait 5 ms);
+  eptctl batched, 4 adapters: dynamic batching across requests and adapters (defaults: 16 rows, 5 ms);
   eptctl batched, 1 adapter: the same server, single-task traffic;
   eptctl unbatched, 4 adapters: ``--no-batching``, one request per backbone pass;
   peft, 4 adapters: one PEFT prompt-tuning model per adapter on one PeftModel, ``set_adapter`` per request
   (bench/peft_server.py), the way a user would serve PEFT prompt tuning today.
 Adapters: four eptctl EPT adapters of three tasks (rt-polarity twice, rt-subjectivity, bbc-topic), trained for one
 step (serving cost does not depend on training) in a temporary registry. Inputs: rt-polarity validation texts.
-Environment: BENCH_BACKBONES (tiny, smollm2), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (per concurrency unit).
+All servers run at once and the modes take turns cell by cell, BENCH_ROUNDS times (the median round is reported), so
+a slow moment of the shared machine hits every mode alike.
+Environment: BENCH_BACKBONES (tiny, smollm2), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (x concurrency, at least
+16, per cell), BENCH_ROUNDS.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ def _settings(quick: bool) -> dict:
     return {
         "backbones": os.environ.get("BENCH_BACKBONES", "tiny" if quick else "tiny,smollm2").split(","),
         "concurrency": [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(",")],
-        "requests": int(os.environ.get("BENCH_REQUESTS", "4" if quick else "8")),  # x concurrency (min 16) per cell
+        "requests": int(os.environ.get("BENCH_REQUESTS", "4")),  # x concurrency (min 16) per cell
+        "rounds": int(os.environ.get("BENCH_ROUNDS", "1" if quick else "3")),
     }
 
 
@@ -147,24 +151,32 @@ def run(quick: bool = False) -> dict:
             url, refs = _adapters(model, Path(tmp))
             env = {**os.environ, "EPTCTL_ARTIFACTS": str(Path(tmp) / "artifacts")}
             serve = [sys.executable, "-m", "eptctl", "serve", "--model", model, "--registry", url,
-                     "--adapters", ",".join(refs), "--max-batch-size", "32", "--max-wait-ms", "5"]
-            servers = {
+                     "--adapters", ",".join(refs)]
+            commands = {
                 "eptctl batched": serve,
                 "eptctl unbatched": [*serve, "--no-batching"],
                 "peft": [sys.executable, "-m", "bench.peft_server", "--model", model, "--adapters", "4"],
             }
-            for name, command in servers.items():
-                proc, base = _start(command, env)
-                try:
-                    for mode in (m for m in MODES if m.startswith(name + ",")):
-                        adapters = ([refs[0]] if "1 adapter" in mode else refs) if name != "peft" else \
-                            [f"a{i}" for i in range(4)]
-                        for c in settings["concurrency"]:
+            servers = {}  # all up at once, idle but one: the modes take turns cell by cell
+            try:
+                for name, command in commands.items():
+                    servers[name] = _start(command, env)
+                for c in settings["concurrency"]:
+                    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+                    for _ in range(settings["rounds"]):  # interleaved: a slow moment of the machine hits every mode
+                        for mode in MODES:
+                            name = mode.split(",")[0]
+                            adapters = [f"a{i}" for i in range(4)] if name == "peft" else \
+                                [refs[0]] if "1 adapter" in mode else refs
                             n = max(16, settings["requests"] * c)
-                            result = _load(base, adapters, texts, c, n)
-                            rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **result})
-                            print(f"{short} {mode} c={c}: {result}", file=sys.stderr)
-                finally:
+                            results[mode].append(_load(servers[name][1], adapters, texts, c, n))
+                    for mode, cells in results.items():
+                        best = sorted(cells, key=lambda r: r["inputs_per_s"])[len(cells) // 2]  # the median round
+                        rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **best,
+                                     "rounds": len(cells)})
+                        print(f"{short} {mode} c={c}: {best}", file=sys.stderr)
+            finally:
+                for proc, _ in servers.values():
                     proc.terminate()
                     proc.wait(timeout=120)
     return {"rows": rows, "ratios": _ratios(rows), "pass_ceiling": ceiling, "settings": settings}

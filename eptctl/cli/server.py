@@ -14,7 +14,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     adapters: Annotated[str | None, typer.Option(help="Comma-separated refs to load at start (others load on first use).")] = None,
     model: Annotated[str | None, typer.Option(help="Backbone (default: the one --adapters were trained on, else the default model).")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Rows per backbone pass.", min=1)] = 32,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per backbone pass (raise it on a GPU).", min=1)] = 16,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its pass (ms).", min=0.0)] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Requests waiting for a pass before new ones get 503.", min=1)] = 256,
     max_inputs: Annotated[int, typer.Option(help="Inputs per request before 413.", min=1)] = 64,

@@ -120,9 +120,11 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     async def predict(body: PredictRequest):
         """One output per input: ``adapter``, ``label``, every label's ``scores``, ``truncated``."""
         started = time.perf_counter()
-        label = body.adapter or "mixed"
+        label = "unresolved"  # a label per registry adapter, never per string a client sends
         try:
             rows = await _rows(body, cache, config)
+            refs = {servable.record.ref for servable, _, _ in rows}
+            label = refs.pop() if len(refs) == 1 else "mixed"
             outputs = await batcher.submit(rows)
         except QueueFull as err:
             metrics.requests.labels(label, "503").inc()

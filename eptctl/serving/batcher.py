@@ -39,7 +39,7 @@ class Batcher:
     finish every job already queued, then ends it.
     """
 
-    def __init__(self, backbone, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
+    def __init__(self, backbone, *, max_batch_size: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256,
                  batching: bool = True, metrics=None):
         self.backbone = backbone
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
