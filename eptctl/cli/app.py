@@ -14,7 +14,8 @@ from eptctl.cli.db import db_app
 from eptctl.core.errors import EptctlError
 
 EXIT_USER_ERROR = 2
-USAGE_ERROR = typer.BadParameter.__mro__[1]  # typer vendors its own click; its UsageError is BadParameter's base
+# typer vendors its own click, whose UsageError (bad option, bad value, missing argument) is a base of BadParameter
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 def echo_error(err: EptctlError) -> None:
