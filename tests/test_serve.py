@@ -206,6 +206,10 @@ def test_bad_input_gets_its_status_and_a_json_error(server, world, expected):
         (server.post({"adapter": world["refs"]["bert"], "inputs": ["x"]}), 409),
         (server.post({"adapter": ref, "inputs": ["x"] * 65}), 413),
         (server.post({"adapter": ref, "inputs": ["x" * 20_001]}), 413),
+        (httpx.post(f"{server.base}/v1/predict", content=json.dumps({"adapter": ref, "inputs": ["x"]}).encode(),
+                    headers={"content-type": "application/x-www-form-urlencoded"}), 422),
+        (httpx.get(f"{server.base}/no/such/route"), 404),
+        (httpx.get(f"{server.base}/v1/predict"), 405),
     ]
     for response, status in cases:
         assert response.status_code == status, response.text
@@ -213,6 +217,8 @@ def test_bad_input_gets_its_status_and_a_json_error(server, world, expected):
         assert set(body) == {"error", "hint"} and body["error"] and body["hint"]
     assert "tiny-random-bert" in cases[5][0].json()["error"] and LLAMA in cases[5][0].json()["error"]
     assert "64" in cases[6][0].json()["error"]
+    assert "Content-Type: application/json" in cases[8][0].json()["hint"]
+    assert cases[3][0].json()["error"] == "input 1 is empty"
     good = server.post({"adapter": ref, "inputs": TEXTS[:1]}).json()["outputs"][0]
     assert _same(good["scores"], expected[ref][TEXTS[0]])
     assert httpx.get(f"{server.base}/docs").status_code == 200

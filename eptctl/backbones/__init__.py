@@ -16,6 +16,7 @@ from eptctl.backbones.loading import (
     detect_family,
     known_models,
     load,
+    needs_conversion,
     resolve_source,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "detect_family",
     "known_models",
     "load",
+    "needs_conversion",
     "resolve_source",
 ]

@@ -95,6 +95,12 @@ def _cache_dir(m: EmbeddedModel) -> Path:
     return eptctl_home() / "models" / f"{m.name}-{m.version}"
 
 
+def needs_conversion(name: str) -> bool:
+    """Whether loading ``name`` will first convert a packaged GGUF file into the safetensors cache (once)."""
+    m = EMBEDDED.get(canonical_name(name))
+    return m is not None and m.gguf_file is not None and not (_cache_dir(m) / "config.json").exists()
+
+
 def embedded_model_dir(m: EmbeddedModel) -> Path:
     """A plain HF folder for an embedded model; GGUF files are de-quantised once into a safetensors cache."""
     source = _package_dir(m)
@@ -195,8 +201,11 @@ def load(name: str = DEFAULT_MODEL, *, device: str | None = None, precision: str
     asset package, a folder without a model or an unreachable hub.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from eptctl.backbones.families import make_backbone
+
+    hf_logging.disable_progress_bar()  # eptctl reports loading itself; tqdm bars would litter every command's stderr
     from eptctl.backbones.tiny import build_random
 
     device = device or default_device()  # under a launcher, each rank its own GPU

@@ -22,7 +22,7 @@ Each of these exits with code 2 and writes nothing (`tests/test_hardening.py`):
 | a numeric option outside its range (`--batch-size 0`, `--limit 0`, `--min-accuracy 2`) | the flag and its range | none: the ranges are in the help below |
 | a data file whose header names a column twice, or a JSON line with a key twice (train, eval, predict) | the column and the file | rename or drop the column |
 | text that is not UTF-8 (file, stdin, argument) | the file or stdin line, or the argument number | save it as UTF-8 |
-| an empty text (argument, stdin line, file row) | which one | none |
+| an empty text (an argument, a data-file row, an HTTP input; blank lines of stdin or a `.txt` file only separate inputs) | which one | none |
 | `--max-length` beyond the model's positions (with the prompt) | the largest allowed `--max-length` | a shorter `--max-length` |
 | `eval --split` when the task's data changed since training | nothing stored | `--data FILE` (stored as `data:FILE`), `--force`, or `--no-store` |
 | a registry schema written by a newer eptctl (`db current`, `db upgrade`, every command) | the revision | upgrade eptctl |

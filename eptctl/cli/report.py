@@ -48,8 +48,7 @@ def report(
     archived: Annotated[bool, typer.Option("--archived", help="Include archived adapters.")] = False,
     registry: RegistryUrl = None,
 ) -> None:
-    """Write one self-contained HTML page of the registry: tasks, adapters, lineage, training curves and the
-    prompt-similarity heatmap.
+    """Write one self-contained HTML page of the registry: tasks, adapters, lineage, curves, prompt similarity.
 
     Example: eptctl report registry.html
     """

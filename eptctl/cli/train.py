@@ -148,13 +148,13 @@ class _ProgressView:
         self.task_id = None
         self.started = None
         self.first_step = 0
+        self.live = False  # the bar starts with training: an error before it stays one line
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        return self.progress.__exit__(*exc) if self.live else False
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -166,7 +166,8 @@ class _ProgressView:
             self.note(f"task {event.task}: {sizes['train']} train / {sizes['validation']} validation / "
                       f"{sizes['test']} test examples")
         elif isinstance(event, events.LoadingModel):
-            self.note(f"loading {event.model} (the first use converts it once)…")
+            self.note(f"loading {event.model}" + (" (first use: converting it once, about 20 s)…" if event.converting
+                                                  else "…"))
         elif isinstance(event, events.Resumed):
             self.note(f"resumed at step {event.step} of {event.total}")
         elif isinstance(event, events.TrainingStarted):
@@ -174,6 +175,8 @@ class _ProgressView:
             self.note(f"trainable parameters: {p['total']:,} (" + ", ".join(
                 f"{k} {v:,}" for k, v in p.items() if k != "total" and v) + ")")
             self.started, self.first_step = time.perf_counter(), event.step
+            self.progress.__enter__()
+            self.live = True
             self.task_id = self.progress.add_task("train", total=event.total, completed=event.step,
                                                   loss="-", rate="-")
         elif isinstance(event, events.StepDone) and self.task_id is not None:
@@ -184,7 +187,8 @@ class _ProgressView:
             m = event.metrics
             self.progress.console.print(
                 f"step {event.step}/{event.total}: validation accuracy {fmt_metric(m.get('accuracy'))}, "
-                f"macro-F1 {fmt_metric(m.get('macro_f1'))} (best step {event.best_step})")
+                f"macro-F1 {fmt_metric(m.get('macro_f1'))} on {event.examples} rows (best step {event.best_step}; "
+                "the final evaluation uses every validation row)")
         elif isinstance(event, events.SourcesChosen):
             self.note("auto-selected sources: " + ", ".join(
                 f"{r.get('ref', r['id'][:8])}" + (f" (probe accuracy {r['probe_accuracy']:.3f})" if "probe_accuracy" in r else "")

@@ -130,8 +130,7 @@ def continual(
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Learn tasks in order, each from the fusion of the adapters before it; report the accuracy matrix, forgetting
-    and forward transfer.
+    """Learn tasks in order, each from the fusion of those before; report accuracy, forgetting, forward transfer.
 
     Example: eptctl continual rt-polarity rt-subjectivity bbc-topic --steps 50
     """

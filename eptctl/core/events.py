@@ -28,6 +28,7 @@ class DataLoaded(Event):
 @dataclass(frozen=True)
 class LoadingModel(Event):
     model: str
+    converting: bool = False  # a first use that converts the packaged model into its cache
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Evaluated(Event):
     total: int
     metrics: dict[str, float]  # validation metrics at this step
     best_step: int
+    examples: int = 0  # validation rows they were computed on (the in-training subset)
 
 
 @dataclass(frozen=True)

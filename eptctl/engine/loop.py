@@ -209,7 +209,8 @@ def fit(
             if value is not None and (best_metric is None or value > best_metric):
                 best_metric, best_step = value, step
                 best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-            emit(events.Evaluated(step=step, total=total, metrics=val, best_step=best_step))
+            emit(events.Evaluated(step=step, total=total, metrics=val, best_step=best_step,
+                                  examples=len(val_for_training)))
             checkpoint()
         elif step % train_cfg.checkpoint_every == 0:
             checkpoint()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from eptctl import __version__
 from eptctl.core.errors import EptctlError
+from eptctl.data.text import clean_inputs
 from eptctl.serving.adapters import AdapterCache, AdapterNotFound, BackboneMismatch
 from eptctl.serving.batcher import Batcher, QueueFull
 from eptctl.serving.config import ServeConfig
@@ -50,6 +51,7 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = ServeMetrics()
     cache = AdapterCache(registry, backbone, config.max_adapters, config.resolve_ttl_s)
@@ -76,11 +78,21 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
+        if "json" not in request.headers.get("content-type", ""):
+            return error_response(request.url.path, ApiError(
+                422, "malformed request: the body is not sent as JSON",
+                "send the header Content-Type: application/json (curl: -H 'content-type: application/json')"))
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return error_response(request.url.path, ApiError(
             422, f"malformed request: {where}: {first.get('msg', 'invalid')}",
             'send {"adapter": "TASK@latest", "inputs": ["text", ...]} (see /docs)'))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):  # unknown route, wrong method: same shape
+        return error_response(request.url.path, ApiError(
+            err.status_code, f"{request.method} {request.url.path}: {err.detail}",
+            "routes: POST /v1/predict, GET /v1/adapters, /healthz, /readyz, /metrics, /docs", dict(err.headers or {})))
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -158,6 +170,11 @@ async def _rows(body: PredictRequest, cache: AdapterCache, config: ServeConfig) 
         if not (item.adapter or body.adapter):
             raise ApiError(422, f"malformed request: input {n} names no adapter",
                            'give "adapter" for the request, or on every input')
+    try:  # the one normalisation of every text; an empty one is refused here, named by its position
+        texts = clean_inputs([(item.text, item.text_pair) for item in items], where="input")
+    except EptctlError as err:
+        raise ApiError(422, err.message, err.hint or "") from None
+    items = [item.model_copy(update={"text": t, "text_pair": p}) for item, (t, p) in zip(items, texts)]
     refs = {item.adapter or body.adapter for item in items}
     try:
         resolved = {ref: await asyncio.to_thread(cache.get, ref) for ref in refs}

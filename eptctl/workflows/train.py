@@ -111,7 +111,7 @@ def train_task(
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS}))
     if backbone is None:
-        emit(events.LoadingModel(model=model))
+        emit(events.LoadingModel(model=model, converting=backbones.needs_conversion(model)))
         with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
             backbone = backbones.load(model, trust_remote_code=trust_remote_code)
     method_cfg = method_cfg.resolved(backbone.width)
