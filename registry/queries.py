@@ -63,6 +63,7 @@ def task_record(row: Row) -> TaskRecord:
         source=dict(row.source),
         template=row.template,
         created_at=utc(row.created_at),
+        task_type=row.task_type,
     )
 
 

@@ -29,6 +29,7 @@ class TaskRecord:
     source: dict = field(default_factory=dict)  # where the data comes from, e.g. {"kind": "csv", "path": ...}
     template: str = ""
     created_at: datetime | None = None
+    task_type: str = "classification"  # classification | generation | regression
 
 
 @dataclass(frozen=True)

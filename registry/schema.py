@@ -34,6 +34,7 @@ tasks = sa.Table(
     sa.Column("metric", NAME, nullable=False),
     sa.Column("source", sa.JSON, nullable=False),
     sa.Column("template", sa.Text, nullable=False),
+    sa.Column("task_type", sa.String(32), nullable=False, server_default="classification"),  # since 0004
     sa.Column("created_at", TIMESTAMP, nullable=False),
     # The last version handed out. Incremented inside the registering transaction, so a rollback returns it:
     # versions are gapless, and never reused after a delete.

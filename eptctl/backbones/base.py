@@ -16,14 +16,14 @@ within its own text (pads get none). Batches are padded to their own longest row
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from eptctl.core.errors import ConfigError, EptctlError
-
 
 
 class PromptSource(Protocol):
@@ -37,6 +37,9 @@ class EncodedExample:
     input_ids: list[int]  # causal: template prefix; seq2seq/encoder: the encoder input
     label: int
     truncated: bool = False
+    target_ids: list[int] | None = None  # generation and text-to-text regression: the answer's tokens (with eos)
+    target: str | None = None  # generation: the reference text, for metrics
+    value: float | None = None  # regression: the number
 
 
 @dataclass
@@ -58,9 +61,11 @@ class Batch:
     answer_start: torch.Tensor | None = None  # [b] causal training: index of the first answer token in the text
     answer_len: torch.Tensor | None = None  # [b]
     adapter_index: torch.Tensor | None = None  # [b] mixed-task batches: which adapter each row uses
+    targets: list[list[int]] | None = None  # training on target texts: each row's answer tokens (seq2seq labels)
+    values: torch.Tensor | None = None  # [b] regression targets (encoder head)
     meta: dict = field(default_factory=dict)
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Batch(**moved)
 
@@ -79,6 +84,7 @@ class Backbone:
     family: str = ""
     answer_in_input = False  # causal: the answer tokens follow the prefix in the same row
     has_head = False  # encoder: a trainable classification head replaces answer scoring
+    can_generate = True  # encoder: no decoder, so no generation and no text-to-text regression
 
     def __init__(self, name: str, model, tokenizer, revision: str | None = None,
                  device: str | torch.device | None = None, precision: str = "fp32"):
@@ -153,13 +159,35 @@ class Backbone:
             answers.append(ids)
         return TaskEncoding(answers)
 
+    def _target_ids(self, text: str) -> list[int]:
+        """Token ids of one target text as the model should produce it, ending with the eos token."""
+        raise NotImplementedError
+
+    def encode_targets(self, targets: Sequence[str], max_target_length: int) -> list[list[int]]:
+        """Token ids of each target text, at most ``max_target_length`` tokens, always ending with eos (a cut target
+        keeps its head). Raises ``EptctlError`` on a family that cannot generate."""
+        if not self.can_generate:
+            raise EptctlError(f"{self.name} is an encoder-only model and cannot generate text",
+                              hint="use a causal or seq2seq backbone for generation tasks")
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for text in targets:
+            ids = self._target_ids(text)
+            if len(ids) > max_target_length:
+                ids = ids[: max_target_length - 1] + [eos]
+            out.append(ids)
+        return out
+
     def token_ids(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
         """Token ids of each text, with the special tokens this family adds to an input (``special``)."""
         add = self._add_special_tokens() if special else False
         return self.tokenizer(list(texts), add_special_tokens=add)["input_ids"]
 
     def text_room(self, max_length: int, answers: TaskEncoding, label: int) -> int:
-        """Input tokens a row may have: ``max_length``, less its answer where the answer is part of the input."""
+        """Input tokens a row may have: ``max_length``, less its answer where the answer is part of the input.
+        Tasks without labels (no answers) keep all ``max_length``: their targets are bounded separately."""
+        if not answers.answers:
+            return max_length
         return max_length - (len(answers.answers[label]) if self.answer_in_input else 0)
 
     def encode(self, texts: Sequence[str], labels: Sequence[int], answers: TaskEncoding, max_length: int
@@ -179,12 +207,13 @@ class Backbone:
 
     def collate(self, examples: Sequence[EncodedExample], answers: TaskEncoding | None, train: bool,
                 adapter_index: Sequence[int] | None = None) -> Batch:
-        """Right-pad to the longest row of this batch. Causal training rows carry their answer tokens."""
+        """Right-pad to the longest row of this batch. Causal training rows carry their answer tokens: the label's
+        verbalizer answer, or the row's own target tokens (generation, text-to-text regression)."""
         rows, starts, lens = [], [], []
         for ex in examples:
             ids = list(ex.input_ids)
             if train and self.answer_in_input:
-                answer = answers.answers[ex.label]
+                answer = ex.target_ids if ex.target_ids is not None else answers.answers[ex.label]
                 starts.append(len(ids))
                 lens.append(len(answer))
                 ids = ids + answer
@@ -196,6 +225,7 @@ class Backbone:
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
+        has_targets = train and any(ex.target_ids is not None for ex in examples)
         return Batch(
             input_ids=input_ids,
             attention_mask=mask,
@@ -203,21 +233,31 @@ class Backbone:
             answer_start=torch.tensor(starts) if starts else None,
             answer_len=torch.tensor(lens) if lens else None,
             adapter_index=None if adapter_index is None else torch.tensor(list(adapter_index), dtype=torch.long),
+            targets=[list(ex.target_ids or []) for ex in examples] if has_targets else None,
+            values=torch.tensor([float(ex.value) for ex in examples]) if train and examples[0].value is not None
+            else None,
         )
 
     # --- attaching the prompt -------------------------------------------------------------------------------------
-    def _text_embeddings(self, input_ids: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor | None
-                         ) -> torch.Tensor:
+    def _text_embeddings(self, input_ids: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor | None,
+                         answer_start: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, L, d] float: frozen token embeddings plus the offset H at each input token's position. Answer tokens
+        appended for causal training (from ``answer_start`` on) get no offset: generated tokens never have one."""
         emb = self.model.get_input_embeddings()(input_ids).float()  # [b, L, d] frozen
         if offset is None:
             return emb
-        if input_ids.shape[1] > offset.shape[0]:
+        inputs = mask
+        if answer_start is not None:
+            columns = torch.arange(mask.shape[1], device=mask.device)
+            inputs = mask * (columns.unsqueeze(0) < answer_start.to(mask.device).unsqueeze(1))
+        longest = int(inputs.sum(dim=1).max()) if inputs.numel() else 0
+        if longest > offset.shape[0]:
             raise EptctlError(
-                f"batch has {input_ids.shape[1]} tokens but the adapter's offset covers {offset.shape[0]}",
+                f"batch has {longest} input tokens but the adapter's offset covers {offset.shape[0]}",
                 hint="inputs must be truncated to the adapter's max length",
             )
-        pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # position of each token within its own text
-        return emb + offset[pos] * mask.unsqueeze(-1).to(emb.dtype)  # E' = E + H[pos]; pads get nothing
+        pos = (inputs.cumsum(dim=1) - 1).clamp(min=0, max=offset.shape[0] - 1)  # each token's place in its text
+        return emb + offset[pos] * inputs.unsqueeze(-1).to(emb.dtype)  # E' = E + H[pos]; pads, answers get nothing
 
     def attach(self, sources: Sequence[PromptSource], batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (inputs_embeds [b, S, d] in the backbone dtype, attention_mask [b, S], prompt_len [b])."""
@@ -225,7 +265,7 @@ class Backbone:
         b = ids.shape[0]
         if len(sources) == 1:
             prompt, offset = sources[0].prompt_and_offset()
-            text = self._text_embeddings(ids, mask, offset)
+            text = self._text_embeddings(ids, mask, offset, batch.answer_start)
             s = prompt.shape[0]
             embeds = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1).to(text.dtype), text], dim=1)
             full_mask = torch.cat([mask.new_ones(b, s), mask], dim=1)
@@ -238,7 +278,8 @@ class Backbone:
         for a, (_, offset) in enumerate(computed):
             rows = (index == a).nonzero(as_tuple=True)[0]
             if len(rows):
-                text[rows] = self._text_embeddings(ids[rows], mask[rows], offset)
+                start = None if batch.answer_start is None else batch.answer_start[rows]
+                text[rows] = self._text_embeddings(ids[rows], mask[rows], offset, start)
         lengths = mask.sum(dim=1)
         prompt_len = torch.tensor([computed[int(a)][0].shape[0] for a in index], device=ids.device)
         total = int((prompt_len + lengths).max())
@@ -308,6 +349,15 @@ class Backbone:
     def _family_scores(self, sources, batch: Batch, embeds: torch.Tensor, mask: torch.Tensor,
                        prompt_len: torch.Tensor, index: torch.Tensor, row_answers: list) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    # --- generation ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, sources: Sequence[PromptSource], batch: Batch, options) -> list[list[int]]:
+        """Token ids generated after each row's input with its prompt (``decoding.GenerationOptions``); rows of a
+        mixed batch pick their source through ``batch.adapter_index``. One backbone pass per decoding step. Raises
+        ``EptctlError`` on a family without a decoder."""
+        raise EptctlError(f"{self.name} is an encoder-only model and cannot generate text",
+                          hint="use a causal or seq2seq backbone for generation tasks")
 
     def _decoder_labels(self, answers: Sequence[Sequence[int]]) -> torch.Tensor:
         """[rows, longest answer] token ids, -100 where a shorter answer has none."""

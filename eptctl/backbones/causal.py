@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from eptctl.backbones import decoding
 from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
+from eptctl.core.errors import EptctlError
 
 
 class CausalBackbone(Backbone):
@@ -21,6 +23,50 @@ class CausalBackbone(Backbone):
 
     def _add_special_tokens(self) -> bool:
         return bool(getattr(self.tokenizer, "add_bos_token", False))
+
+    def _target_ids(self, text: str) -> list[int]:
+        return self.tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    @torch.no_grad()
+    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions) -> list[list[int]]:
+        """Left-aligned rows ``[pads; P; E + H[pos]]``; position ids count from each row's first real token, as in
+        training. The first pass fills the key/value cache with prompt and text; each step feeds one token."""
+        if len(sources) > 1 and batch.adapter_index is None:
+            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
+        embeds, mask, _ = self.attach(sources, batch)
+        b, width = mask.shape
+        lengths = mask.sum(dim=1)
+        left = embeds.new_zeros(embeds.shape)
+        left_mask = mask.new_zeros(mask.shape)
+        for i in range(b):
+            n = int(lengths[i])
+            left[i, width - n:] = embeds[i, :n]
+            left_mask[i, width - n:] = 1
+        state = {"mask": left_mask, "pos": (left_mask.cumsum(dim=1) - 1).clamp(min=0), "embeds": left, "past": None}
+        head, embed = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+
+        cache_kw = decoding.cache_argument(self.model.base_model)
+
+        def run(inputs_embeds, mask, pos, past):
+            out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos,
+                                        use_cache=options.use_cache, **{cache_kw: past})
+            state["past"] = decoding.returned_cache(out) if options.use_cache else None
+            return head(out.last_hidden_state[:, -1]).float()  # lm_head on the last position only
+
+        def first():
+            return run(state["embeds"], state["mask"], state["pos"], None)
+
+        def step(ids):
+            new = embed(ids.unsqueeze(1)).to(left.dtype)  # generated tokens get no offset, as in training
+            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(b, 1)], dim=1)
+            next_pos = state["pos"][:, -1:] + 1
+            state["pos"] = torch.cat([state["pos"], next_pos], dim=1)
+            if options.use_cache:
+                return run(new, state["mask"], next_pos, state["past"])
+            state["embeds"] = torch.cat([state["embeds"], new], dim=1)
+            return run(state["embeds"], state["mask"], state["pos"], None)
+
+        return decoding.decode(first, step, b, self.tokenizer.eos_token_id, options, self.tokenizer)
 
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
         hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state

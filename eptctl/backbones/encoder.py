@@ -14,13 +14,25 @@ class EncoderBackbone(Backbone):
 
     family = "encoder"
     has_head = True
+    can_generate = False
 
     def _answer_ids(self, word: str) -> list[int]:
         return []
 
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
         logits = self._head_logits([adapter], embeds, mask, None)
+        if batch.values is not None:  # regression: a scalar head, mean squared error
+            return F.mse_loss(logits[:, 0].float(), batch.values.to(logits.device).float())
         return F.cross_entropy(logits, batch.labels.to(logits.device))
+
+    @torch.no_grad()
+    def predict_values(self, sources, batch: Batch) -> torch.Tensor:
+        """[b] regression outputs of the scalar head (rows pick their source through ``batch.adapter_index``)."""
+        embeds, mask, _ = self.attach(sources, batch)
+        index = batch.adapter_index if len(sources) > 1 else None
+        logits = self._head_logits(sources, embeds, mask, index)
+        rows = logits if index is None else torch.stack(logits)
+        return rows[:, 0].float()
 
     def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
         logits = self._head_logits(sources, embeds, mask, index)

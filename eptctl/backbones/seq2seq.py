@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from eptctl.backbones import decoding
 from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
+from eptctl.core.errors import EptctlError
 
 
 class Seq2SeqBackbone(Backbone):
@@ -20,8 +22,18 @@ class Seq2SeqBackbone(Backbone):
     def _answer_ids(self, word: str) -> list[int]:
         return self.tokenizer(word)["input_ids"]
 
+    def _target_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return ids if ids and ids[-1] == eos else ids + [eos]
+
+    def _row_answers(self, batch: Batch, answers: TaskEncoding) -> list[list[int]]:
+        if batch.targets is not None:
+            return batch.targets
+        return [answers.answers[int(y)] for y in batch.labels]
+
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
-        labels = self._decoder_labels([answers.answers[int(y)] for y in batch.labels])
+        labels = self._decoder_labels(self._row_answers(batch, answers))
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         out = self.model(encoder_outputs=enc, attention_mask=mask, labels=labels)
         return out.loss.float()
@@ -29,7 +41,37 @@ class Seq2SeqBackbone(Backbone):
     def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
         if objective == "classify":
             return len(batch)
-        return sum(len(answers.answers[int(y)]) for y in batch.labels)
+        return sum(len(a) for a in self._row_answers(batch, answers))
+
+    @torch.no_grad()
+    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions) -> list[list[int]]:
+        """The encoder runs once on ``[P ; E + H[pos]]``; the decoder starts from the model's start token and, with
+        the cache, is fed one token per step."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        if len(sources) > 1 and batch.adapter_index is None:
+            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
+        embeds, mask, _ = self.attach(sources, batch)
+        enc = BaseModelOutput(last_hidden_state=self.model.get_encoder()(inputs_embeds=embeds,
+                                                                         attention_mask=mask).last_hidden_state)
+        b = mask.shape[0]
+        start = self.model.config.decoder_start_token_id
+        state = {"ids": torch.full((b, 1), start, dtype=torch.long, device=mask.device), "past": None}
+
+        cache_kw = decoding.cache_argument(self.model)
+
+        def run(decoder_ids):
+            out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=decoder_ids,
+                             use_cache=options.use_cache, **{cache_kw: state["past"]})
+            state["past"] = decoding.returned_cache(out) if options.use_cache else None
+            return out.logits[:, -1].float()
+
+        def step(ids):
+            state["ids"] = torch.cat([state["ids"], ids.unsqueeze(1)], dim=1)
+            return run(ids.unsqueeze(1) if options.use_cache else state["ids"])
+
+        return decoding.decode(lambda: run(state["ids"]), step, b, self.tokenizer.eos_token_id, options,
+                               self.tokenizer)
 
     def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
         from transformers.modeling_outputs import BaseModelOutput

@@ -15,14 +15,22 @@ def _key_metric(rec, split: str = "test") -> float | None:
     return rec.metric("accuracy", split)
 
 
-def adapter_summary(rec) -> dict:
+def adapter_summary(rec, metric: str = "accuracy") -> dict:
+    """One adapter as ``list --json`` prints it; ``metric`` is its task's primary metric (``primary`` holds its
+    validation and test values; ``accuracy`` stays for classification tasks, as before)."""
+    values = {"validation": rec.metric(metric, "validation"), "test": rec.metric(metric, "test")}
     return {
         "ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method, "backbone": rec.backbone.name,
-        "status": rec.status, "accuracy": {"validation": rec.metric("accuracy", "validation"),
-                                           "test": rec.metric("accuracy", "test")},
+        "status": rec.status, "metric": metric, "primary": values,
+        **({"accuracy": values} if metric == "accuracy" else {}),
         "trainable_params": rec.trainable_params, "created_at": rec.created_at, "aliases": rec.aliases,
         "tags": rec.tags,
     }
+
+
+def primary_metrics(reg) -> dict[str, str]:
+    """Task name -> its primary metric."""
+    return {t.name: t.metric for t in reg.list_tasks()}
 
 
 def list_adapters(
@@ -46,14 +54,16 @@ def list_adapters(
     records = reg.list_adapters(task=task, backbone=backbone, method=method, tag=tag, sort=sort,
                                 descending=not ascending, limit=limit, include_archived=archived,
                                 min_metric={"accuracy": min_accuracy} if min_accuracy is not None else None)
+    metric_of = primary_metrics(reg)
     if as_json:
-        print_json([adapter_summary(r) for r in records])
+        print_json([adapter_summary(r, metric_of.get(r.task, "accuracy")) for r in records])
         return
-    table = make_table("ref", "id", "task", "method", "backbone", "val acc", "test acc", "params", "created", "aliases",
-                       right=("val acc", "test acc", "params"))
+    table = make_table("ref", "id", "task", "method", "backbone", "metric", "val", "test", "params", "created",
+                       "aliases", right=("val", "test", "params"))
     for r in records:
-        table.add_row(r.ref, r.id[:8], r.task, r.method, r.backbone.name, fmt_metric(r.metric("accuracy", "validation")),
-                      fmt_metric(r.metric("accuracy", "test")), fmt_count(r.trainable_params), fmt_time(r.created_at),
+        m = metric_of.get(r.task, "accuracy")
+        table.add_row(r.ref, r.id[:8], r.task, r.method, r.backbone.name, m, fmt_metric(r.metric(m, "validation")),
+                      fmt_metric(r.metric(m, "test")), fmt_count(r.trainable_params), fmt_time(r.created_at),
                       ", ".join(r.aliases + [f"#{t}" for t in r.tags]))
     if not records:
         err.print("no adapters yet: train one with `eptctl train rt-polarity`")
@@ -86,8 +96,10 @@ def show(
         "children": [{"ref": c.ref, "id": c.id} for c in children],
     }
     final = [m for m in rec.metrics if m.step is None]
+    task = reg.get_task(rec.task)
     if as_json:
-        print_json({**adapter_summary(rec), "config": rec.config, "params_by_group": rec.params_by_group,
+        print_json({**adapter_summary(rec, task.metric), "task_type": task.task_type, "config": rec.config,
+                    "params_by_group": rec.params_by_group,
                     "metrics": final, "space_weights": rec.summary.get("space_weights"),
                     "source_weights": rec.summary.get("source_weights"), "lineage": lineage,
                     "backbone": rec.backbone, "artifacts": rec.artifacts, "run": rec.run,
@@ -95,7 +107,8 @@ def show(
                     "history": rec.summary.get("history", [])})
         return
     out.print(f"[bold]{rec.ref}[/]  id {rec.id}  ({rec.status})" + (f"  {rec.description}" if rec.description else ""))
-    out.print(f"task {rec.task} · method {rec.method} · created {fmt_time(rec.created_at)}"
+    out.print(f"task {rec.task} ({task.task_type}, primary metric {task.metric}) · method {rec.method} · created "
+              f"{fmt_time(rec.created_at)}"
               + (f" · aliases {', '.join(rec.aliases)}" if rec.aliases else "")
               + (f" · tags {', '.join(rec.tags)}" if rec.tags else ""))
     metrics = make_table("split", "metric", "value", title="metrics")

@@ -13,19 +13,21 @@ def tasks(registry: RegistryUrl = None, as_json: JsonFlag = False) -> None:
     from eptctl import data
     from eptctl.workflows.tasks import stored_specs
 
-    rows = [{"name": s.name, "kind": "builtin", "labels": list(s.labels), "verbalizer": list(s.verbalizer),
-             "template": s.template, "description": s.description} for s in data.BUILTIN_TASKS.values()]
-    for name, spec in stored_specs(open_registry(registry)).items():
-        if name not in data.BUILTIN_TASKS:
-            rows.append({"name": name, "kind": "stored", "labels": list(spec.labels),
-                         "verbalizer": list(spec.verbalizer), "template": spec.template,
-                         "description": spec.description})
+    def row(spec, kind: str) -> dict:
+        return {"name": spec.name, "kind": kind, "task_type": spec.task_type, "metric": spec.metric,
+                "labels": list(spec.labels), "verbalizer": list(spec.verbalizer), "template": spec.template,
+                "description": spec.description}
+
+    rows = [row(s, "builtin") for s in data.BUILTIN_TASKS.values()]
+    rows += [row(spec, "stored") for name, spec in stored_specs(open_registry(registry)).items()
+             if name not in data.BUILTIN_TASKS]
     if as_json:
         print_json(rows)
         return
-    table = make_table("task", "kind", "labels", "description")
+    table = make_table("task", "kind", "type", "metric", "labels", "description")
     for r in rows:
-        table.add_row(r["name"], r["kind"], ", ".join(r["labels"]), r["description"])
+        table.add_row(r["name"], r["kind"], r["task_type"], r["metric"], ", ".join(r["labels"]) or "-",
+                      r["description"])
     out.print(table)
 
 

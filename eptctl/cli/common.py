@@ -24,7 +24,15 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 # The columns of a user's data file, shared by train, eval and predict.
 TextColumnOption = Annotated[str, typer.Option(help="Column with the input text.")]
 TextPairColumnOption = Annotated[str | None, typer.Option(help="Column with a second text (pair tasks).")]
-LabelColumnOption = Annotated[str, typer.Option(help="Column with the label.")]
+LabelColumnOption = Annotated[str | None, typer.Option(
+    "--label-column", "--target-column", show_default=False,
+    help="Column with the label (classification; default: label) or the target text or number (generation, "
+         "regression; default: target).")]
+
+
+def label_column_for(column: str | None, task_type: str) -> str:
+    """The label/target column: as given, or the default of the task type."""
+    return column or ("label" if task_type == "classification" else "target")
 
 # Piped output is not cut to 80 columns: tables stay whole for grep and for files.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # data
@@ -63,6 +71,12 @@ def print_json(value: Any) -> None:
 
 def fmt_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def fmt_metrics(values: dict[str, float], primary: str | None = None, limit: int = 4) -> str:
+    """``name value`` pairs, the primary metric first: ``rouge_l 0.3120, exact_match 0.0400``."""
+    names = sorted(values, key=lambda name: name != primary)[:limit]
+    return ", ".join(f"{name} {fmt_metric(values[name])}" for name in names) or "-"
 
 
 def fmt_count(n: int | None) -> str:

@@ -10,9 +10,31 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import (
-    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metric, open_registry, print_json,
+    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metrics, open_registry, print_json,
 )
 from eptctl.core.errors import EptctlError
+
+GEN = "Generation"
+MaxNewTokens = Annotated[int | None, typer.Option(
+    help="Generation: most tokens to write (default: the longest training target and a quarter more).", min=1,
+    max=4096,
+    rich_help_panel=GEN)]
+Temperature = Annotated[float, typer.Option(help="Generation: 0 decodes greedily; above 0 samples.", min=0.0,
+                                            rich_help_panel=GEN)]
+TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass (with --temperature > 0).", min=0.0,
+                                     max=1.0, rich_help_panel=GEN)]
+Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, rich_help_panel=GEN)]
+Stop = Annotated[list[str] | None, typer.Option("--stop", help="Generation: stop at this string (repeatable).",
+                                                rich_help_panel=GEN)]
+
+
+def generation_options(servables, max_new_tokens, temperature, top_p, seed, stop):
+    """The decoding options of the command line; ``--max-new-tokens`` defaults to the adapters' own budget."""
+    from eptctl.backbones.decoding import GenerationOptions
+
+    length = max_new_tokens or max(s.max_new_tokens for s in servables)
+    return GenerationOptions(max_new_tokens=length, temperature=temperature, top_p=top_p, seed=seed,
+                             stop=tuple(stop or ()))
 
 
 def eval_adapter(
@@ -21,15 +43,16 @@ def eval_adapter(
     data: Annotated[str | None, typer.Option("--data", help="Evaluate on this labelled file instead.")] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
-    label_column: LabelColumnOption = "label",
+    label_column: LabelColumnOption = None,
     max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.", min=1)] = None,
+    max_new_tokens: MaxNewTokens = None,
     model: Annotated[str | None, typer.Option(help="Backbone to run on (default: the adapter's).")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Store even though the task's data changed since training.")] = False,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
-    """Re-evaluate a stored adapter and store the metrics (under the split name, or data:FILE).
+    """Re-evaluate a stored adapter and store its task's metrics (under the split name, or data:FILE).
 
     A subset (--max-eval below the training-time size) is stored as SPLIT[:N]; when the task's data changed since
     training nothing is stored, unless --force.
@@ -41,13 +64,13 @@ def eval_adapter(
     reg = open_registry(registry)
     result = evaluation.evaluate_stored(
         reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force)
+        label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force,
+        max_new_tokens=max_new_tokens)
     if as_json:
         print_json(result)
         return
-    m = result["metrics"]
-    typer.echo(f"{result['ref']} on {result['split']} ({result['examples']} examples): accuracy "
-               f"{fmt_metric(m['accuracy'])}, macro-F1 {fmt_metric(m['macro_f1'])}"
+    typer.echo(f"{result['ref']} on {result['split']} ({result['examples']} examples): "
+               f"{fmt_metrics(result['metrics'], result['metric'], limit=6)}"
                + ("" if no_store else " (stored)")
                + (f"; {result['truncated']} truncated to the adapter's max length" if result["truncated"] else ""))
 
@@ -61,11 +84,19 @@ def predict(
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.", min=1)] = 64,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    seed: Seed = 0,
+    stop: Stop = None,
     registry: RegistryUrl = None,
 ) -> None:
-    """Classify texts; prints one JSON line per input with the label and every label's score.
+    """Run adapters on texts; prints one JSON line per input: the label and every label's score (classification),
+    the generated "output" (generation) or the "value" (regression).
 
     Example: eptctl predict rt-polarity@latest "A triumph." "Dull and overlong."
+
+    Example: eptctl predict bbc-headline@latest --file articles.txt --max-new-tokens 24
 
     Example: eptctl predict --adapters rt-polarity@latest,bbc-topic@latest --task-column task rows.csv
     """
@@ -79,18 +110,19 @@ def predict(
                               hint="eptctl predict --adapters A,B --task-column task rows.csv")
         servables = [inference.load_adapter(reg, r.strip()) for r in adapters.split(",") if r.strip()]
         rows = _mixed_rows(path, servables, task_column, text_column, text_pair_column)
+        options = generation_options(servables, max_new_tokens, temperature, top_p, seed, stop)
         backbone = inference.backbone_for(servables)
-        results = inference.predict_mixed(backbone, servables, rows, batch_size)
-        for (index, text, _), res in zip(rows, results):
-            typer.echo(json.dumps({"text": text, **res}))
+        for res in inference.predict_mixed(backbone, servables, rows, batch_size, options):
+            typer.echo(json.dumps(res))
         return
     if ref is None:
         raise EptctlError("predict needs an adapter reference", hint='eptctl predict rt-polarity@latest "some text"')
     servable = inference.load_adapter(reg, ref)
     inputs = _inputs(texts, file, text_column, text_pair_column)
+    options = generation_options([servable], max_new_tokens, temperature, top_p, seed, stop)
     backbone = inference.backbone_for([servable])
-    for (text, pair), res in zip(inputs, inference.predict(backbone, servable, inputs, batch_size)):
-        typer.echo(json.dumps({"text": text, **({"text_pair": pair} if pair else {}), **res}))
+    for res in inference.predict(backbone, servable, inputs, batch_size, options):
+        typer.echo(json.dumps(res))
 
 
 def _inputs(texts, file, text_column, text_pair_column) -> list[tuple[str, str | None]]:

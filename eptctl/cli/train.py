@@ -13,11 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.cli.common import (
-    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, open_registry, print_json,
+    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
+    label_column_for, open_registry, print_json,
 )
 from eptctl.cli.options import with_config_options
 from eptctl.core import events
-from eptctl.core.errors import TrainingInterrupted
+from eptctl.core.errors import EptctlError, TrainingInterrupted
 from eptctl.engine import distributed
 from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
@@ -37,9 +38,11 @@ def train(
     data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
-    label_column: LabelColumnOption = "label",
+    label_column: LabelColumnOption = None,
     template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
+    task_type: Annotated[str, typer.Option(help="classification (labels) | generation (target text) | regression (a number).", rich_help_panel=DATA)] = "classification",
+    metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
     top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 2,
@@ -59,13 +62,24 @@ def train(
     Example: eptctl train reviews --data reviews.csv --text-column body --label-column stars
 
     Example: eptctl train rt-subjectivity --init-from rt-polarity@best
+
+    Example: eptctl train summaries --data pairs.csv --task-type generation --text-column input --target-column output
     """
     from eptctl import backbones
     from eptctl.data import DataOptions
+    from eptctl.data.spec import TASK_TYPES
     from eptctl.workflows.train import train_task
     from eptctl.workflows.transfer import TransferOptions, parse_sources
 
-    custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub)
+    if task_type not in TASK_TYPES:
+        raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
+                          hint="e.g. --task-type generation")
+    if data is None and (task_type != "classification" or metric is not None):
+        raise EptctlError("--task-type and --metric define a new task and need --data",
+                          hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
+    label_column = label_column_for(label_column, task_type)
+    custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
+                                                   task_type, metric)
     transfer = None if init_from is None else TransferOptions(
         "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
@@ -100,8 +114,9 @@ def train(
         return
     test = outcome.result.metrics.get("test", {})
     val = outcome.result.metrics.get("validation", {})
-    err.print(f"best step {outcome.result.best_step}: validation accuracy {fmt_metric(val.get('accuracy'))}, "
-              f"test accuracy {fmt_metric(test.get('accuracy'))}; {fmt_count(rec.trainable_params)} trainable "
+    name = outcome.spec.metric
+    err.print(f"best step {outcome.result.best_step}: validation {name} {fmt_metric(val.get(name))}, "
+              f"test {name} {fmt_metric(test.get(name))}; {fmt_count(rec.trainable_params)} trainable "
               f"parameters; {outcome.result.duration_s:.0f} s")
     typer.echo(f"registered {rec.ref} ({rec.id[:8]})")
 
@@ -149,6 +164,7 @@ class _ProgressView:
         self.started = None
         self.first_step = 0
         self.live = False  # the bar starts with training: an error before it stays one line
+        self.metric = "accuracy"
 
     def __enter__(self):
         return self
@@ -162,6 +178,7 @@ class _ProgressView:
 
     def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.DataLoaded):
+            self.metric = event.metric
             sizes = event.sizes
             self.note(f"task {event.task}: {sizes['train']} train / {sizes['validation']} validation / "
                       f"{sizes['test']} test examples")
@@ -186,12 +203,11 @@ class _ProgressView:
         elif isinstance(event, events.Evaluated) and not self.quiet:
             m = event.metrics
             self.progress.console.print(
-                f"step {event.step}/{event.total}: validation accuracy {fmt_metric(m.get('accuracy'))}, "
-                f"macro-F1 {fmt_metric(m.get('macro_f1'))} on {event.examples} rows (best step {event.best_step}; "
-                "the final evaluation uses every validation row)")
+                f"step {event.step}/{event.total}: validation {fmt_metrics(m, self.metric, limit=2)} on "
+                f"{event.examples} rows (best step {event.best_step}; the final evaluation uses every validation row)")
         elif isinstance(event, events.SourcesChosen):
             self.note("auto-selected sources: " + ", ".join(
-                f"{r.get('ref', r['id'][:8])}" + (f" (probe accuracy {r['probe_accuracy']:.3f})" if "probe_accuracy" in r else "")
+                f"{r.get('ref', r['id'][:8])}" + (f" (probe {r['probe_metric']} {r['probe_score']:.3f})" if "probe_score" in r else "")
                 for r in event.ranked))
         elif isinstance(event, events.FusedInit):
             self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event.parents))

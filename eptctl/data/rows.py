@@ -81,10 +81,17 @@ def checked_texts(
 
 def to_examples(
     rows: Sequence[RawRow], labels: Sequence[str], *, where: str, text_column: str = "text",
-    text_pair_column: str | None = None, label_column: str = "label",
+    text_pair_column: str | None = None, label_column: str = "label", task_type: str = "classification",
 ) -> list[Example]:
-    """Validates every row, then maps label values onto ``labels``; one error names the first bad row."""
+    """Validates every row, then maps label values onto ``labels`` (classification), or reads each row's target
+    text (generation) or number (regression) from ``label_column``; one ``EptctlError`` names the first bad row."""
     texts = checked_texts(rows, where=where, text_column=text_column, text_pair_column=text_pair_column)
+    if task_type == "generation":
+        return [Example(text=text, label=0, text_pair=pair, target=_target_text(raw, where, label_column))
+                for raw, (text, pair) in zip(rows, texts)]
+    if task_type == "regression":
+        return [Example(text=text, label=0, text_pair=pair, value=target_number(raw, where, label_column))
+                for raw, (text, pair) in zip(rows, texts)]
     index_of = _label_index(labels)
     examples = []
     for raw, (text, pair) in zip(rows, texts):
@@ -102,6 +109,30 @@ def to_examples(
             )
         examples.append(Example(text=text, label=index, text_pair=pair))
     return examples
+
+
+def _target_text(raw: RawRow, where: str, column: str) -> str:
+    target = _clean_text(raw.label)
+    if target is None:
+        raise EptctlError(f"row {raw.row} of {where} has an empty target in column '{column}'",
+                          hint="fill in or drop rows without a target, or name the column with --target-column")
+    return target
+
+
+def target_number(raw: RawRow, where: str, column: str) -> float:
+    """A regression row's target as a finite float; ``EptctlError`` naming the row for an empty or non-numeric one."""
+    value = raw.label
+    if isinstance(value, bool):  # True/False would pass float(); they are not scores
+        value = str(value)
+    try:
+        number = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
+    except ValueError:
+        number = math.nan
+    if value is None or not math.isfinite(number):
+        shown = "" if value is None or (isinstance(value, float) and math.isnan(value)) else f" {str(value)[:40]!r}"
+        raise EptctlError(f"row {raw.row} of {where}: the target{shown} in column '{column}' is not a number",
+                          hint="a regression target is a number such as 3.2; fix or drop that row")
+    return number
 
 
 def _raise_empty(rows: Sequence[RawRow], field: str, column: str, where: str):

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import string
 from dataclasses import asdict, dataclass, field, fields
 
 from eptctl.core.errors import EptctlError
 
 SPLITS = ("train", "validation", "test")
+# classification: a label set and a verbalizer; generation: a target text; regression: a number.
+TASK_TYPES = ("classification", "generation", "regression")
+DEFAULT_METRIC = {"classification": "accuracy", "generation": "rouge_l", "regression": "pearson"}
+# T5 rendered STS-B targets on a 0.2 grid with one decimal (Raffel et al. 2020, appendix B).
+DEFAULT_GRID = 0.2
 TEMPLATE_FIELDS = ("text", "text_pair")
 # Bumped when the meaning of a stored spec changes, so a newer eptctl can still read an older registry row.
 SPEC_SCHEMA_VERSION = 1
@@ -27,20 +33,50 @@ def template_fields(template: str) -> set[str]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A classification task: where its data lives, its labels, and how an input becomes a prompt."""
+    """A task: where its data lives, its type, its labels (classification), and how an input becomes a prompt.
+
+    ``task_type`` is ``classification`` (``labels`` and one ``verbalizer`` answer per label), ``generation`` (each
+    example has a target text; no labels) or ``regression`` (each example has a number; no labels). Regression on
+    decoder backbones is text-to-text: the target is rendered on a ``grid`` (T5's 0.2 for STS-B) and the output parsed
+    back; ``value_range`` (min, max of the training targets) gives the fallback for an unparseable output, the grid
+    point nearest the range's midpoint. ``metric`` is the primary metric (``@best``, ``list --sort``, compare).
+    Raises ``EptctlError`` for an inconsistent spec.
+    """
 
     name: str
     description: str
     labels: tuple[str, ...]
     verbalizer: tuple[str, ...]
     template: str
-    metric: str = "accuracy"
+    metric: str = ""  # empty: the task type's default (accuracy, rouge_l, pearson)
     source: dict = field(default_factory=dict, hash=False)  # a dict cannot be hashed; equality still compares it
+    task_type: str = "classification"
+    grid: float | None = None  # regression: targets rounded to multiples of this (default DEFAULT_GRID)
+    value_range: tuple[float, float] | None = None  # regression: (min, max) of the training targets
 
     def __post_init__(self):
         # Lists arrive from JSON; tuples keep the frozen spec hashable and comparable.
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         object.__setattr__(self, "verbalizer", tuple(str(answer) for answer in self.verbalizer))
+        if self.task_type not in TASK_TYPES:
+            raise EptctlError(f"task '{self.name}' has an unknown task type {self.task_type!r}",
+                              hint=f"use --task-type {' | '.join(TASK_TYPES)}")
+        if not self.metric:
+            object.__setattr__(self, "metric", DEFAULT_METRIC[self.task_type])
+        if self.task_type == "regression":
+            grid = DEFAULT_GRID if self.grid is None else float(self.grid)
+            if not (math.isfinite(grid) and grid > 0):
+                raise EptctlError(f"task '{self.name}' has grid {self.grid!r}", hint="use a positive grid, e.g. 0.2")
+            object.__setattr__(self, "grid", grid)
+            if self.value_range is not None:
+                object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+        self._check_template()
+        if self.task_type != "classification":
+            if self.labels or self.verbalizer:
+                raise EptctlError(f"a {self.task_type} task has no labels, but task '{self.name}' lists "
+                                  f"{', '.join(self.labels or self.verbalizer)}",
+                                  hint="give labels only to classification tasks")
+            return
         if len(self.labels) < 2:
             raise EptctlError(
                 f"task '{self.name}' needs at least 2 labels, got {len(self.labels)}: {', '.join(self.labels) or '-'}",
@@ -58,6 +94,8 @@ class TaskSpec:
                 f"task '{self.name}' needs distinct, non-empty answers, got: {', '.join(map(repr, self.verbalizer))}",
                 hint="pass a verbalizer with one distinct word per label",
             )
+
+    def _check_template(self) -> None:
         used = template_fields(self.template)
         if "text" not in used or used - set(TEMPLATE_FIELDS):
             raise EptctlError(
@@ -70,6 +108,24 @@ class TaskSpec:
         return len(self.labels)
 
     @property
+    def head_size(self) -> int:
+        """Outputs of an encoder backbone's head: one per label, one number for regression, none for generation."""
+        return {"classification": self.num_labels, "regression": 1}.get(self.task_type, 0)
+
+    @property
+    def decimals(self) -> int:
+        """Regression: digits after the point that the grid needs (0.2 -> 1, 0.25 -> 2, 1 -> 0)."""
+        text = f"{self.grid or DEFAULT_GRID:.6f}".rstrip("0")
+        return len(text.split(".")[1]) if "." in text else 0
+
+    @property
+    def fallback_value(self) -> float:
+        """Regression: the prediction for an unparseable output, the grid point nearest the targets' midpoint."""
+        low, high = self.value_range or (0.0, 0.0)
+        grid = self.grid or DEFAULT_GRID
+        return round(round((low + high) / 2 / grid) * grid, self.decimals)
+
+    @property
     def uses_text_pair(self) -> bool:
         return "text_pair" in template_fields(self.template)
 
@@ -78,7 +134,15 @@ class TaskSpec:
         return self.template.format(text=example.text, text_pair=example.text_pair or "")
 
     def to_dict(self) -> dict:
-        return {"schema_version": SPEC_SCHEMA_VERSION, **asdict(self)}
+        d = {"schema_version": SPEC_SCHEMA_VERSION, **asdict(self)}
+        # Classification specs keep the exact keys of earlier versions, so their artifacts stay byte-identical.
+        if self.task_type == "classification":
+            for key in ("task_type", "grid", "value_range"):
+                d.pop(key)
+        elif self.task_type == "generation":
+            d.pop("grid")
+            d.pop("value_range")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TaskSpec:
@@ -96,9 +160,13 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Example:
+    """One input and what the model should answer: a label index, a target text or a number."""
+
     text: str
-    label: int  # index into TaskSpec.labels
+    label: int  # classification: index into TaskSpec.labels; 0 for the other task types
     text_pair: str | None = None
+    target: str | None = None  # generation: the reference output
+    value: float | None = None  # regression: the number
 
 
 @dataclass(frozen=True)
@@ -120,7 +188,10 @@ class TaskData:
         return {name: len(self.split(name)) for name in SPLITS}
 
     def label_counts(self, split: str) -> dict[str, int]:
+        """Examples per label in ``split`` (empty for generation and regression tasks)."""
         counts = dict.fromkeys(self.spec.labels, 0)
+        if self.spec.task_type != "classification":
+            return counts
         for example in self.split(split):
             counts[self.spec.labels[example.label]] += 1
         return counts
@@ -134,9 +205,14 @@ def fingerprint(spec: TaskSpec, splits: dict[str, list[Example]]) -> str:
     """
     digest = hashlib.sha256()
     head = {"labels": list(spec.labels), "verbalizer": list(spec.verbalizer), "template": spec.template}
+    if spec.task_type != "classification":  # classification keeps the bytes of earlier versions
+        head.update(task_type=spec.task_type, grid=spec.grid)
     digest.update(json.dumps(head, sort_keys=True).encode())
     for name in SPLITS:
         digest.update(f"\n[{name}]\n".encode())
         for example in splits[name]:
-            digest.update(json.dumps([example.text, example.text_pair, example.label]).encode() + b"\n")
+            row = [example.text, example.text_pair, example.label]
+            if spec.task_type != "classification":
+                row += [example.target, example.value]
+            digest.update(json.dumps(row).encode() + b"\n")
     return digest.hexdigest()

@@ -246,9 +246,11 @@ def describe(source: dict) -> str:
 
 
 def read_rows(
-    source: dict, *, text_column: str, text_pair_column: str | None, label_column: str | None
+    source: dict, *, text_column: str, text_pair_column: str | None, label_column: str | None,
+    label_role: str = "label",
 ) -> dict[str, list[RawRow]]:
-    """Raw rows per split (``train``/``validation``/``test``, or ``all`` when the data names no split)."""
+    """Raw rows per split (``train``/``validation``/``test``, or ``all`` when the data names no split).
+    ``label_role`` names the label column in errors ("label", or "target" for generation and regression)."""
     tables, layout_splits = read_tables(source)
     where_base = describe(source)
     rows: dict[str, list[RawRow]] = {}
@@ -256,7 +258,7 @@ def read_rows(
         where = where_base if split == "all" else f"{where_base} ({split})"
         texts = _column_values(table, text_column, "text", where)
         pairs = _column_values(table, text_pair_column, "text pair", where) if text_pair_column else [None] * len(texts)
-        labels = _column_values(table, label_column, "label", where) if label_column else [None] * len(texts)
+        labels = _column_values(table, label_column, label_role, where) if label_column else [None] * len(texts)
         rows[split] = [RawRow(*values, row) for row, values in enumerate(zip(texts, pairs, labels), start=1)]
         if split == "all" and not layout_splits and SPLIT_COLUMN in table.column_names:
             return _by_split_column(rows.pop("all"), table[SPLIT_COLUMN][:], where)

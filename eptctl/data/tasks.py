@@ -14,7 +14,7 @@ from pathlib import Path
 
 from eptctl.core.errors import EptctlError
 from eptctl.data.packaged import BUILTINS
-from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, to_examples
+from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, target_number, to_examples
 from eptctl.data.spec import Example, TaskData, TaskSpec, fingerprint, template_fields
 from eptctl.data.splits import SplitPolicy, make_splits, subsample
 from eptctl.data.tables import describe, locate, read_rows
@@ -23,6 +23,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in BUILTINS
 CUSTOM_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
 DEFAULT_TEMPLATE = "Text: {text}\nLabel:"
 DEFAULT_PAIR_TEMPLATE = "Text A: {text}\nText B: {text_pair}\nLabel:"
+# The answer cue of the default template, by task type (the pair form swaps the first line as above).
+DEFAULT_CUE = {"classification": "Label:", "generation": "Output:", "regression": "Score:"}
 # Task names end up in adapter references such as TASK@VERSION, so "@" and spaces are out.
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -34,9 +36,17 @@ class DataOptions:
     path: str
     text_column: str = "text"
     text_pair_column: str | None = None
-    label_column: str = "label"
+    label_column: str = "label"  # classification labels; for generation and regression the target column
     template: str | None = None
     hub: bool = False
+    task_type: str = "classification"
+    metric: str | None = None  # the primary metric; None: the task type's default
+
+
+def default_template(task_type: str, pair: bool) -> str:
+    """The template a custom task gets when none is given."""
+    base = DEFAULT_PAIR_TEMPLATE if pair else DEFAULT_TEMPLATE
+    return base.replace("Label:", DEFAULT_CUE.get(task_type, "Label:"))
 
 
 def builtin_task(name: str) -> TaskSpec:
@@ -79,19 +89,38 @@ def custom_task(
     template: str | None = None,
     description: str = "",
     hub: bool = False,
+    task_type: str = "classification",
+    metric: str | None = None,
+    grid: float | None = None,
 ) -> TaskSpec:
-    """A task over the user's data, checked by reading it once: columns, texts, labels (sorted unless given).
+    """A task over the user's data, checked by reading it once: columns, texts, labels (sorted unless given) or, for
+    ``task_type`` generation and regression, the target column named by ``label_column``.
 
     ``path`` is a CSV/TSV/JSON Lines/Parquet file, a folder with train/validation/test files, or, with ``hub=True``
-    and no such local path, a hub dataset name ``owner/name``.
+    and no such local path, a hub dataset name ``owner/name``. Raises ``EptctlError`` for bad data.
     """
     _check_task_name(name)
     source = locate(path, hub=hub)
     source.update(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
-    rows = _source_rows(source)
+    rows = _source_rows(source, task_type)
     every_row = [raw for split_rows in rows.values() for raw in split_rows]
     if not every_row:
         raise EptctlError(f"{path} has no rows", hint="add one row per example")
+    if template is None:
+        template = default_template(task_type, bool(text_pair_column))
+    if task_type != "classification":
+        _check_pair_template(template, text_pair_column)
+        value_range = None
+        if task_type == "regression":
+            where = describe(source)
+            values = [target_number(raw, where, label_column) for raw in every_row]
+            value_range = (min(values), max(values))
+        spec = TaskSpec(name=name, description=description or f"custom {task_type} task from {Path(str(path)).name}",
+                        labels=(), verbalizer=(), template=template, metric=metric or "", source=source,
+                        task_type=task_type, grid=grid, value_range=value_range)
+        for split, split_rows in rows.items():
+            _examples(spec, split_rows, split)
+        return spec
     if labels is None:
         labels = infer_label_names(raw.label for raw in every_row)
         if len(labels) < 2:
@@ -99,24 +128,27 @@ def custom_task(
                 f"column '{label_column}' of {path} has {len(labels)} distinct label(s), a task needs at least 2",
                 hint="check the label column",
             )
-    if template is None:
-        template = DEFAULT_PAIR_TEMPLATE if text_pair_column else DEFAULT_TEMPLATE
-    if ("text_pair" in template_fields(template)) != bool(text_pair_column):
-        raise EptctlError(
-            f"template {template!r} and text_pair_column={text_pair_column!r} disagree",
-            hint="use {text_pair} in the template exactly when a text pair column is given",
-        )
+    _check_pair_template(template, text_pair_column)
     spec = TaskSpec(
         name=name,
         description=description or f"custom task from {Path(str(path)).name}",
         labels=tuple(labels),
         verbalizer=tuple(verbalizer) if verbalizer is not None else tuple(readable(label) for label in labels),
         template=template,
+        metric=metric or "",
         source=source,
     )
     for split, split_rows in rows.items():
         _examples(spec, split_rows, split)
     return spec
+
+
+def _check_pair_template(template: str, text_pair_column: str | None) -> None:
+    if ("text_pair" in template_fields(template)) != bool(text_pair_column):
+        raise EptctlError(
+            f"template {template!r} and text_pair_column={text_pair_column!r} disagree",
+            hint="use {text_pair} in the template exactly when a text pair column is given",
+        )
 
 
 def load_task(
@@ -138,7 +170,8 @@ def load_task(
         given = {"train": _examples(spec, task.raw_rows(), "all")}
         policy = task.splits
     elif kind in ("file", "hub"):
-        given = {split: _examples(spec, rows, split) for split, rows in _source_rows(spec.source).items()}
+        given = {split: _examples(spec, rows, split)
+                 for split, rows in _source_rows(spec.source, spec.task_type).items()}
         given["train"] = given.pop("all", given.get("train"))
         policy = CUSTOM_SPLITS
     else:
@@ -171,27 +204,36 @@ def read_examples(
     label_column: str = "label",
     labels: Sequence[str] | None = None,
     hub: bool = False,
+    task_type: str = "classification",
 ) -> list[Example]:
     """Every row of a file as an example, in order, splits ignored: evaluation on a file.
 
-    Pass the task's ``labels`` so indices match the task; without them they are inferred from the file.
+    Pass the task's ``labels`` so indices match the task; without them they are inferred from the file. For
+    generation and regression ``label_column`` is the target column.
     """
     source = locate(path, hub=hub)
-    rows = read_rows(source, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+    rows = read_rows(source, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                     label_role=_label_role(task_type))
     every_row = [raw for split_rows in rows.values() for raw in split_rows]
-    labels = tuple(labels) if labels is not None else infer_label_names(raw.label for raw in every_row)
+    if task_type == "classification":
+        labels = tuple(labels) if labels is not None else infer_label_names(raw.label for raw in every_row)
     return to_examples(
-        every_row, labels, where=describe(source), text_column=text_column,
-        text_pair_column=text_pair_column, label_column=label_column,
+        every_row, tuple(labels or ()), where=describe(source), text_column=text_column,
+        text_pair_column=text_pair_column, label_column=label_column, task_type=task_type,
     )
 
 
-def _source_rows(source: dict) -> dict[str, list[RawRow]]:
+def _label_role(task_type: str) -> str:
+    return "label" if task_type == "classification" else "target"
+
+
+def _source_rows(source: dict, task_type: str = "classification") -> dict[str, list[RawRow]]:
     rows = read_rows(
         source,
         text_column=source.get("text_column", "text"),
         text_pair_column=source.get("text_pair_column"),
         label_column=source.get("label_column", "label"),
+        label_role=_label_role(task_type),
     )
     # A split without a single label (a hidden test set, usual on the hub) cannot be evaluated: it is cut from train.
     return {
@@ -215,5 +257,6 @@ def _examples(spec: TaskSpec, rows: list[RawRow], split: str) -> list[Example]:
         text_column=source.get("text_column", "text"),
         text_pair_column=source.get("text_pair_column"),
         label_column=source.get("label_column", "label"),
+        task_type=spec.task_type,
     )
 

@@ -37,6 +37,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=10, metadata={"min": 1, "help": "Save a resumable checkpoint every N steps."})
     max_eval_examples: int | None = field(default=200, metadata={"min": 1,
         "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
+    max_target_length: int = field(default=64, metadata={"min": 2, "max": 4096,
+        "help": "Generation and regression: target tokens kept per example (eos included); also the default "
+                "--max-new-tokens of predict and eval."})
     objective: str = field(default="lm", metadata={"help": "lm (answer tokens) | classify (label scores)."})
     seed: int = field(default=0, metadata={"min": 0, "help": "Seed for init and data order."})
 
@@ -47,6 +50,9 @@ class TrainConfig:
                             ("--checkpoint-every", self.checkpoint_every)):
             if value < 1:
                 raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
+        if not 2 <= self.max_target_length <= 4096:
+            raise ConfigError(f"--max-target-length must be in [2, 4096], got {self.max_target_length}",
+                              hint="e.g. --max-target-length 64 (the target and its eos token)")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 150")
         if self.epochs is not None and self.epochs <= 0:

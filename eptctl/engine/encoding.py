@@ -22,9 +22,33 @@ class EncodedTask:
     test: list[EncodedExample]
 
 
+DEFAULT_MAX_TARGET_LENGTH = 64
+
+
+def new_token_budget(train: Sequence[EncodedExample], max_target_length: int) -> int:
+    """How many tokens decoding may write for a task: the longest training target (eos included) plus a quarter,
+    at most ``max_target_length``. Decoding stops at eos anyway; the budget bounds an output that never ends (an
+    untrained prompt), which would otherwise cost ``max_target_length`` steps on every row of every evaluation."""
+    longest = max((len(e.target_ids) for e in train if e.target_ids), default=max_target_length)
+    return max(1, min(max_target_length, longest + max(2, longest // 4)))
+
+
+def target_text(spec: data.TaskSpec, example: data.Example) -> str | None:
+    """What the model should write for ``example``: the target text (generation), the number on the task's grid
+    (regression, T5-style, e.g. ``3.4``), or None (classification, or an input without a target)."""
+    if spec.task_type == "generation":
+        return example.target
+    if spec.task_type == "regression" and example.value is not None:
+        from eptctl.engine.metrics import render_number
+
+        return render_number(example.value, spec.grid, spec.decimals)
+    return None
+
+
 def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[data.Example], answers: TaskEncoding,
-                    max_length: int) -> list[EncodedExample]:
-    """The task's template filled with each example, tokenized in one call.
+                    max_length: int, max_target_length: int = DEFAULT_MAX_TARGET_LENGTH) -> list[EncodedExample]:
+    """The task's template filled with each example, tokenized in one call; generation and text-to-text regression
+    rows also carry their target's tokens (at most ``max_target_length``, eos included).
 
     A row over ``max_length`` tokens (causal: its answer included) is shortened in its texts, never in the template:
     with a pair, the longer text loses tokens first ("longest first"), so the template's cue and both texts stay.
@@ -42,6 +66,14 @@ def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[
     encoded = backbone.encode([spec.prompt(e) for e in examples], labels, answers, max_length)
     for i in shortened:
         encoded[i].truncated = True
+    if spec.task_type != "classification":
+        targets = [target_text(spec, e) for e in examples]
+        with_target = [i for i, t in enumerate(targets) if t is not None]
+        ids = backbone.encode_targets([targets[i] for i in with_target], max_target_length) \
+            if backbone.can_generate and with_target else []
+        by_row = dict(zip(with_target, ids))
+        for i, (e, enc) in enumerate(zip(examples, encoded)):
+            enc.target, enc.value, enc.target_ids = e.target, e.value, by_row.get(i)
     return encoded
 
 
@@ -64,12 +96,13 @@ def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess:
 
 
 def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max_train: int | None = None,
-                max_eval: int | None = None, seed: int = 0, task_data: data.TaskData | None = None) -> EncodedTask:
+                max_eval: int | None = None, seed: int = 0, task_data: data.TaskData | None = None,
+                max_target_length: int = DEFAULT_MAX_TARGET_LENGTH) -> EncodedTask:
     """Load (unless ``task_data`` is given) and encode a task's splits; raises ``EptctlError`` for bad data."""
     task_data = task_data or data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=seed)
     answers = backbone.encode_answers(spec.verbalizer)
 
     def enc(examples):
-        return encode_examples(backbone, spec, examples, answers, max_length)
+        return encode_examples(backbone, spec, examples, answers, max_length, max_target_length)
 
     return EncodedTask(spec, task_data, answers, enc(task_data.train), enc(task_data.validation), enc(task_data.test))

@@ -20,7 +20,7 @@ from eptctl.core import events
 from eptctl.core.errors import EptctlError, TrainingInterrupted
 from eptctl.engine import distributed, training_state
 from eptctl.engine.config import TrainConfig
-from eptctl.engine.scoring import evaluate_encoded
+from eptctl.engine.scoring import TaskKind, evaluate_encoded
 from eptctl.methods import EPTAdapter, EPTConfig, initial_prompt, prompt_length_of
 
 
@@ -132,6 +132,7 @@ def fit(
     num_labels: int,
     test_set: Sequence[EncodedExample] = (),
     metric: str = "accuracy",
+    kind: TaskKind | None = None,
     init_tensors: dict[str, torch.Tensor] | None = None,
     adapter: EPTAdapter | None = None,
     checkpoint_path: Path | None = None,
@@ -139,7 +140,10 @@ def fit(
     on_event: events.EventHandler | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train one adapter on encoded examples; returns the best adapter by validation ``metric``.
+    """Train one adapter on encoded examples; returns the best adapter by validation ``metric`` (higher is better).
+
+    ``kind`` says how to evaluate (generation decodes, regression parses numbers; default: classification with
+    ``num_labels`` labels). ``num_labels`` also sizes an encoder's head (1 for regression).
 
     Raises ``EptctlError`` for an empty training set or a diverging loss, and ``TrainingInterrupted`` (after a
     clean checkpoint at ``checkpoint_path``) when ``should_stop()`` turns true; ``resume=True`` continues from it.
@@ -202,7 +206,7 @@ def fit(
         if step % eval_every == 0 or step == total:
             adapter.eval()
             val = evaluate_encoded(backbone, adapter, val_for_training, answers, train_cfg.eval_batch_size,
-                                   sharded=True)
+                                   sharded=True, kind=kind)
             adapter.train()
             value = val.get(metric)
             history.append({"step": step, "validation": val})
@@ -224,10 +228,10 @@ def fit(
     adapter.eval()
     emit(events.FinalEvaluation(best_step=best_step))
     metrics = {"validation": evaluate_encoded(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size,
-                                              sharded=True)}
+                                              sharded=True, kind=kind)}
     if test_set:
         metrics["test"] = evaluate_encoded(backbone, adapter, test_set, answers, train_cfg.eval_batch_size,
-                                           sharded=True)
+                                           sharded=True, kind=kind)
     emit(events.TrainingDone(metrics=metrics, best_step=best_step))
     return TrainResult(
         adapter=adapter,

@@ -1,4 +1,5 @@
-"""Scoring encoded examples with one prompt source or several (mixed-task batches), and classification metrics.
+"""Scoring encoded examples with one prompt source or several (mixed-task batches): label scores
+(classification), generated text (generation) and numbers (regression), and the task's metrics.
 
 Used alike by the training loop (validation), by evaluation of stored adapters and by prediction: one code path, so
 what training measures is what serving returns.
@@ -7,11 +8,37 @@ what training measures is what serving returns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from eptctl.backbones.base import Backbone, EncodedExample, PromptSource, TaskEncoding
-from eptctl.engine import distributed
+from eptctl.backbones.decoding import GenerationOptions, to_text
+from eptctl.engine import distributed, metrics
+
+# A regression output is a short number: a few tokens are enough, more only cost time.
+REGRESSION_NEW_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What scoring needs to know of a task besides its encoded rows: its type, label count, the fallback value of
+    an unparseable regression output, and how to decode (generation, text-to-text regression)."""
+
+    task_type: str = "classification"
+    num_labels: int = 2
+    fallback: float = 0.0
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+
+    @classmethod
+    def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None) -> TaskKind:
+        """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` unless ``options``
+        say otherwise (regression always decodes greedily, a few tokens)."""
+        if spec.task_type == "regression":
+            options = GenerationOptions(max_new_tokens=REGRESSION_NEW_TOKENS)
+        options = options or GenerationOptions(max_new_tokens=max_new_tokens)
+        return cls(spec.task_type, spec.num_labels, spec.fallback_value if spec.task_type == "regression" else 0.0,
+                   options)
 
 
 def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -49,26 +76,70 @@ def score_mixed(backbone: Backbone, sources: Sequence[PromptSource], answers: Se
     return out
 
 
-def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 (scikit-learn) of the arg-max of ``scores`` [N, num_labels] against ``labels`` [N]."""
-    from sklearn.metrics import accuracy_score, f1_score
+def generate_texts(backbone: Backbone, sources: Sequence[PromptSource], encoded: Sequence[EncodedExample],
+                   options: GenerationOptions, batch_size: int = 64, adapter_index: Sequence[int] | None = None
+                   ) -> list[str]:
+    """The text each row's prompt makes the backbone write after its input, in input order (stop strings cut).
 
-    preds = scores.argmax(dim=1).tolist()
-    return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
-    }
+    Rows are batched by length; with ``adapter_index`` rows of different adapters share a batch, each with its own
+    prompt, and every decoding step is one backbone pass. Sampling draws from ``options.seed`` per batch.
+    """
+    out: list[str | None] = [None] * len(encoded)
+    for idx in eval_batches([len(e.input_ids) for e in encoded], batch_size):
+        index = None if adapter_index is None else [adapter_index[i] for i in idx]
+        batch = backbone.collate([encoded[i] for i in idx], None, train=False, adapter_index=index)
+        for i, ids in zip(idx, backbone.generate(sources, batch.to(backbone.device), options)):
+            out[i] = to_text(backbone.tokenizer, ids, options.stop)
+    return out
+
+
+def predict_values(backbone: Backbone, sources: Sequence[PromptSource], encoded: Sequence[EncodedExample],
+                   kind: TaskKind, batch_size: int = 64, adapter_index: Sequence[int] | None = None
+                   ) -> tuple[list[float | None], list[str | None]]:
+    """Regression outputs in input order: (numbers, generated texts). Encoders read the scalar head (no text); the
+    other families generate and parse the first number, None where the output holds none."""
+    if not backbone.can_generate:
+        out: list[float | None] = [None] * len(encoded)
+        with torch.no_grad():
+            for idx in eval_batches([len(e.input_ids) for e in encoded], batch_size):
+                index = None if adapter_index is None else [adapter_index[i] for i in idx]
+                batch = backbone.collate([encoded[i] for i in idx], None, train=False, adapter_index=index)
+                for i, v in zip(idx, backbone.predict_values(sources, batch.to(backbone.device)).tolist()):
+                    out[i] = float(v)
+        return out, [None] * len(encoded)
+    texts = generate_texts(backbone, sources, encoded, kind.generation, batch_size, adapter_index)
+    return [metrics.parse_number(t) for t in texts], texts
+
+
+def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+    """Accuracy, macro-F1, Matthews correlation and (two labels) binary F1 of the arg-max of ``scores``
+    [N, num_labels] against ``labels`` [N] (:func:`eptctl.engine.metrics.classification_metrics`)."""
+    return metrics.classification_metrics(scores.argmax(dim=1).tolist(), list(labels), int(scores.shape[1]))
+
+
+def task_metrics(backbone: Backbone, source: PromptSource, encoded: Sequence[EncodedExample], kind: TaskKind,
+                 batch_size: int = 64) -> dict[str, float]:
+    """Metrics of a generation or regression task over ``encoded`` (rows carry their targets)."""
+    if kind.task_type == "generation":
+        texts = generate_texts(backbone, [source], encoded, kind.generation, batch_size)
+        return metrics.generation_metrics(texts, [e.target or "" for e in encoded])
+    values, _ = predict_values(backbone, [source], encoded, kind, batch_size)
+    return metrics.regression_metrics(values, [float(e.value) for e in encoded], kind.fallback)
 
 
 def evaluate_encoded(backbone: Backbone, source: PromptSource, encoded: Sequence[EncodedExample],
-                     answers: TaskEncoding, batch_size: int = 64, *, sharded: bool = False) -> dict[str, float]:
-    """Metrics over ``encoded`` (empty dict for no rows).
+                     answers: TaskEncoding, batch_size: int = 64, *, sharded: bool = False,
+                     kind: TaskKind | None = None) -> dict[str, float]:
+    """Metrics over ``encoded`` (empty dict for no rows) for a task of ``kind`` (default: classification).
 
     ``sharded`` (data parallel): each rank scores its slice, the scores are gathered, and every rank computes the
-    same metrics from the same full score matrix (so all ranks pick the same best step).
+    same metrics from the same full score matrix (so all ranks pick the same best step). Generation and regression
+    are not sharded: every rank decodes every row (same result, no gather of strings).
     """
     if not encoded:
         return {}
+    if kind is not None and kind.task_type != "classification":
+        return task_metrics(backbone, source, encoded, kind, batch_size)
     if sharded and distributed.is_distributed():
         lo, hi = distributed.shard(len(encoded))
         parts = distributed.gather(predict_scores(backbone, source, encoded[lo:hi], answers, batch_size))

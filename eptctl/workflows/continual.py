@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from eptctl import backbones
 from eptctl.core import events
 from eptctl.engine.config import TrainConfig
-from eptctl.engine.encoding import encode_task
+from eptctl.engine.encoding import encode_task, new_token_budget
 from eptctl.engine.loop import fit
+from eptctl.engine.scoring import TaskKind
 from eptctl.methods import EPTConfig
 from eptctl.workflows.evaluation import evaluate_stored
 from eptctl.workflows.train import train_task
@@ -26,7 +27,8 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
               on_event: events.EventHandler | None = None, command_line: str | None = None) -> dict:
     """Learn ``tasks`` in order, each (with ``transfer``) from the fusion of the adapters before it, all registered.
 
-    Returns the test-accuracy matrix (task x stage), forgetting per task, the largest difference between a
+    Returns the test matrix of each task's primary metric (task x stage; accuracy for classification),
+    forgetting per task, the largest difference between a
     re-evaluation and the stored metric, and (with ``baseline``) forward transfer against random-init runs.
     Raises ``EptctlError`` for an unknown task or bad data before that task's registration.
     """
@@ -35,6 +37,7 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
     records, rows = [], []
     matrix: dict[str, list[float | None]] = {t: [None] * len(tasks) for t in tasks}
     forward = {}
+    metric_of: dict[str, str] = {}
     for stage, task in enumerate(tasks):
         init = [Source(rec.id, 1.0) for rec in records] if transfer and records else None
         emit(events.StageStarted(stage=stage, task=task, init_from=[r.ref for r in records] if init else []))
@@ -43,23 +46,27 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
                              transfer=None if init is None else TransferOptions(init), tags=["continual"],
                              command_line=command_line, on_event=on_event)
         records.append(outcome.record)
+        metric_of[task] = outcome.spec.metric
         for j, rec in enumerate(records):
             result = evaluate_stored(registry, rec.id, split="test", max_eval=max_eval, store=False,
                                      backbone=backbone)
-            matrix[tasks[j]][stage] = result["metrics"]["accuracy"]
+            matrix[tasks[j]][stage] = result["metrics"][metric_of[tasks[j]]]
         if transfer and baseline and stage > 0:
             encoded = encode_task(backbone, outcome.spec, outcome.record.config["max_length"],
                                   max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
+            spec = outcome.spec
             scratch = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
-                          num_labels=outcome.spec.num_labels, test_set=encoded.test)
-            fused_acc = outcome.result.metrics["test"]["accuracy"]
-            random_acc = scratch.metrics["test"]["accuracy"]
+                          num_labels=spec.head_size, test_set=encoded.test, metric=spec.metric,
+                          kind=TaskKind.of(spec, max_new_tokens=new_token_budget(
+                              encoded.train, train_cfg.max_target_length)))
+            fused_acc = outcome.result.metrics["test"][spec.metric]
+            random_acc = scratch.metrics["test"][spec.metric]
             forward[task] = {"fused_init": fused_acc, "random_init": random_acc, "delta": fused_acc - random_acc}
             emit(events.ForwardTransfer(task=task, **forward[task]))
         rows.append({"stage": stage, "task": task, "ref": outcome.record.ref,
                      "parents": [p.parent_id for p in outcome.record.parents]})
     forgetting = {t: matrix[t][i] - matrix[t][-1] for i, t in enumerate(tasks)}
-    stored = {rec.task: rec.metric("accuracy", "test") for rec in records}
+    stored = {rec.task: rec.metric(metric_of[rec.task], "test") for rec in records}
     return {
         "tasks": list(tasks),
         "adapters": rows,
@@ -69,4 +76,5 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
         "reeval_vs_stored_max_diff": max(abs(matrix[t][-1] - stored[t]) for t in tasks),
         "forward_transfer": forward,
         "transfer": transfer,
+        "metrics": metric_of,
     }

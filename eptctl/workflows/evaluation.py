@@ -10,24 +10,29 @@ from eptctl.workflows.inference import backbone_for, evaluate_servable, load_ada
 
 
 def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str | None = None,
-                    text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
+                    text_column: str = "text", text_pair_column: str | None = None, label_column: str | None = None,
                     max_eval: int | None = None, model: str | None = None, store: bool = True,
-                    backbone=None, force: bool = False) -> dict:
+                    backbone=None, force: bool = False, max_new_tokens: int | None = None) -> dict:
     """Evaluate adapter ``ref`` on a split of its task (or on a labelled file) and store the metrics.
 
     A split's metrics replace the training-time ones only when they are computed on the same rows: when the task's
     data changed since training (its fingerprint differs) nothing is stored unless ``force``; a subset
     (``max_eval`` below the training-time size) is stored under ``SPLIT[:N]``; a file under ``data:NAME``.
-    Returns ``{"ref", "id", "split", "examples", "truncated", "metrics", "data_changed"}``. Raises ``EptctlError``
-    for an unknown reference or split, unreadable or changed data, or a backbone other than the adapter's.
+    ``label_column`` (default: ``label``, or ``target`` for generation and regression) names a file's answers;
+    generation decodes greedily up to ``max_new_tokens`` (default: the adapter's target length).
+    Returns ``{"ref", "id", "split", "examples", "truncated", "metric", "metrics", "data_changed"}``. Raises
+    ``EptctlError`` for an unknown reference or split, unreadable or changed data, or a backbone other than the
+    adapter's.
     """
     from registry import MetricValue
 
     servable = load_adapter(registry, ref)
+    task_type = servable.spec.task_type
     data_changed = False
     if data_path is not None:
+        column = label_column or ("label" if task_type == "classification" else "target")
         examples = data.read_examples(data_path, text_column=text_column, text_pair_column=text_pair_column,
-                                      label_column=label_column, labels=servable.spec.labels)
+                                      label_column=column, labels=servable.spec.labels, task_type=task_type)
         split_name = f"data:{Path(data_path).name}"
     else:
         if split not in ("train", "validation", "test"):
@@ -50,8 +55,14 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
     if max_eval is not None:
         examples = examples[:max_eval]
     backbone = backbone_for([servable], model=model, backbone=backbone)
-    result = evaluate_servable(backbone, servable, examples)
+    options = None
+    if max_new_tokens is not None and task_type == "generation":
+        from eptctl.backbones.decoding import GenerationOptions
+
+        options = GenerationOptions(max_new_tokens=max_new_tokens)
+    result = evaluate_servable(backbone, servable, examples, options=options)
     if store:
         registry.add_metrics(servable.record, [MetricValue(split_name, k, v) for k, v in result.metrics.items()])
     return {"ref": servable.record.ref, "id": servable.record.id, "split": split_name, "examples": len(examples),
-            "truncated": result.truncated, "metrics": result.metrics, "data_changed": data_changed}
+            "truncated": result.truncated, "metric": servable.spec.metric, "metrics": result.metrics,
+            "data_changed": data_changed}

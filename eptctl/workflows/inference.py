@@ -14,11 +14,14 @@ import torch
 
 from eptctl import backbones, data
 from eptctl.backbones.base import Backbone, TaskEncoding
+from eptctl.backbones.decoding import GenerationOptions
 from eptctl.core.errors import EptctlError
 from eptctl.data.text import clean_inputs
 from eptctl.engine import servable as servable_format
-from eptctl.engine.encoding import encode_examples
-from eptctl.engine.scoring import classification_metrics, predict_scores, score_mixed
+from eptctl.engine.encoding import DEFAULT_MAX_TARGET_LENGTH, encode_examples
+from eptctl.engine.scoring import (
+    TaskKind, classification_metrics, generate_texts, predict_scores, predict_values, score_mixed, task_metrics,
+)
 from eptctl.methods import EPTConfig, MaterializedAdapter
 
 
@@ -35,6 +38,23 @@ class ServableAdapter:
     def max_length(self) -> int:
         """n: the adapter's max input tokens (longer inputs are truncated)."""
         return self.config.max_length
+
+    @property
+    def max_target_length(self) -> int:
+        """Target tokens the adapter was trained with (``--max-target-length``)."""
+        summary = getattr(self.record, "summary", None) or {}
+        return int((summary.get("train_config") or {}).get("max_target_length") or DEFAULT_MAX_TARGET_LENGTH)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The default decoding budget: what training used (the longest training target and a quarter more)."""
+        summary = getattr(self.record, "summary", None) or {}
+        return int(summary.get("max_new_tokens") or self.max_target_length)
+
+    def kind(self, options: GenerationOptions | None = None) -> TaskKind:
+        """How to score this adapter's task; generation decodes with ``options`` (default: greedy, up to
+        ``max_new_tokens``)."""
+        return TaskKind.of(self.spec, max_new_tokens=self.max_new_tokens, options=options)
 
 
 def load_adapter(registry, ref: str) -> ServableAdapter:
@@ -72,8 +92,17 @@ def backbone_for(servables: Sequence[ServableAdapter], model: str | None = None,
 
 
 def _encode(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example]):
+    check_servable_on(servable, backbone)
     answers = backbone.encode_answers(servable.spec.verbalizer)
-    return encode_examples(backbone, servable.spec, examples, answers, servable.max_length), answers
+    return encode_examples(backbone, servable.spec, examples, answers, servable.max_length,
+                           servable.max_target_length), answers
+
+
+def check_servable_on(servable: ServableAdapter, backbone: Backbone) -> None:
+    """Refuse (``EptctlError``) a generation adapter on a backbone that cannot generate."""
+    if servable.spec.task_type == "generation" and not backbone.can_generate:
+        raise EptctlError(f"{servable.record.ref} generates text; {backbone.name} is an encoder-only model",
+                          hint="serve it on the causal or seq2seq backbone it was trained on")
 
 
 @dataclass(frozen=True)
@@ -86,14 +115,20 @@ class Evaluation:
 
 
 def evaluate_servable(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
-                      batch_size: int = 64) -> Evaluation:
-    """Accuracy and macro-F1 of a stored adapter on labelled ``examples``; ``EptctlError`` if there are none."""
+                      batch_size: int = 64, options: GenerationOptions | None = None) -> Evaluation:
+    """The task's metrics for a stored adapter on ``examples`` with their labels, targets or numbers
+    (classification: accuracy, macro-F1, MCC, F1; generation: decoded with ``options`` and scored against the
+    targets; regression: Pearson, Spearman, MSE). ``EptctlError`` if there are none."""
     if not examples:
         raise EptctlError("nothing to evaluate: the dataset is empty", hint="check the data file")
     encoded, answers = _encode(backbone, servable, examples)
-    scores = predict_scores(backbone, servable.adapter.to(backbone.device), encoded, answers, batch_size)
-    return Evaluation(classification_metrics(scores, [e.label for e in examples]), len(encoded),
-                      sum(e.truncated for e in encoded))
+    source = servable.adapter.to(backbone.device)
+    if servable.spec.task_type == "classification":
+        scores = predict_scores(backbone, source, encoded, answers, batch_size)
+        values = classification_metrics(scores, [e.label for e in examples])
+    else:
+        values = task_metrics(backbone, source, encoded, servable.kind(options), batch_size)
+    return Evaluation(values, len(encoded), sum(e.truncated for e in encoded))
 
 
 def evaluate_examples(backbone: Backbone, servable: ServableAdapter, examples: Sequence[data.Example],
@@ -103,14 +138,14 @@ def evaluate_examples(backbone: Backbone, servable: ServableAdapter, examples: S
 
 
 def predict(backbone: Backbone, servable: ServableAdapter, inputs: Sequence[tuple[str, str | None]],
-            batch_size: int = 64) -> list[dict]:
-    """One dict per input ``(text, text_pair)``: ``adapter``, the predicted ``label``, every label's score
-    (length-normalised log-likelihood; encoders: head log-probability) and whether the input was ``truncated`` to
-    the adapter's max length. Inputs are normalised as training data is; an empty one is an ``EptctlError``."""
-    examples = [data.Example(text=t, label=0, text_pair=p) for t, p in clean_inputs(inputs)]
-    encoded, answers = _encode(backbone, servable, examples)
-    scores = predict_scores(backbone, servable.adapter.to(backbone.device), encoded, answers, batch_size)
-    return [_row(servable, s, e.truncated) for s, e in zip(scores, encoded)]
+            batch_size: int = 64, options: GenerationOptions | None = None) -> list[dict]:
+    """One dict per input ``(text, text_pair)``: ``adapter``, ``text``, the prediction and whether the input was
+    ``truncated`` to the adapter's max length. The prediction is, by task type: ``label`` and every label's
+    ``scores`` (length-normalised log-likelihood; encoders: head log-probability); ``output``, the generated text
+    (decoded with ``options``, default greedy); or ``value``, the number (``output`` too on decoder backbones, and
+    ``parsed: false`` with the task's fallback value when the output holds no number). Inputs are normalised as
+    training data is; an empty one is an ``EptctlError``."""
+    return predict_mixed(backbone, [servable], [(0, t, p) for t, p in inputs], batch_size, options, where="input")
 
 
 def _row(servable: ServableAdapter, scores: torch.Tensor, truncated: bool) -> dict:
@@ -120,22 +155,54 @@ def _row(servable: ServableAdapter, scores: torch.Tensor, truncated: bool) -> di
 
 
 def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows: Sequence[tuple[int, str, str | None]],
-                  batch_size: int = 64) -> list[dict]:
+                  batch_size: int = 64, options: GenerationOptions | None = None, where: str = "row") -> list[dict]:
     """Rows of different tasks in one batch: ``rows[i] = (adapter index, text, text_pair)``; each row gets its own
-    prompt and offset, and every batch is one backbone forward pass. Returns one dict per row as :func:`predict`."""
+    prompt and offset, and every batch (every decoding step, for generation) is one backbone forward pass. Rows of
+    one task type share batches. Returns one dict per row as :func:`predict`, in input order."""
     answers: list[TaskEncoding] = [backbone.encode_answers(s.spec.verbalizer) for s in servables]
-    cleaned = clean_inputs([(text, pair) for _, text, pair in rows], where="row")
+    cleaned = clean_inputs([(text, pair) for _, text, pair in rows], where=where)
     rows = [(row[0], text, pair) for row, (text, pair) in zip(rows, cleaned)]
     encoded: list = [None] * len(rows)
     for a, s in enumerate(servables):  # one tokenizer call per adapter, not per row
         mine = [i for i, row in enumerate(rows) if row[0] == a]
+        if not mine:
+            continue
+        check_servable_on(s, backbone)
         examples = [data.Example(text=rows[i][1], label=0, text_pair=rows[i][2]) for i in mine]
         for i, enc in zip(mine, encode_examples(backbone, s.spec, examples, answers[a], s.max_length)):
             encoded[i] = enc
     sources = [s.adapter.to(backbone.device) for s in servables]
     index = [row[0] for row in rows]
-    scores = score_mixed(backbone, sources, answers, encoded, index, batch_size)
-    return [_row(servables[a], s, e.truncated) for a, s, e in zip(index, scores, encoded)]
+    out: list = [None] * len(rows)
+    for task_type in ("classification", "generation", "regression"):
+        mine = [i for i in range(len(rows)) if servables[index[i]].spec.task_type == task_type]
+        if not mine:
+            continue
+        enc, idx = [encoded[i] for i in mine], [index[i] for i in mine]
+        if task_type == "classification":
+            results = [_row(servables[a], s, e.truncated)
+                       for a, s, e in zip(idx, score_mixed(backbone, sources, answers, enc, idx, batch_size), enc)]
+        elif task_type == "generation":
+            options = options or GenerationOptions(max_new_tokens=max(servables[a].max_new_tokens for a in idx))
+            texts = generate_texts(backbone, sources, enc, options, batch_size, idx)
+            results = [{"adapter": servables[a].record.ref, "output": t, "truncated": bool(e.truncated)}
+                       for a, t, e in zip(idx, texts, enc)]
+        else:
+            values, texts = predict_values(backbone, sources, enc, servables[idx[0]].kind(), batch_size, idx)
+            results = [_value_row(servables[a], v, t, e.truncated) for a, v, t, e in zip(idx, values, texts, enc)]
+        for i, result in zip(mine, results):
+            out[i] = {"adapter": result.pop("adapter"), "text": rows[i][1],
+                      **({"text_pair": rows[i][2]} if rows[i][2] is not None else {}), **result}
+    return out
+
+
+def _value_row(servable: ServableAdapter, value: float | None, text: str | None, truncated: bool) -> dict:
+    row = {"adapter": servable.record.ref,
+           "value": round(value if value is not None else servable.spec.fallback_value, 6)}
+    if text is not None:
+        row.update(output=text, parsed=value is not None)
+    row["truncated"] = bool(truncated)
+    return row
 
 
 def prompt_similarity(a: MaterializedAdapter, b: MaterializedAdapter) -> float:

@@ -6,21 +6,30 @@ from __future__ import annotations
 from eptctl import data
 from eptctl.core.errors import EptctlError
 
+# Spec fields that travel inside the registry row's ``source`` JSON (the row has no column of their own).
+_IN_SOURCE = ("verbalizer", "grid", "value_range")
+
 
 def spec_to_task_record(spec: data.TaskSpec):
-    """The registry row of a task (the verbalizer travels inside ``source``)."""
+    """The registry row of a task (the verbalizer, and a regression task's grid and range, travel in ``source``)."""
     from registry import TaskRecord
 
+    source = {**spec.source, "verbalizer": list(spec.verbalizer)}
+    if spec.task_type == "regression":
+        source.update(grid=spec.grid, value_range=list(spec.value_range) if spec.value_range else None)
     return TaskRecord(name=spec.name, description=spec.description, labels=list(spec.labels), metric=spec.metric,
-                      source={**spec.source, "verbalizer": list(spec.verbalizer)}, template=spec.template)
+                      source=source, template=spec.template, task_type=spec.task_type)
 
 
 def task_record_to_spec(record) -> data.TaskSpec:
     """The task spec of a registry ``TaskRecord``; raises ``EptctlError`` if the stored spec is invalid."""
     source = dict(record.source)
-    verbalizer = source.pop("verbalizer", None) or list(record.labels)
+    extra = {key: source.pop(key, None) for key in _IN_SOURCE}
+    task_type = getattr(record, "task_type", "classification")
+    verbalizer = extra["verbalizer"] or (list(record.labels) if task_type == "classification" else [])
     return data.TaskSpec(name=record.name, description=record.description, labels=tuple(record.labels),
-                         verbalizer=tuple(verbalizer), template=record.template, metric=record.metric, source=source)
+                         verbalizer=tuple(verbalizer), template=record.template, metric=record.metric, source=source,
+                         task_type=task_type, grid=extra["grid"], value_range=extra["value_range"])
 
 
 def stored_specs(registry) -> dict[str, data.TaskSpec]:
@@ -38,9 +47,15 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     if task in data.BUILTIN_TASKS:
         raise EptctlError(f"'{task}' is a builtin task and takes no --data", hint="pick a new name for a custom task")
     previous = stored.get(task)
+    if previous is not None and previous.task_type != custom.task_type:
+        raise EptctlError(f"task '{task}' is stored as a {previous.task_type} task, not {custom.task_type}",
+                          hint=f"pass --task-type {previous.task_type}, or pick a new task name")
+    same = previous is not None and previous.task_type == "classification"
     return data.custom_task(
         task, custom.path, text_column=custom.text_column, text_pair_column=custom.text_pair_column,
-        label_column=custom.label_column, labels=previous.labels if previous else None,
-        verbalizer=previous.verbalizer if previous else None, template=custom.template or (
-            previous.template if previous else None), hub=custom.hub,
+        label_column=custom.label_column, labels=previous.labels if same else None,
+        verbalizer=previous.verbalizer if same else None, template=custom.template or (
+            previous.template if previous else None), hub=custom.hub, task_type=custom.task_type,
+        metric=custom.metric or (previous.metric if previous else None),
+        grid=previous.grid if previous is not None and previous.task_type == "regression" else None,
     )

@@ -21,8 +21,10 @@ from eptctl.core.errors import EptctlError
 from eptctl.core.home import eptctl_home
 from eptctl.engine import distributed, servable
 from eptctl.engine.config import TrainConfig
-from eptctl.engine.encoding import encode_task
+from eptctl.engine.encoding import encode_task, new_token_budget
 from eptctl.engine.loop import TrainResult, fit
+from eptctl.engine.metrics import check_metric
+from eptctl.engine.scoring import TaskKind
 from eptctl.methods import EPTConfig, prompt_length_of
 from eptctl.workflows.tasks import resolve_spec, spec_to_task_record
 from eptctl.workflows.transfer import TransferOptions, TransferStart, prepare_transfer
@@ -74,6 +76,18 @@ def checkpoint_path(key: str) -> Path:
     return eptctl_home() / "runs" / f"{key}.safetensors"
 
 
+def check_task_fits(spec: data.TaskSpec, backbone: Backbone, train_cfg: TrainConfig) -> None:
+    """Refuse (``EptctlError``) a task the backbone or the options cannot train: generation on an encoder-only model,
+    ``--objective classify`` without labels, a primary metric the task type does not have."""
+    check_metric(spec.task_type, spec.metric)
+    if spec.task_type == "generation" and not backbone.can_generate:
+        raise EptctlError(f"task '{spec.name}' generates text, but {backbone.name} is an encoder-only model",
+                          hint="use a causal or seq2seq backbone (e.g. the default model) for generation tasks")
+    if spec.task_type != "classification" and train_cfg.objective == "classify":
+        raise EptctlError(f"--objective classify needs labels; task '{spec.name}' is a {spec.task_type} task",
+                          hint="use --objective lm")
+
+
 # --- train ----------------------------------------------------------------------------------------------------------
 def train_task(
     task: str,
@@ -109,14 +123,19 @@ def train_task(
     emit = on_event or events.ignore
     spec = resolve_spec(task, registry, custom)
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
-    emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS}))
+    emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
+                           metric=spec.metric, task_type=spec.task_type))
     if backbone is None:
         emit(events.LoadingModel(model=model, converting=backbones.needs_conversion(model)))
         with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
             backbone = backbones.load(model, trust_remote_code=trust_remote_code)
+    check_task_fits(spec, backbone, train_cfg)
     method_cfg = method_cfg.resolved(backbone.width)
-    backbone.check_length(prompt_length_of(method_cfg), method_cfg.max_length)
-    encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data)
+    target_room = train_cfg.max_target_length if spec.task_type != "classification" and backbone.answer_in_input else 0
+    backbone.check_length(prompt_length_of(method_cfg), method_cfg.max_length + target_room)
+    encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data,
+                          max_target_length=train_cfg.max_target_length)
+    new_tokens = new_token_budget(encoded.train, train_cfg.max_target_length)
     start = TransferStart(init_tensors=None, method_cfg=method_cfg)
     if transfer is not None:
         start = prepare_transfer(registry, transfer, backbone, method_cfg, spec, task_data.validation,
@@ -128,7 +147,8 @@ def train_task(
         raise EptctlError(f"no checkpoint to resume for this run (key {key})",
                           hint="resume needs the same task, data, model and options as the interrupted run")
     result = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
-                 num_labels=spec.num_labels, test_set=encoded.test, metric=spec.metric,
+                 num_labels=spec.head_size, test_set=encoded.test, metric=spec.metric,
+                 kind=TaskKind.of(spec, max_new_tokens=new_tokens),
                  init_tensors=start.init_tensors, checkpoint_path=ckpt, resume=resume, on_event=on_event,
                  should_stop=should_stop)
     if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
@@ -153,6 +173,7 @@ def train_task(
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
+        **({"max_new_tokens": new_tokens} if spec.task_type != "classification" else {}),
     }
     servable_tensors, servable_meta = servable.to_file(materialized, result.adapter.cfg, spec,
                                                        backbone.fingerprint(method_cfg.max_length))

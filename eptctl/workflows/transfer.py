@@ -75,7 +75,7 @@ def prepare_transfer(registry, options: TransferOptions, backbone, method_cfg, s
     ``validation``: the target task's validation examples (``auto`` probes the first ``options.probe``). Raises
     ``EptctlError`` when no compatible source exists or a source has another backbone or shape.
     """
-    template = new_adapter(backbone, method_cfg, spec.num_labels, seed)
+    template = new_adapter(backbone, method_cfg, spec.head_size, seed)
     sources = options.sources
     if sources == "auto":
         wanted = {k: method_cfg.to_dict()[k] for k in _SHAPE_KEYS}
@@ -204,8 +204,10 @@ def rank_by_similarity(registry, ref: str, top_k: int | None = None) -> list[dic
 
 
 def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: int | None = None) -> list[dict]:
-    """Zero-step accuracy of each stored adapter's prompt on ``examples`` of the target task (its template and
-    answers), for adapters of this backbone. Encoder adapters are skipped: their heads belong to their own labels."""
+    """Zero-step score of each stored adapter's prompt on ``examples`` of the target task (its template and
+    answers): the task's primary metric (``probe_score``, named in ``probe_metric``; ``probe_accuracy`` too for
+    classification), for adapters of this backbone. Encoder adapters are skipped: their heads belong to their own
+    labels."""
     fp = backbone.fingerprint()
     records = candidates if candidates is not None else registry.list_adapters(backbone=fp["embedding_sha256"][:16])
     rows = []
@@ -215,9 +217,11 @@ def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: in
             continue
         as_target = ServableAdapter(rec, servable.adapter, spec, servable.config)
         metrics = evaluate_examples(backbone, as_target, examples)
+        score = metrics.get(spec.metric, 0.0)
         rows.append({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
-                     "probe_accuracy": metrics["accuracy"]})
-    rows.sort(key=lambda r: r["probe_accuracy"], reverse=True)
+                     "probe_metric": spec.metric, "probe_score": score,
+                     **({"probe_accuracy": score} if spec.metric == "accuracy" else {})})
+    rows.sort(key=lambda r: r["probe_score"], reverse=True)
     return rows[:top_k] if top_k else rows
 
 
