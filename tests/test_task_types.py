@@ -194,7 +194,10 @@ def test_generation_task_from_the_command_line(home, tmp_path):
     result = run("import", tmp_path / "bundle", "--registry", f"sqlite:///{other / 'r.db'}")
     assert result.exit_code == 0, result.output
     imported = json.loads(ok("list", "--json", "--registry", f"sqlite:///{other / 'r.db'}").stdout)
-    assert [a["task"] for a in imported] == ["rev"]
+    assert [a["task"] for a in imported] == ["rev"] and imported[0]["metric"] == "rouge_l"
+    tasks = json.loads(ok("tasks", "--json", "--registry", f"sqlite:///{other / 'r.db'}").stdout)
+    assert next(t for t in tasks if t["name"] == "rev")["task_type"] == "generation"
+    assert "Writes the target text" in ok("show", "rev@latest", "--card").stdout
 
 
 def test_regression_task_from_the_command_line(home, tmp_path):

@@ -42,6 +42,7 @@ def train(
     template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
     task_type: Annotated[str, typer.Option(help="classification (labels) | generation (target text) | regression (a number).", rich_help_panel=DATA)] = "classification",
+    grid: Annotated[float | None, typer.Option(help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6, rich_help_panel=DATA)] = None,
     metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
@@ -74,12 +75,12 @@ def train(
     if task_type not in TASK_TYPES:
         raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
                           hint="e.g. --task-type generation")
-    if data is None and (task_type != "classification" or metric is not None):
-        raise EptctlError("--task-type and --metric define a new task and need --data",
+    if data is None and (task_type != "classification" or metric is not None or grid is not None):
+        raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
                           hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
     label_column = label_column_for(label_column, task_type)
     custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
-                                                   task_type, metric)
+                                                   task_type, metric, grid)
     transfer = None if init_from is None else TransferOptions(
         "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints

@@ -41,6 +41,7 @@ class DataOptions:
     hub: bool = False
     task_type: str = "classification"
     metric: str | None = None  # the primary metric; None: the task type's default
+    grid: float | None = None  # regression: round targets to multiples of this (None: 0.2)
 
 
 def default_template(task_type: str, pair: bool) -> str:

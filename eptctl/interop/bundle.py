@@ -97,7 +97,9 @@ def _card(rec, task, parents, files: dict) -> dict:
             "summary": rec.summary, "tags": list(rec.tags), "aliases": list(rec.aliases),
         },
         "task": {"name": task.name, "description": task.description, "labels": list(task.labels),
-                 "metric": task.metric, "source": task.source, "template": task.template},
+                 "metric": task.metric, "source": task.source, "template": task.template,
+                 # classification bundles keep the exact card of earlier versions
+                 **({"task_type": task.task_type} if task.task_type != "classification" else {})},
         "backbone": asdict(rec.backbone),
         "metrics": [asdict(m) for m in rec.metrics],
         "run": None if rec.run is None else asdict(rec.run),
@@ -260,7 +262,8 @@ def _records(card: dict, ignored: list[str] | None = None):
     if a["task"] != t["name"]:
         raise ValueError(f"adapter task {a['task']!r} is not the task {t['name']!r}")
     task = TaskRecord(name=str(t["name"]), description=str(t["description"]), labels=[str(x) for x in t["labels"]],
-                      metric=str(t["metric"]), source=dict(t["source"]), template=str(t["template"]))
+                      metric=str(t["metric"]), source=dict(t["source"]), template=str(t["template"]),
+                      task_type=str(t.get("task_type") or "classification"))
     created = datetime.fromisoformat(a["created_at"])
     return new, str(a["id"]), created, [str(x) for x in a.get("aliases", [])], task
 
@@ -296,6 +299,10 @@ def _check_task(registry, task, not_found: type) -> None:
         have = registry.get_task(task.name)
     except not_found:
         return
+    if have.task_type != task.task_type:
+        raise EptctlError(f"task {task.name!r} in this registry is a {have.task_type} task; the bundle's adapter was "
+                          f"trained for a {task.task_type} task of that name",
+                          hint="import into a registry without this task")
     if list(have.labels) != list(task.labels):
         raise EptctlError(f"task {task.name!r} in this registry has labels {', '.join(have.labels)}; the bundle's "
                           f"adapter was trained for {', '.join(task.labels)}",

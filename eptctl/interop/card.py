@@ -55,10 +55,20 @@ def adapter_card(registry, ref) -> str:
 def _intended_use(rec, task) -> list[str]:
     labels = ", ".join(f"`{label}`" for label in task.labels) if task else "its task's labels"
     b = rec.backbone
+    task_type = getattr(task, "task_type", "classification") if task else "classification"
+    what = {
+        "classification": f"Classifies text for the task `{rec.task}` into {labels}",
+        "generation": f"Writes the target text of the task `{rec.task}` for an input",
+        "regression": f"Gives the number of the task `{rec.task}` for an input",
+    }[task_type]
+    how = {
+        "classification": "Each label is scored by the mean log-likelihood of its answer after the task's template "
+                          "(encoders: by the adapter's head).",
+        "generation": "The output is decoded after the task's template (greedy by default).",
+        "regression": "The number is generated as text and parsed (encoders: the adapter's scalar head).",
+    }[task_type]
     return ["", "## Intended use", "",
-            f"Classifies text for the task `{rec.task}` into {labels}, as a soft prompt on the frozen backbone "
-            f"`{b.name}`; the backbone itself is unchanged. Each label is scored by the mean log-likelihood of its "
-            "answer after the task's template (encoders: by the adapter's head).",
+            f"{what}, as a soft prompt on the frozen backbone `{b.name}`; the backbone itself is unchanged. {how}",
             "",
             f"Use it only on the exact backbone it was trained on (embedding sha256 `{b.embedding_sha256[:16]}…`): "
             f"eptctl refuses any other. Inputs longer than {b.max_length} tokens are truncated."]
@@ -69,8 +79,12 @@ def _task(rec, task) -> list[str]:
     if task is None:
         return lines + [f"Task `{rec.task}` (not described in this registry)."]
     verbalizer = list((task.source or {}).get("verbalizer") or task.labels)
-    lines += [f"`{task.name}`: {task.description or '-'}", "", "| label | answer the model scores |", "| --- | --- |"]
-    lines += [f"| {label} | {_cell(answer)} |" for label, answer in zip(task.labels, verbalizer)]
+    lines += [f"`{task.name}`: {task.description or '-'}", ""]
+    if task.labels:
+        lines += ["| label | answer the model scores |", "| --- | --- |"]
+        lines += [f"| {label} | {_cell(answer)} |" for label, answer in zip(task.labels, verbalizer)]
+    else:
+        lines += [f"A {getattr(task, 'task_type', '')} task: no labels."]
     lines += ["", f"Template: `{_inline(task.template)}`. Metric for `@best`: {task.metric}."]
     return lines
 

@@ -130,7 +130,8 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest):
-        """One output per input: ``adapter``, ``label``, every label's ``scores``, ``truncated``."""
+        """One output per input: ``adapter``, ``text``, ``truncated`` and, by task type, ``label`` with every
+        label's ``scores``, the generated ``output``, or the ``value``."""
         started = time.perf_counter()
         label = "unresolved"  # a label per registry adapter, never per string a client sends
         try:
@@ -187,6 +188,7 @@ async def _rows(body: PredictRequest, cache: AdapterCache, config: ServeConfig) 
 
 def _describe(servable) -> dict:
     rec = servable.record
-    return {"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method, "labels": list(servable.spec.labels),
+    return {"ref": rec.ref, "id": rec.id, "task": rec.task, "task_type": servable.spec.task_type,
+            "method": rec.method, "labels": list(servable.spec.labels),
             "backbone": rec.backbone.name, "aliases": list(rec.aliases),
             "metrics": {f"{m.split}:{m.name}": m.value for m in rec.metrics if m.step is None}}

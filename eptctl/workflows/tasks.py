@@ -57,5 +57,5 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
         verbalizer=previous.verbalizer if same else None, template=custom.template or (
             previous.template if previous else None), hub=custom.hub, task_type=custom.task_type,
         metric=custom.metric or (previous.metric if previous else None),
-        grid=previous.grid if previous is not None and previous.task_type == "regression" else None,
+        grid=previous.grid if previous is not None and previous.task_type == "regression" else custom.grid,
     )
