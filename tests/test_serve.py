@@ -270,3 +270,27 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected):
         assert _same(response.json()["outputs"][0]["scores"], expected[ref][TEXTS[i % len(TEXTS)]])
     for client in clients:
         client.close()
+
+
+def test_generation_adapter_served_beside_a_classifier(server, world):
+    """A generation adapter's rows share the request (and the server) with a classifier's: each gets its own kind of
+    answer, the generated text equal to the library's."""
+    from eptctl.engine.config import TrainConfig
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.inference import backbone_for, load_adapter, predict
+    from eptctl.workflows.train import train_task
+
+    reg = _registry(world)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EPTCTL_HOME", str(world["home"]))
+        ref = train_task("bbc-headline", registry=reg, model=LLAMA, max_train=16, max_eval=4,
+                         method_cfg=EPTConfig(method="ept", prompt_length=6, max_length=64),
+                         train_cfg=TrainConfig(steps=2, batch_size=8, max_target_length=8)).record.ref
+    servable = load_adapter(reg, ref)
+    want = [r["output"] for r in predict(backbone_for([servable]), servable, [(t, None) for t in TEXTS[:2]])]
+    reg.close()
+    body = {"inputs": [{"text": TEXTS[0], "adapter": ref}, {"text": TEXTS[0], "adapter": world["refs"]["pol1"]},
+                       {"text": TEXTS[1], "adapter": ref}]}
+    got = httpx.post(f"{server.base}/v1/predict", json=body, timeout=60).json()["outputs"]
+    assert [g.get("output") for g in got] == [want[0], None, want[1]]
+    assert "label" in got[1] and "label" not in got[0]
