@@ -294,3 +294,6 @@ def test_generation_adapter_served_beside_a_classifier(server, world):
     got = httpx.post(f"{server.base}/v1/predict", json=body, timeout=60).json()["outputs"]
     assert [g.get("output") for g in got] == [want[0], None, want[1]]
     assert "label" in got[1] and "label" not in got[0]
+    # decoding options are not part of the HTTP API: a request that sends one is told so, not silently ignored
+    refused = httpx.post(f"{server.base}/v1/predict", json={**body, "temperature": 0.7}, timeout=60)
+    assert refused.status_code == 422 and "temperature" in refused.json()["error"]

@@ -228,8 +228,33 @@ def dump(home) -> str:
         return "\n".join(conn.iterdump())
 
 
+def test_mixed_rows_keep_their_own_adapters_budget_and_shape(home, tmp_path):
+    """A generation row decodes with its own adapter's budget whatever shares its batch (a classifier, a generation
+    adapter with longer targets); a pair given to a one-text task is refused; another budget in eval is stored under
+    its own name."""
+    gen = ["--task-type", "generation", "--text-column", "input", "--target-column", "output", *TINY]
+    ok("train", "rev", "--data", gen_file(tmp_path), *gen)
+    rng = random.Random(3)
+    long = [(w, " ".join([w] * 6)) for w in ("".join(rng.choice("abcdef") for _ in range(3)) for _ in range(60))]
+    ok("train", "echo", "--data", write_csv(tmp_path / "long.csv", "input,output", long), *gen)
+    labelled = [(w, "yes" if w[0] in "abc" else "no") for w, _ in long]
+    ok("train", "cls", "--data", write_csv(tmp_path / "cls.csv", "text,label", labelled), *TINY)
+    texts = ["abc", "fed", "cab"]
+    alone = [json.loads(line)["output"] for line in ok("predict", "rev@latest", *texts).stdout.splitlines()]
+    rows = write_csv(tmp_path / "rows.csv", "task,text", [(task, t) for t in texts for task in ("rev", "echo", "cls")])
+    mixed = [json.loads(line) for line in ok("predict", "--adapters", "rev@latest,echo@latest,cls@latest",
+                                              "--task-column", "task", rows).stdout.splitlines()]
+    assert [r["output"] for r in mixed if r["adapter"].startswith("rev@")] == alone
+    assert all("label" in r for r in mixed if r["adapter"].startswith("cls@"))
+    pairs = write_csv(tmp_path / "pairs.csv", "input,other", [("abc", "def")])
+    refused(run("predict", "rev@latest", "--file", pairs, "--text-column", "input", "--text-pair-column", "other"),
+            "text pair", "takes one text")
+    result = json.loads(ok("eval", "rev@latest", "--split", "validation", "--max-new-tokens", "2", "--json").stdout)
+    assert result["split"] == "validation[max_new_tokens=2]" and result["stored"]
+
+
 @pytest.mark.parametrize("case", ["missing column", "empty target", "not a number", "encoder", "max-new-tokens",
-                                  "metric", "type without data"])
+                                  "metric", "type without data", "grid on classification"])
 def test_bad_input_is_refused_and_nothing_is_written(home, tmp_path, case):
     ok("train", "keep", "--data", gen_file(tmp_path), "--task-type", "generation", "--text-column", "input",
        "--target-column", "output", *TINY)
@@ -254,6 +279,9 @@ def test_bad_input_is_refused_and_nothing_is_written(home, tmp_path, case):
     elif case == "metric":
         result = run("train", "g", *gen, "--target-column", "output", "--metric", "accuracy", *TINY)
         needles = ("accuracy", "rouge_l")
+    elif case == "grid on classification":
+        path = write_csv(tmp_path / "c.csv", "text,label", [("abc", "a"), ("def", "b"), ("ghi", "a")])
+        result, needles = run("train", "c", "--data", path, "--grid", "0.5", *TINY), ("--grid", "regression")
     else:
         result, needles = run("train", "keep", "--task-type", "regression", *TINY), ("--data",)
     refused(result, *needles, notes=True)

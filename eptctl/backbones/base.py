@@ -352,10 +352,10 @@ class Backbone:
 
     # --- generation ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, sources: Sequence[PromptSource], batch: Batch, options) -> list[list[int]]:
+    def generate(self, sources: Sequence[PromptSource], batch: Batch, options, limits=None) -> list[list[int]]:
         """Token ids generated after each row's input with its prompt (``decoding.GenerationOptions``); rows of a
-        mixed batch pick their source through ``batch.adapter_index``. One backbone pass per decoding step. Raises
-        ``EptctlError`` on a family without a decoder."""
+        mixed batch pick their source through ``batch.adapter_index``; ``limits`` caps each row's new tokens. One
+        backbone pass per decoding step. Raises ``EptctlError`` on a family without a decoder."""
         raise EptctlError(f"{self.name} is an encoder-only model and cannot generate text",
                           hint="use a causal or seq2seq backbone for generation tasks")
 

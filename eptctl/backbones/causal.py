@@ -28,7 +28,8 @@ class CausalBackbone(Backbone):
         return self.tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
     @torch.no_grad()
-    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions) -> list[list[int]]:
+    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions,
+                 limits=None) -> list[list[int]]:
         """Left-aligned rows ``[pads; P; E + H[pos]]``; position ids count from each row's first real token, as in
         training. The first pass fills the key/value cache with prompt and text; each step feeds one token."""
         if len(sources) > 1 and batch.adapter_index is None:
@@ -66,7 +67,7 @@ class CausalBackbone(Backbone):
             state["embeds"] = torch.cat([state["embeds"], new], dim=1)
             return run(state["embeds"], state["mask"], state["pos"], None)
 
-        return decoding.decode(first, step, b, self.tokenizer.eos_token_id, options, self.tokenizer)
+        return decoding.decode(first, step, b, self.tokenizer.eos_token_id, options, self.tokenizer, limits)
 
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
         hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state

@@ -24,9 +24,10 @@ class GenerationOptions:
     temperature, restricted to the smallest set of tokens whose probability reaches ``top_p`` (nucleus sampling,
     Holtzman et al. 2020), drawn from a generator seeded with ``seed``. Decoding stops at the eos token, after
     ``max_new_tokens`` tokens, or when the text contains one of ``stop`` (which is cut off with what follows).
+    ``max_new_tokens=None`` leaves the budget to each adapter (what its training used; ``workflows.inference``).
     Raises ``ConfigError`` naming the flag for an invalid value."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = 32
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -36,7 +37,7 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ConfigError(f"--max-new-tokens must be ≥ 1, got {self.max_new_tokens}", hint="e.g. --max-new-tokens 32")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"--temperature must be ≥ 0, got {self.temperature}",
@@ -63,21 +64,28 @@ def returned_cache(output):
 
 
 def decode(first: Callable[[], Logits], step: Callable[[torch.Tensor], Logits], rows: int, eos_id: int,
-           options: GenerationOptions, tokenizer=None) -> list[list[int]]:
+           options: GenerationOptions, tokenizer=None, limits: Sequence[int] | None = None) -> list[list[int]]:
     """Token ids generated for each of ``rows`` rows (eos excluded, stop strings not yet cut).
 
     ``first()`` returns the logits after the input, ``step(ids [rows])`` those after feeding one token per row.
-    Finished rows keep being fed their own choices (ignored) so every step stays one batched pass.
+    ``limits`` caps each row's new tokens (rows of different adapters keep their own budgets in a mixed batch;
+    default ``options.max_new_tokens`` for all). Finished rows keep being fed their own choices (ignored) so every
+    step stays one batched pass.
     """
+    if limits is None and options.max_new_tokens is None:
+        raise ConfigError("no token budget: max_new_tokens is None and no per-row limits were given",
+                          hint="pass GenerationOptions(max_new_tokens=N)")
+    limits = list(limits) if limits is not None else [options.max_new_tokens] * rows
+    steps = max(limits, default=0)
     if options.ignore_eos:
         eos_id = -1
     generator = None
     if options.temperature > 0:
         generator = torch.Generator(device="cpu").manual_seed(options.seed)
     out: list[list[int]] = [[] for _ in range(rows)]
-    done = [False] * rows
+    done = [limit < 1 for limit in limits]
     logits = first()
-    for k in range(options.max_new_tokens):
+    for k in range(steps):
         chosen = _choose(logits.float(), options, generator)
         for i, token in enumerate(chosen.tolist()):
             if done[i]:
@@ -88,7 +96,9 @@ def decode(first: Callable[[], Logits], step: Callable[[torch.Tensor], Logits], 
                 out[i].append(token)
                 if options.stop and tokenizer is not None and _has_stop(tokenizer, out[i], options.stop):
                     done[i] = True
-        if all(done) or k == options.max_new_tokens - 1:
+                if len(out[i]) >= limits[i]:
+                    done[i] = True
+        if all(done) or k == steps - 1:
             break  # no step after the last token: its logits would go unused
         logits = step(chosen)
     return out

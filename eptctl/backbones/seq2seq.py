@@ -44,7 +44,8 @@ class Seq2SeqBackbone(Backbone):
         return sum(len(a) for a in self._row_answers(batch, answers))
 
     @torch.no_grad()
-    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions) -> list[list[int]]:
+    def generate(self, sources, batch: Batch, options: decoding.GenerationOptions,
+                 limits=None) -> list[list[int]]:
         """The encoder runs once on ``[P ; E + H[pos]]``; the decoder starts from the model's start token and, with
         the cache, is fed one token per step."""
         from transformers.modeling_outputs import BaseModelOutput
@@ -71,7 +72,7 @@ class Seq2SeqBackbone(Backbone):
             return run(ids.unsqueeze(1) if options.use_cache else state["ids"])
 
         return decoding.decode(lambda: run(state["ids"]), step, b, self.tokenizer.eos_token_id, options,
-                               self.tokenizer)
+                               self.tokenizer, limits)
 
     def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
         from transformers.modeling_outputs import BaseModelOutput

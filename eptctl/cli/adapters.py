@@ -60,8 +60,9 @@ def list_adapters(
         return
     table = make_table("ref", "id", "task", "method", "backbone", "metric", "val", "test", "params", "created",
                        "aliases", right=("val", "test", "params"))
+    sorted_by = None if sort == "created" else sort.split(":")[-1]  # show what the rows are sorted by
     for r in records:
-        m = metric_of.get(r.task, "accuracy")
+        m = sorted_by or metric_of.get(r.task, "accuracy")
         table.add_row(r.ref, r.id[:8], r.task, r.method, r.backbone.name, m, fmt_metric(r.metric(m, "validation")),
                       fmt_metric(r.metric(m, "test")), fmt_count(r.trainable_params), fmt_time(r.created_at),
                       ", ".join(r.aliases + [f"#{t}" for t in r.tags]))

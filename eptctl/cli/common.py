@@ -76,7 +76,9 @@ def fmt_metric(value: float | None) -> str:
 def fmt_metrics(values: dict[str, float], primary: str | None = None, limit: int = 4) -> str:
     """``name value`` pairs, the primary metric first: ``rouge_l 0.3120, exact_match 0.0400``."""
     names = sorted(values, key=lambda name: name != primary)[:limit]
-    return ", ".join(f"{name} {fmt_metric(values[name])}" for name in names) or "-"
+    counts = ("unparseable",)  # a count of rows, not a score
+    return ", ".join(f"{name} {int(values[name]) if name in counts else fmt_metric(values[name])}"
+                     for name in names) or "-"
 
 
 def fmt_count(n: int | None) -> str:

@@ -21,19 +21,18 @@ MaxNewTokens = Annotated[int | None, typer.Option(
     rich_help_panel=GEN)]
 Temperature = Annotated[float, typer.Option(help="Generation: 0 decodes greedily; above 0 samples.", min=0.0,
                                             rich_help_panel=GEN)]
-TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass (with --temperature > 0).", min=0.0,
+TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass in (0, 1] (with --temperature > 0).",
                                      max=1.0, rich_help_panel=GEN)]
 Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, rich_help_panel=GEN)]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Generation: stop at this string (repeatable).",
                                                 rich_help_panel=GEN)]
 
 
-def generation_options(servables, max_new_tokens, temperature, top_p, seed, stop):
-    """The decoding options of the command line; ``--max-new-tokens`` defaults to the adapters' own budget."""
+def generation_options(max_new_tokens, temperature, top_p, seed, stop):
+    """The decoding options of the command line; without ``--max-new-tokens`` each adapter keeps its own budget."""
     from eptctl.backbones.decoding import GenerationOptions
 
-    length = max_new_tokens or max(s.max_new_tokens for s in servables)
-    return GenerationOptions(max_new_tokens=length, temperature=temperature, top_p=top_p, seed=seed,
+    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                              stop=tuple(stop or ()))
 
 
@@ -110,7 +109,7 @@ def predict(
                               hint="eptctl predict --adapters A,B --task-column task rows.csv")
         servables = [inference.load_adapter(reg, r.strip()) for r in adapters.split(",") if r.strip()]
         rows = _mixed_rows(path, servables, task_column, text_column, text_pair_column)
-        options = generation_options(servables, max_new_tokens, temperature, top_p, seed, stop)
+        options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
         backbone = inference.backbone_for(servables)
         for res in inference.predict_mixed(backbone, servables, rows, batch_size, options):
             typer.echo(json.dumps(res))
@@ -119,7 +118,7 @@ def predict(
         raise EptctlError("predict needs an adapter reference", hint='eptctl predict rt-polarity@latest "some text"')
     servable = inference.load_adapter(reg, ref)
     inputs = _inputs(texts, file, text_column, text_pair_column)
-    options = generation_options([servable], max_new_tokens, temperature, top_p, seed, stop)
+    options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
     backbone = inference.backbone_for([servable])
     for res in inference.predict(backbone, servable, inputs, batch_size, options):
         typer.echo(json.dumps(res))

@@ -78,6 +78,8 @@ def train(
     if data is None and (task_type != "classification" or metric is not None or grid is not None):
         raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
                           hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
+    if grid is not None and task_type != "regression":
+        raise EptctlError(f"--grid applies to regression tasks, not {task_type}", hint="drop --grid")
     label_column = label_column_for(label_column, task_type)
     custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
                                                    task_type, metric, grid)

@@ -7,6 +7,7 @@ what training measures is what serving returns.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class TaskKind:
         if spec.task_type == "regression":
             options = GenerationOptions(max_new_tokens=REGRESSION_NEW_TOKENS)
         options = options or GenerationOptions(max_new_tokens=max_new_tokens)
+        if options.max_new_tokens is None:
+            options = dataclasses.replace(options, max_new_tokens=max_new_tokens)
         return cls(spec.task_type, spec.num_labels, spec.fallback_value if spec.task_type == "regression" else 0.0,
                    options)
 
@@ -77,18 +80,21 @@ def score_mixed(backbone: Backbone, sources: Sequence[PromptSource], answers: Se
 
 
 def generate_texts(backbone: Backbone, sources: Sequence[PromptSource], encoded: Sequence[EncodedExample],
-                   options: GenerationOptions, batch_size: int = 64, adapter_index: Sequence[int] | None = None
-                   ) -> list[str]:
+                   options: GenerationOptions, batch_size: int = 64, adapter_index: Sequence[int] | None = None,
+                   limits: Sequence[int] | None = None) -> list[str]:
     """The text each row's prompt makes the backbone write after its input, in input order (stop strings cut).
 
     Rows are batched by length; with ``adapter_index`` rows of different adapters share a batch, each with its own
-    prompt, and every decoding step is one backbone pass. Sampling draws from ``options.seed`` per batch.
+    prompt, and every decoding step is one backbone pass. ``limits`` gives each row its own token budget (default
+    ``options.max_new_tokens``), so a row's greedy output never depends on the rows it shares a batch with. Sampling
+    draws from ``options.seed`` per batch: the same seed gives the same samples for the same batches.
     """
     out: list[str | None] = [None] * len(encoded)
     for idx in eval_batches([len(e.input_ids) for e in encoded], batch_size):
         index = None if adapter_index is None else [adapter_index[i] for i in idx]
         batch = backbone.collate([encoded[i] for i in idx], None, train=False, adapter_index=index)
-        for i, ids in zip(idx, backbone.generate(sources, batch.to(backbone.device), options)):
+        caps = None if limits is None else [limits[i] for i in idx]
+        for i, ids in zip(idx, backbone.generate(sources, batch.to(backbone.device), options, caps)):
             out[i] = to_text(backbone.tokenizer, ids, options.stop)
     return out
 

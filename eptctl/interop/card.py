@@ -42,7 +42,7 @@ def render_card(rec, task=None, parents: Sequence = (), children: Sequence = ())
     lines += _lineage(rec, parents, children)
     lines += _params(rec)
     lines += _files(rec)
-    lines += _how_to_load(rec)
+    lines += _how_to_load(rec, getattr(task, "task_type", "classification") if task else "classification")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -168,12 +168,16 @@ def _files(rec) -> list[str]:
     return lines
 
 
-def _how_to_load(rec) -> list[str]:
+_PREDICTS = {"classification": "label and per-label scores", "generation": "the generated output",
+             "regression": "the value"}
+
+
+def _how_to_load(rec, task_type: str = "classification") -> list[str]:
     ref = rec.id[:12]  # the id survives export and import; the version is per registry
     return ["", "## How to load it", "",
             f"`{ref}` is a prefix of the adapter id, valid in every registry it is imported into "
             f"(here it is also `{rec.ref}`).", "", "Command line:", "", "```bash",
-            f'eptctl predict {ref} "some text"          # label and per-label scores, as JSON lines',
+            f'eptctl predict {ref} "some text"          # {_PREDICTS.get(task_type, "the prediction")}, as JSON lines',
             f"eptctl eval {ref} --split test",
             "eptctl import PATH                      # from an export bundle folder into your registry",
             "```", "", "Python:", "", "```python",

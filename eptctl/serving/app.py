@@ -11,7 +11,7 @@ import hmac
 import time
 from contextlib import asynccontextmanager
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from eptctl import __version__
 from eptctl.core.errors import EptctlError
@@ -25,13 +25,18 @@ from eptctl.serving.metrics import ServeMetrics
 class Input(BaseModel):
     """One input: a text, an optional second text (pair tasks), and optionally its own adapter (mixed requests)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt or unsupported field is a 422, never silently ignored
+
     text: str
     text_pair: str | None = None
     adapter: str | None = None
 
 
 class PredictRequest(BaseModel):
-    """``adapter`` for every input, or an ``adapter`` on each input (mixed-task requests)."""
+    """``adapter`` for every input, or an ``adapter`` on each input (mixed-task requests). Generation rows decode
+    greedily with their adapter's own budget; decoding options are a command-line feature (``eptctl predict``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     adapter: str | None = Field(default=None, examples=["rt-polarity@latest"])
     inputs: list[str | Input] = Field(examples=[["A triumph.", {"text": "Dull.", "adapter": "rt-polarity@1"}]])

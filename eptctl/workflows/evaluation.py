@@ -17,10 +17,11 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
 
     A split's metrics replace the training-time ones only when they are computed on the same rows: when the task's
     data changed since training (its fingerprint differs) nothing is stored unless ``force``; a subset
-    (``max_eval`` below the training-time size) is stored under ``SPLIT[:N]``; a file under ``data:NAME``.
+    (``max_eval`` below the training-time size) is stored under ``SPLIT[:N]``; a file under ``data:NAME``; a
+    generation budget other than the adapter's own under ``SPLIT[max_new_tokens=N]``.
     ``label_column`` (default: ``label``, or ``target`` for generation and regression) names a file's answers;
     generation decodes greedily up to ``max_new_tokens`` (default: the adapter's target length).
-    Returns ``{"ref", "id", "split", "examples", "truncated", "metric", "metrics", "data_changed"}``. Raises
+    Returns ``{"ref", "id", "split", "stored", "examples", "truncated", "metric", "metrics", "data_changed"}``. Raises
     ``EptctlError`` for an unknown reference or split, unreadable or changed data, or a backbone other than the
     adapter's.
     """
@@ -60,9 +61,12 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
         from eptctl.backbones.decoding import GenerationOptions
 
         options = GenerationOptions(max_new_tokens=max_new_tokens)
+        if max_new_tokens != servable.max_new_tokens:  # another budget: never replaces the metric training stored
+            split_name = f"{split_name}[max_new_tokens={max_new_tokens}]"
     result = evaluate_servable(backbone, servable, examples, options=options)
     if store:
         registry.add_metrics(servable.record, [MetricValue(split_name, k, v) for k, v in result.metrics.items()])
-    return {"ref": servable.record.ref, "id": servable.record.id, "split": split_name, "examples": len(examples),
+    return {"ref": servable.record.ref, "id": servable.record.id, "split": split_name, "stored": store,
+            "examples": len(examples),
             "truncated": result.truncated, "metric": servable.spec.metric, "metrics": result.metrics,
             "data_changed": data_changed}

@@ -98,6 +98,18 @@ def _encode(backbone: Backbone, servable: ServableAdapter, examples: Sequence[da
                            servable.max_target_length), answers
 
 
+def check_pair(servable: ServableAdapter, pair: str | None, where: str) -> None:
+    """Refuse (``EptctlError``) a text pair for a one-text task, or a single text for a pair task: the template
+    would drop the second text, or fill it with nothing."""
+    wants = servable.spec.uses_text_pair
+    if wants and pair is None:
+        raise EptctlError(f"{where} has one text, but {servable.record.ref}'s task takes a text pair",
+                          hint="give the second text (a file with --text-pair-column, or text_pair over HTTP)")
+    if not wants and pair is not None:
+        raise EptctlError(f"{where} has a text pair, but {servable.record.ref}'s task takes one text",
+                          hint="drop the second text (--text-pair-column, or text_pair over HTTP)")
+
+
 def check_servable_on(servable: ServableAdapter, backbone: Backbone) -> None:
     """Refuse (``EptctlError``) a generation adapter on a backbone that cannot generate."""
     if servable.spec.task_type == "generation" and not backbone.can_generate:
@@ -142,7 +154,7 @@ def predict(backbone: Backbone, servable: ServableAdapter, inputs: Sequence[tupl
     """One dict per input ``(text, text_pair)``: ``adapter``, ``text``, the prediction and whether the input was
     ``truncated`` to the adapter's max length. The prediction is, by task type: ``label`` and every label's
     ``scores`` (length-normalised log-likelihood; encoders: head log-probability); ``output``, the generated text
-    (decoded with ``options``, default greedy); or ``value``, the number (``output`` too on decoder backbones, and
+    (decoded with ``options``, default greedy; ``max_new_tokens=None`` there: the adapter's own budget); or ``value``, the number (``output`` too on decoder backbones, and
     ``parsed: false`` with the task's fallback value when the output holds no number). Inputs are normalised as
     training data is; an empty one is an ``EptctlError``."""
     return predict_mixed(backbone, [servable], [(0, t, p) for t, p in inputs], batch_size, options, where="input")
@@ -162,6 +174,8 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
     answers: list[TaskEncoding] = [backbone.encode_answers(s.spec.verbalizer) for s in servables]
     cleaned = clean_inputs([(text, pair) for _, text, pair in rows], where=where)
     rows = [(row[0], text, pair) for row, (text, pair) in zip(rows, cleaned)]
+    for n, (a, _, pair) in enumerate(rows, start=1):
+        check_pair(servables[a], pair, f"{where} {n}")
     encoded: list = [None] * len(rows)
     for a, s in enumerate(servables):  # one tokenizer call per adapter, not per row
         mine = [i for i, row in enumerate(rows) if row[0] == a]
@@ -183,8 +197,11 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
             results = [_row(servables[a], s, e.truncated)
                        for a, s, e in zip(idx, score_mixed(backbone, sources, answers, enc, idx, batch_size), enc)]
         elif task_type == "generation":
-            options = options or GenerationOptions(max_new_tokens=max(servables[a].max_new_tokens for a in idx))
-            texts = generate_texts(backbone, sources, enc, options, batch_size, idx)
+            options = options or GenerationOptions(max_new_tokens=None)
+            # each row keeps its own adapter's budget unless the caller set one: a row's output never depends on
+            # the rows it shares a batch with
+            limits = [options.max_new_tokens or servables[a].max_new_tokens for a in idx]
+            texts = generate_texts(backbone, sources, enc, options, batch_size, idx, limits)
             results = [{"adapter": servables[a].record.ref, "output": t, "truncated": bool(e.truncated)}
                        for a, t, e in zip(idx, texts, enc)]
         else:

@@ -76,11 +76,12 @@ def checkpoint_path(key: str) -> Path:
     return eptctl_home() / "runs" / f"{key}.safetensors"
 
 
-def check_task_fits(spec: data.TaskSpec, backbone: Backbone, train_cfg: TrainConfig) -> None:
+def check_task_fits(spec: data.TaskSpec, backbone: Backbone | None, train_cfg: TrainConfig) -> None:
     """Refuse (``EptctlError``) a task the backbone or the options cannot train: generation on an encoder-only model,
-    ``--objective classify`` without labels, a primary metric the task type does not have."""
+    ``--objective classify`` without labels, a primary metric the task type does not have. Without a ``backbone``
+    (before loading one) only the options are checked."""
     check_metric(spec.task_type, spec.metric)
-    if spec.task_type == "generation" and not backbone.can_generate:
+    if backbone is not None and spec.task_type == "generation" and not backbone.can_generate:
         raise EptctlError(f"task '{spec.name}' generates text, but {backbone.name} is an encoder-only model",
                           hint="use a causal or seq2seq backbone (e.g. the default model) for generation tasks")
     if spec.task_type != "classification" and train_cfg.objective == "classify":
@@ -122,6 +123,7 @@ def train_task(
     distributed.init()
     emit = on_event or events.ignore
     spec = resolve_spec(task, registry, custom)
+    check_task_fits(spec, None, train_cfg)  # before the data and the model: bad options cost nothing
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
                            metric=spec.metric, task_type=spec.task_type))
