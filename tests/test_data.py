@@ -41,6 +41,16 @@ EXPECTED_BUILTINS = {
         "verbalizer": ("business", "entertainment", "politics", "sports", "technology"),
         "sizes": {"train": 1582, "validation": 211, "test": 316},
     },
+    "tweet-sentiment": {
+        "labels": ("negative", "neutral", "positive"),
+        "verbalizer": ("negative", "neutral", "positive"),
+        "sizes": {"train": 35733, "validation": 500, "test": 1000},
+    },
+    "bbc-headline": {  # generation: no labels, a target per example
+        "labels": (),
+        "verbalizer": (),
+        "sizes": {"train": 1369, "validation": 200, "test": 500},
+    },
 }
 
 
@@ -110,6 +120,8 @@ def test_builtin_fingerprints_are_pinned():
         "rt-polarity": "01976c963d6994c70833a3960457b0d813e3137f3aa5b3af16a26f1630d5b4e9",
         "rt-subjectivity": "42685d2ae708335bf79986273dff4feb4fa81d8b84319e00c4781e7edd8d0b86",
         "bbc-topic": "b5a99151a22cd070c952a4a0a5c968a87077f88edf3751f0c6c84965241bdf75",
+        "tweet-sentiment": "af3a67a5d67d4245e51f674c465415731e8ef911ffe66fbc8b9a80d68025394a",
+        "bbc-headline": "e475b6118f18cc006e8010e56f10c88aebf69b652aae208ee3a0ed2c57d5da8a",
     }
     assert {name: loaded(name).fingerprint for name in pinned} == pinned
 
@@ -417,3 +429,16 @@ def test_malformed_file(tmp_path):
     path.write_text('{"text": "a", "label": 1}\n{"text": \n')
     with pytest.raises(EptctlError, match="could not read"):
         custom_task("t", path)
+
+
+def test_few_shot_sample_is_stratified_nested_and_the_same_for_every_seed():
+    spec = builtin_task("tweet-sentiment")
+    shots = {k: load_task(spec, train_examples=k, seed=0) for k in (16, 64, 256)}
+    assert [len(shots[k].train) for k in shots] == [16, 64, 256]
+    # every label, in proportion (15343 / 13832 / 6558 of 35733 training rows; 16 -> 6.87, 6.19, 2.94 -> 7, 6, 3)
+    assert shots[16].label_counts("train") == {"negative": 7, "neutral": 6, "positive": 3}
+    assert {e.text for e in shots[16].train} <= {e.text for e in shots[64].train} <= {e.text for e in shots[256].train}
+    assert load_task(spec, train_examples=64, seed=5).train == shots[64].train  # the seed never changes the sample
+    assert shots[64].fingerprint != shots[256].fingerprint and shots[64].source_fingerprint == shots[256].source_fingerprint
+    with pytest.raises(EptctlError, match="--train-examples"):
+        load_task(spec, train_examples=0)

@@ -132,3 +132,25 @@ def test_attention_mode_learns_a_mixture_over_frozen_source_prompts(sources):
     src, _ = reg.load_servable(reg.resolve("rt-polarity@1"))
     assert torch.equal(state["best.mixture.sources"][0], src["prompt"])
     assert json.loads(ok("predict", child["ref"], "a text").stdout)["label"]
+
+
+@pytest.mark.parametrize("components, expected", [
+    ("prompt", {"decomposition.prompt"}),
+    ("prompt+low-rank", {"decomposition.prompt", "decomposition.lora_a", "decomposition.lora_b"}),
+])
+def test_transfer_components_limit_what_a_fused_start_takes(sources, components, expected):
+    from eptctl import backbones, data
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.transfer import Source, TransferOptions, best_state, prepare_transfer
+    from registry import Registry
+
+    reg = Registry()
+    backbone = backbones.load("tiny-random-llama")
+    spec = data.builtin_task("bbc-topic")
+    start = prepare_transfer(reg, TransferOptions([Source(sources[0]["ref"])], components=components), backbone,
+                             EPTConfig().resolved(backbone.width), spec, [], seed=0)
+    assert set(start.init_tensors) == expected
+    source = best_state(reg, reg.resolve(sources[0]["ref"]))
+    assert all(torch.equal(start.init_tensors[k], source[k]) for k in expected)
+    with pytest.raises(EptctlError, match="--transfer-components"):
+        TransferOptions([Source("x")], components="head")

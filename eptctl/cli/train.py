@@ -35,6 +35,7 @@ def train(
     train_cfg: TrainConfig = None,  # replaced by the TrainConfig flags
     max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")] = None,
     max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")] = None,
+    train_examples: Annotated[int | None, typer.Option(help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).", min=1, rich_help_panel="Optimisation")] = None,
     data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
@@ -46,6 +47,7 @@ def train(
     metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
+    transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "all",
     top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 2,
     probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
@@ -84,7 +86,7 @@ def train(
     custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
                                                    task_type, metric, grid)
     transfer = None if init_from is None else TransferOptions(
-        "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe)
+        "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe, transfer_components)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
     leader = distributed.is_main()
     reg = open_registry(registry)
@@ -98,7 +100,8 @@ def train(
         with stop, view:
             outcome = train_task(
                 task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
-                transfer=transfer, max_train=max_train, max_eval=max_eval, resume=resume, backbone=backbone,
+                transfer=transfer, max_train=max_train, max_eval=max_eval, train_examples=train_examples,
+                resume=resume, backbone=backbone,
                 description=description, tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]),
                 on_event=view.on_event, should_stop=stop.is_set, trust_remote_code=trust_remote_code,
             )

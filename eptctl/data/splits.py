@@ -76,3 +76,34 @@ def subsample(items: list[T], limit: int | None, *, seed: int | None) -> list[T]
         return items[:limit]
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
+
+
+def stratified_sample(items: list[T], k: int | None, key) -> list[T]:
+    """``k`` items drawn class by class, the same whatever the training seed: each class (``key(item)``) gets its
+    share of ``k`` in proportion to its frequency (largest remainders, at least one per class while ``k`` allows)
+    and keeps the first items of its own fixed shuffle, so a smaller ``k`` is (nearly always) a subset of a larger
+    one. Items keep their split order. ``key=None`` (no classes) keeps the first ``k`` items. Raises
+    ``EptctlError`` for ``k`` < 1.
+    """
+    if k is not None and k < 1:
+        raise EptctlError(f"--train-examples must be at least 1, got {k}", hint="e.g. --train-examples 64")
+    if k is None or k >= len(items):
+        return items
+    if key is None:
+        return items[:k]
+    by_class: dict = {}
+    for index, item in enumerate(items):
+        by_class.setdefault(key(item), []).append(index)
+    classes = sorted(by_class, key=str)
+    floor = min(1, k // len(classes)) if k >= len(classes) else 0
+    exact = {c: k * len(by_class[c]) / len(items) for c in classes}
+    counts = {c: min(len(by_class[c]), max(floor, int(exact[c]))) for c in classes}
+    for c in sorted(classes, key=lambda c: exact[c] - int(exact[c]), reverse=True):  # largest remainders
+        if sum(counts.values()) >= k:
+            break
+        if counts[c] < len(by_class[c]):
+            counts[c] += 1
+    while sum(counts.values()) > k:  # the at-least-one floor can overshoot: trim the largest classes
+        counts[max(classes, key=lambda c: counts[c])] -= 1
+    keep = sorted(i for c in classes for i in shuffled(by_class[c], SPLIT_SEED + 1)[: counts[c]])
+    return [items[i] for i in keep]

@@ -16,7 +16,7 @@ from eptctl.core.errors import EptctlError
 from eptctl.data.packaged import BUILTINS
 from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, target_number, to_examples
 from eptctl.data.spec import Example, TaskData, TaskSpec, fingerprint, template_fields
-from eptctl.data.splits import SplitPolicy, make_splits, subsample
+from eptctl.data.splits import SplitPolicy, make_splits, stratified_sample, subsample
 from eptctl.data.tables import describe, locate, read_rows
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in BUILTINS.items()}
@@ -153,12 +153,15 @@ def _check_pair_template(template: str, text_pair_column: str | None) -> None:
 
 
 def load_task(
-    spec: TaskSpec, *, max_train: int | None = None, max_eval: int | None = None, seed: int = 0
+    spec: TaskSpec, *, max_train: int | None = None, max_eval: int | None = None, seed: int = 0,
+    train_examples: int | None = None,
 ) -> TaskData:
     """The task's examples in fixed train/validation/test splits.
 
-    The splits never depend on ``seed``. ``max_train`` draws a ``seed``-dependent sample of train; ``max_eval``
-    keeps the first examples of validation and of test, the same for every seed, so evaluations stay comparable.
+    The splits never depend on ``seed``. ``train_examples`` keeps K training examples for few-shot runs, stratified
+    by label and the same for every seed (``splits.stratified_sample``); ``max_train`` draws a ``seed``-dependent
+    sample of train; ``max_eval`` keeps the first examples of validation and of test, the same for every seed, so
+    evaluations stay comparable.
     """
     kind = spec.source.get("kind")
     if kind == "builtin":
@@ -179,8 +182,9 @@ def load_task(
         raise EptctlError(f"task '{spec.name}' has an unknown data source kind {kind!r}")
     splits = make_splits(given, policy, where=_where(spec))
     source = fingerprint(spec, splits)
+    by_label = (lambda e: e.label) if spec.task_type == "classification" else None
     splits = {
-        "train": subsample(splits["train"], max_train, seed=seed),
+        "train": subsample(stratified_sample(splits["train"], train_examples, by_label), max_train, seed=seed),
         "validation": subsample(splits["validation"], max_eval, seed=None),
         "test": subsample(splits["test"], max_eval, seed=None),
     }

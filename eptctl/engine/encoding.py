@@ -97,9 +97,10 @@ def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess:
 
 def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max_train: int | None = None,
                 max_eval: int | None = None, seed: int = 0, task_data: data.TaskData | None = None,
-                max_target_length: int = DEFAULT_MAX_TARGET_LENGTH) -> EncodedTask:
+                max_target_length: int = DEFAULT_MAX_TARGET_LENGTH, train_examples: int | None = None) -> EncodedTask:
     """Load (unless ``task_data`` is given) and encode a task's splits; raises ``EptctlError`` for bad data."""
-    task_data = task_data or data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=seed)
+    task_data = task_data or data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=seed,
+                                            train_examples=train_examples)
     answers = backbone.encode_answers(spec.verbalizer)
 
     def enc(examples):

@@ -24,13 +24,15 @@ from eptctl.workflows.transfer import Source, TransferOptions
 def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_MODEL,
               method_cfg: EPTConfig = EPTConfig(), train_cfg: TrainConfig = TrainConfig(), transfer: bool = True,
               baseline: bool = True, max_train: int | None = None, max_eval: int | None = None, backbone=None,
-              on_event: events.EventHandler | None = None, command_line: str | None = None) -> dict:
+              on_event: events.EventHandler | None = None, command_line: str | None = None,
+              train_examples: int | None = None) -> dict:
     """Learn ``tasks`` in order, each (with ``transfer``) from the fusion of the adapters before it, all registered.
 
     Returns the test matrix of each task's primary metric (task x stage; accuracy for classification),
     forgetting per task, the largest difference between a
     re-evaluation and the stored metric, and (with ``baseline``) forward transfer against random-init runs.
-    Raises ``EptctlError`` for an unknown task or bad data before that task's registration.
+    ``train_examples`` trains every stage (and its random-init baseline) on the same K examples per task (few-shot
+    forward transfer). Raises ``EptctlError`` for an unknown task or bad data before that task's registration.
     """
     emit = on_event or events.ignore
     backbone = backbone or backbones.load(model)
@@ -44,6 +46,7 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
         outcome = train_task(task, registry=registry, backbone=backbone, method_cfg=method_cfg,
                              train_cfg=train_cfg, max_train=max_train, max_eval=max_eval,
                              transfer=None if init is None else TransferOptions(init), tags=["continual"],
+                             train_examples=train_examples,
                              command_line=command_line, on_event=on_event)
         records.append(outcome.record)
         metric_of[task] = outcome.spec.metric
@@ -53,7 +56,8 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
             matrix[tasks[j]][stage] = result["metrics"][metric_of[tasks[j]]]
         if transfer and baseline and stage > 0:
             encoded = encode_task(backbone, outcome.spec, outcome.record.config["max_length"],
-                                  max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
+                                  max_train=max_train, max_eval=max_eval, seed=train_cfg.seed,
+                                  train_examples=train_examples)
             spec = outcome.spec
             scratch = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
                           num_labels=spec.head_size, test_set=encoded.test, metric=spec.metric,
@@ -77,4 +81,5 @@ def continual(registry, tasks: Sequence[str], *, model: str = backbones.DEFAULT_
         "forward_transfer": forward,
         "transfer": transfer,
         "metrics": metric_of,
+        "train_examples": train_examples,
     }

@@ -101,6 +101,7 @@ def train_task(
     transfer: TransferOptions | None = None,
     max_train: int | None = None,
     max_eval: int | None = None,
+    train_examples: int | None = None,
     resume: bool = False,
     backbone: Backbone | None = None,
     description: str = "",
@@ -112,7 +113,8 @@ def train_task(
 ) -> TrainOutcome:
     """Train an adapter for ``task`` and register it; returns the registry record and the training result.
 
-    ``custom`` defines a new task from the user's data; ``transfer`` starts from stored adapters. Raises
+    ``custom`` defines a new task from the user's data; ``transfer`` starts from stored adapters; ``train_examples``
+    trains on K examples stratified by label, the same for every seed (few-shot; recorded in the summary). Raises
     ``EptctlError`` for anything a user can get wrong, before the registry is written, and ``TrainingInterrupted``
     after a clean checkpoint when ``should_stop()`` turns true. Under ``torchrun`` / ``accelerate launch`` every
     rank calls this: the ranks train data-parallel, rank 0 alone registers, and the other ranks get ``record=None``
@@ -124,7 +126,8 @@ def train_task(
     emit = on_event or events.ignore
     spec = resolve_spec(task, registry, custom)
     check_task_fits(spec, None, train_cfg)  # before the data and the model: bad options cost nothing
-    task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed)
+    task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed,
+                               train_examples=train_examples)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
                            metric=spec.metric, task_type=spec.task_type))
     if backbone is None:
@@ -173,6 +176,9 @@ def train_task(
         "history": result.history,
         "train_config": train_cfg.to_dict(),
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},
+        **({"train_examples": train_examples} if train_examples else {}),
+        **({"transfer_components": transfer.components} if transfer is not None and transfer.mode == "weighted"
+           else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
         **({"max_new_tokens": new_tokens} if spec.task_type != "classification" else {}),

@@ -31,6 +31,12 @@ class Source:
 
 
 TRANSFER_MODES = ("weighted", "attention")
+# What a fused start takes from its sources; the rest keeps the fresh initialisation of a new adapter.
+TRANSFER_COMPONENTS = {
+    "prompt": ("decomposition.prompt",),
+    "prompt+low-rank": ("decomposition.prompt", "decomposition.lora_a", "decomposition.lora_b"),
+    "all": None,  # every component but a task head
+}
 
 
 @dataclass(frozen=True)
@@ -39,18 +45,24 @@ class TransferOptions:
 
     ``sources``: the adapters, or ``"auto"`` to pick the ``top_k`` best by zero-step accuracy on ``probe``
     validation examples. ``mode``: ``weighted`` (start from the weighted sum of their components) or ``attention``
-    (learn an attention mixture over their frozen prompts, ATTEMPT-style).
+    (learn an attention mixture over their frozen prompts, ATTEMPT-style). ``components`` (weighted mode): what is
+    taken from the sources, ``prompt``, ``prompt+low-rank`` (the prompt and the offset's A and B) or ``all``; the
+    other components start fresh.
     """
 
     sources: list[Source] | str
     mode: str = "weighted"
     top_k: int = 2
     probe: int = 64
+    components: str = "all"
 
     def __post_init__(self) -> None:
         if self.mode not in TRANSFER_MODES:
             raise EptctlError(f"--transfer-mode must be weighted or attention, got {self.mode!r}",
                               hint="use --transfer-mode weighted")
+        if self.components not in TRANSFER_COMPONENTS:
+            raise EptctlError(f"--transfer-components must be one of {', '.join(TRANSFER_COMPONENTS)}, got "
+                              f"{self.components!r}", hint="use --transfer-components all")
 
 
 @dataclass
@@ -95,6 +107,9 @@ def prepare_transfer(registry, options: TransferOptions, backbone, method_cfg, s
         return TransferStart(init_tensors, dataclasses.replace(method_cfg, source_prompts=len(records)),
                              attention_sources=records)
     fused, parents = fused_init(registry, list(sources), backbone, template)
+    keep = TRANSFER_COMPONENTS[options.components]
+    if keep is not None:
+        fused = {k: v for k, v in fused.items() if k.startswith(keep)}
     emit(events.FusedInit(parents=[(p.parent_id, p.weight) for p in parents]))
     return TransferStart(fused, method_cfg, parents=parents)
 
