@@ -154,9 +154,10 @@ def predict(backbone: Backbone, servable: ServableAdapter, inputs: Sequence[tupl
     """One dict per input ``(text, text_pair)``: ``adapter``, ``text``, the prediction and whether the input was
     ``truncated`` to the adapter's max length. The prediction is, by task type: ``label`` and every label's
     ``scores`` (length-normalised log-likelihood; encoders: head log-probability); ``output``, the generated text
-    (decoded with ``options``, default greedy; ``max_new_tokens=None`` there: the adapter's own budget); or ``value``, the number (``output`` too on decoder backbones, and
-    ``parsed: false`` with the task's fallback value when the output holds no number). Inputs are normalised as
-    training data is; an empty one is an ``EptctlError``."""
+    (decoded with ``options``, default greedy; ``max_new_tokens=None`` there: the adapter's own budget); or
+    ``value``, the number (``output`` too on decoder backbones, and ``parsed: false`` with the task's fallback value
+    when the output holds no number). Inputs are normalised as training data is; an empty one, or a text pair that
+    does not match the task, is an ``EptctlError``."""
     return predict_mixed(backbone, [servable], [(0, t, p) for t, p in inputs], batch_size, options, where="input")
 
 
