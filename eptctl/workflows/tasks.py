@@ -41,12 +41,14 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     """A builtin task, a task stored in the registry, or a new custom task from ``--data`` (its labels, verbalizer
     and template kept from the stored task of that name). Raises ``EptctlError`` for an unknown task, a builtin
     task given ``--data``, or data that cannot define a task."""
-    stored = stored_specs(registry)
+    records = {t.name: t for t in registry.list_tasks()}
     if custom is None:
-        return data.resolve_task(task, stored=stored)
+        if task in records and task not in data.BUILTIN_TASKS:
+            return task_record_to_spec(records[task])  # only the task asked for: another stored task's row is not read
+        return data.resolve_task(task, stored=dict.fromkeys(records))
     if task in data.BUILTIN_TASKS:
         raise EptctlError(f"'{task}' is a builtin task and takes no --data", hint="pick a new name for a custom task")
-    previous = stored.get(task)
+    previous = task_record_to_spec(records[task]) if task in records else None
     if previous is not None and previous.task_type != custom.task_type:
         raise EptctlError(f"task '{task}' is stored as a {previous.task_type} task, not {custom.task_type}",
                           hint=f"pass --task-type {previous.task_type}, or pick a new task name")
