@@ -142,6 +142,7 @@ def continual(
     if len(tasks) < 2:
         raise EptctlError("continual needs at least two tasks", hint="e.g. eptctl continual rt-polarity rt-subjectivity")
     reg = open_registry(registry)
+    shots = f" ({train_examples}-shot)" if train_examples else ""
 
     def on_event(event: events.Event) -> None:
         if as_json:
@@ -150,7 +151,6 @@ def continual(
             err.print(f"stage {event.stage + 1}: {event.task}"
                       + (f" from {', '.join(event.init_from)}" if event.init_from else " (random init)"))
         elif isinstance(event, events.ForwardTransfer):
-            shots = f" ({train_examples}-shot)" if train_examples else ""
             err.print(f"  {event.task}{shots}: fused init {event.fused_init:.4f} vs random init "
                       f"{event.random_init:.4f} ({event.delta:+.4f})")
 
@@ -169,6 +169,5 @@ def continual(
     out.print(table)
     out.print(f"forgetting (max over tasks): {report['max_forgetting']:.6f}; re-evaluation vs stored metrics: "
               f"{report['reeval_vs_stored_max_diff']:.6f}")
-    shots = f" ({train_examples}-shot)" if train_examples else ""
     for t, ft in report["forward_transfer"].items():
         out.print(f"forward transfer {t}{shots}: {ft['delta']:+.4f} (fused {ft['fused_init']:.4f}, random {ft['random_init']:.4f})")

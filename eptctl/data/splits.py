@@ -95,7 +95,7 @@ def stratified_sample(items: list[T], k: int | None, key) -> list[T]:
     for index, item in enumerate(items):
         by_class.setdefault(key(item), []).append(index)
     classes = sorted(by_class, key=str)
-    floor = min(1, k // len(classes)) if k >= len(classes) else 0
+    floor = 1 if k >= len(classes) else 0  # every class gets one while k allows
     exact = {c: k * len(by_class[c]) / len(items) for c in classes}
     counts = {c: min(len(by_class[c]), max(floor, int(exact[c]))) for c in classes}
     for c in sorted(classes, key=lambda c: exact[c] - int(exact[c]), reverse=True):  # largest remainders

@@ -42,7 +42,7 @@ def render_card(rec, task=None, parents: Sequence = (), children: Sequence = ())
     lines += _lineage(rec, parents, children)
     lines += _params(rec)
     lines += _files(rec)
-    lines += _how_to_load(rec, getattr(task, "task_type", "classification") if task else "classification")
+    lines += _how_to_load(rec, _task_type(task))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -52,10 +52,15 @@ def adapter_card(registry, ref) -> str:
     return render_card(rec, registry.get_task(rec.task), registry.parents(rec), registry.children(rec))
 
 
+def _task_type(task) -> str:
+    """The task's type; a task this registry does not describe is taken as classification, as before 0004."""
+    return getattr(task, "task_type", "classification") if task else "classification"
+
+
 def _intended_use(rec, task) -> list[str]:
     labels = ", ".join(f"`{label}`" for label in task.labels) if task else "its task's labels"
     b = rec.backbone
-    task_type = getattr(task, "task_type", "classification") if task else "classification"
+    task_type = _task_type(task)
     what = {
         "classification": f"Classifies text for the task `{rec.task}` into {labels}",
         "generation": f"Writes the target text of the task `{rec.task}` for an input",
@@ -84,7 +89,7 @@ def _task(rec, task) -> list[str]:
         lines += ["| label | answer the model scores |", "| --- | --- |"]
         lines += [f"| {label} | {_cell(answer)} |" for label, answer in zip(task.labels, verbalizer)]
     else:
-        lines += [f"A {getattr(task, 'task_type', '')} task: no labels."]
+        lines += [f"A {_task_type(task)} task: no labels."]
     lines += ["", f"Template: `{_inline(task.template)}`. Metric for `@best`: {task.metric}."]
     return lines
 

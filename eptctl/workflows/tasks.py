@@ -45,7 +45,7 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     if custom is None:
         if task in records and task not in data.BUILTIN_TASKS:
             return task_record_to_spec(records[task])  # only the task asked for: another stored task's row is not read
-        return data.resolve_task(task, stored=dict.fromkeys(records))
+        return data.resolve_task(task, stored=dict.fromkeys(records))  # names only: a builtin, or the error
     if task in data.BUILTIN_TASKS:
         raise EptctlError(f"'{task}' is a builtin task and takes no --data", hint="pick a new name for a custom task")
     previous = task_record_to_spec(records[task]) if task in records else None
