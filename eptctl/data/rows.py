@@ -19,6 +19,7 @@ class RawRow(NamedTuple):
     text_pair: Any
     label: Any
     row: int  # 1-based position in its file or split, for error messages
+    fields: tuple = ()  # (column, value) of a task's further named input columns, in order
 
 
 def canonical_label(value: Any) -> str | None:
@@ -59,6 +60,21 @@ def _label_index(labels: Sequence[str]):
     return index_of
 
 
+def checked_fields(rows: Sequence[RawRow], *, where: str) -> list[tuple[tuple[str, str], ...]]:
+    """Each row's further named columns, stripped; an empty one is an error naming the column and the row."""
+    out = []
+    for raw in rows:
+        cleaned = []
+        for column, value in raw.fields:
+            value = _clean_text(value)
+            if value is None:
+                raise EptctlError(f"row {raw.row} of {where} has empty text in column '{column}'",
+                                  hint="fill in or drop that row")
+            cleaned.append((column, value))
+        out.append(tuple(cleaned))
+    return out
+
+
 def checked_texts(
     rows: Sequence[RawRow], *, where: str, text_column: str = "text", text_pair_column: str | None = None
 ) -> list[tuple[str, str | None]]:
@@ -86,15 +102,16 @@ def to_examples(
     """Validates every row, then maps label values onto ``labels`` (classification), or reads each row's target
     text (generation) or number (regression) from ``label_column``; one ``EptctlError`` names the first bad row."""
     texts = checked_texts(rows, where=where, text_column=text_column, text_pair_column=text_pair_column)
+    extra = checked_fields(rows, where=where)
     if task_type == "generation":
-        return [Example(text=text, label=0, text_pair=pair, target=_target_text(raw, where, label_column))
-                for raw, (text, pair) in zip(rows, texts)]
+        return [Example(text=text, label=0, text_pair=pair, target=_target_text(raw, where, label_column), fields=f)
+                for raw, (text, pair), f in zip(rows, texts, extra)]
     if task_type == "regression":
-        return [Example(text=text, label=0, text_pair=pair, value=target_number(raw, where, label_column))
-                for raw, (text, pair) in zip(rows, texts)]
+        return [Example(text=text, label=0, text_pair=pair, value=target_number(raw, where, label_column), fields=f)
+                for raw, (text, pair), f in zip(rows, texts, extra)]
     index_of = _label_index(labels)
     examples = []
-    for raw, (text, pair) in zip(rows, texts):
+    for raw, (text, pair), f in zip(rows, texts, extra):
         name = canonical_label(raw.label)
         if name is None:
             raise EptctlError(
@@ -107,7 +124,7 @@ def to_examples(
                 f"label '{name}' (row {raw.row} of {where}) is not in the task's label set: {', '.join(labels)}",
                 hint="a task keeps the labels it was created with; create a new task for a different label set",
             )
-        examples.append(Example(text=text, label=index, text_pair=pair))
+        examples.append(Example(text=text, label=index, text_pair=pair, fields=f))
     return examples
 
 

@@ -31,6 +31,24 @@ def template_fields(template: str) -> set[str]:
         ) from None
 
 
+def template_columns(template: str) -> tuple[str, ...]:
+    """The template's placeholders in order of first appearance: the input columns of a named-column template."""
+    seen: dict[str, None] = {}
+    for name in _parsed_names(template):
+        seen.setdefault(name)
+    return tuple(seen)
+
+
+def names_columns(template: str) -> bool:
+    """Whether a template names data columns (``{premise}``) rather than using ``{text}``/``{text_pair}``."""
+    return bool(template_fields(template) - set(TEMPLATE_FIELDS))
+
+
+def _parsed_names(template: str) -> list[str]:
+    template_fields(template)  # raises the user error for a malformed template
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task: where its data lives, its type, its labels (classification), and how an input becomes a prompt.
@@ -53,11 +71,15 @@ class TaskSpec:
     task_type: str = "classification"
     grid: float | None = None  # regression: targets rounded to multiples of this (default DEFAULT_GRID)
     value_range: tuple[float, float] | None = None  # regression: (min, max) of the training targets
+    # Named input columns, in input order, when the template names them ({premise}, {hypothesis}...); empty: the
+    # template uses {text} and {text_pair}. The first column is an example's ``text``, the second its ``text_pair``.
+    input_columns: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Lists arrive from JSON; tuples keep the frozen spec hashable and comparable.
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         object.__setattr__(self, "verbalizer", tuple(str(answer) for answer in self.verbalizer))
+        object.__setattr__(self, "input_columns", tuple(str(column) for column in self.input_columns))
         if self.task_type not in TASK_TYPES:
             raise EptctlError(f"task '{self.name}' has an unknown task type {self.task_type!r}",
                               hint=f"use --task-type {' | '.join(TASK_TYPES)}")
@@ -97,6 +119,15 @@ class TaskSpec:
 
     def _check_template(self) -> None:
         used = template_fields(self.template)
+        if self.input_columns:
+            columns = set(self.input_columns)
+            if used != columns or len(columns) != len(self.input_columns):
+                raise EptctlError(
+                    f"template of task '{self.name}' must name each of its columns ({', '.join(self.input_columns)}) "
+                    f"once or more and no other, got {self.template!r}",
+                    hint="write one {placeholder} per input column, e.g. 'premise: {premise} hypothesis: {hypothesis}'",
+                )
+            return
         if "text" not in used or used - set(TEMPLATE_FIELDS):
             raise EptctlError(
                 f"template of task '{self.name}' must use {{text}} and may use {{text_pair}}, got {self.template!r}",
@@ -127,15 +158,30 @@ class TaskSpec:
 
     @property
     def uses_text_pair(self) -> bool:
+        """Whether an input is two texts: a ``{text_pair}`` template, or a task with two named columns."""
+        if self.input_columns:
+            return len(self.input_columns) >= 2
         return "text_pair" in template_fields(self.template)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The names an input's texts go by: the named input columns, or ``text`` (and ``text_pair``)."""
+        return self.input_columns or (("text", "text_pair") if self.uses_text_pair else ("text",))
+
+    def values(self, example: Example) -> dict[str, str]:
+        """An example's texts by column name (``columns``), the mapping the template is filled from."""
+        texts = [example.text, example.text_pair or ""] + [value for _, value in example.fields]
+        return dict(zip(self.columns, texts))
 
     def prompt(self, example: Example) -> str:
         """The template filled with one example: the text the answer follows."""
-        return self.template.format(text=example.text, text_pair=example.text_pair or "")
+        return self.template.format(**self.values(example))
 
     def to_dict(self) -> dict:
         d = {"schema_version": SPEC_SCHEMA_VERSION, **asdict(self)}
         # Classification specs keep the exact keys of earlier versions, so their artifacts stay byte-identical.
+        if not self.input_columns:  # the keys of earlier versions, byte for byte
+            d.pop("input_columns")
         if self.task_type == "classification":
             for key in ("task_type", "grid", "value_range"):
                 d.pop(key)
@@ -160,13 +206,18 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Example:
-    """One input and what the model should answer: a label index, a target text or a number."""
+    """One input and what the model should answer: a label index, a target text or a number.
+
+    ``text`` and ``text_pair`` are the first two input columns; ``fields`` holds the values of a task's further
+    named columns (``TaskSpec.input_columns[2:]``, in order) as ``(column, text)`` pairs.
+    """
 
     text: str
     label: int  # classification: index into TaskSpec.labels; 0 for the other task types
     text_pair: str | None = None
     target: str | None = None  # generation: the reference output
     value: float | None = None  # regression: the number
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,6 +258,8 @@ def fingerprint(spec: TaskSpec, splits: dict[str, list[Example]]) -> str:
     head = {"labels": list(spec.labels), "verbalizer": list(spec.verbalizer), "template": spec.template}
     if spec.task_type != "classification":  # classification keeps the bytes of earlier versions
         head.update(task_type=spec.task_type, grid=spec.grid)
+    if spec.input_columns:
+        head.update(input_columns=list(spec.input_columns))
     digest.update(json.dumps(head, sort_keys=True).encode())
     for name in SPLITS:
         digest.update(f"\n[{name}]\n".encode())
@@ -214,5 +267,7 @@ def fingerprint(spec: TaskSpec, splits: dict[str, list[Example]]) -> str:
             row = [example.text, example.text_pair, example.label]
             if spec.task_type != "classification":
                 row += [example.target, example.value]
+            if example.fields:
+                row += [list(example.fields)]
             digest.update(json.dumps(row).encode() + b"\n")
     return digest.hexdigest()

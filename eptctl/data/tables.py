@@ -226,6 +226,24 @@ def read_tables(source: dict) -> tuple[dict[str, Any], bool]:
         return {"all": _read_file(datasets, path)}, False
 
 
+def read_split_files(files: list[Path], columns: list[str], where: str) -> list[dict]:
+    """The rows of one split stored as one file or as shards (parquet, JSON Lines), as dicts of ``columns``.
+
+    ClassLabel columns (hub parquet) give label names; a missing column is an ``EptctlError`` naming it."""
+    fmt = file_format(files[0])
+    with _quiet_datasets() as datasets:
+        if len(files) == 1:
+            table = _read_file(datasets, files[0])
+        else:
+            try:
+                table = datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+            except Exception as err:  # noqa: BLE001  (as in _read_file)
+                raise EptctlError(f"could not read {where}: {_root_cause(err)}",
+                                  hint=f"check that the shards are valid {fmt}") from err
+        values = {column: _column_values(table, column, "input", where) for column in columns}
+    return [dict(zip(columns, row)) for row in zip(*values.values())]
+
+
 def _column_values(table, column: str, role: str, where: str) -> list:
     if column not in table.column_names:
         raise EptctlError(
@@ -247,11 +265,13 @@ def describe(source: dict) -> str:
 
 def read_rows(
     source: dict, *, text_column: str, text_pair_column: str | None, label_column: str | None,
-    label_role: str = "label",
+    label_role: str = "label", extra_columns: tuple[str, ...] = (), tables: tuple[dict, bool] | None = None,
 ) -> dict[str, list[RawRow]]:
     """Raw rows per split (``train``/``validation``/``test``, or ``all`` when the data names no split).
-    ``label_role`` names the label column in errors ("label", or "target" for generation and regression)."""
-    tables, layout_splits = read_tables(source)
+    ``label_role`` names the label column in errors ("label", or "target" for generation and regression);
+    ``extra_columns`` are further named input columns, read into each row's ``fields``. ``tables`` (from
+    :func:`read_tables`) skips reading the source again."""
+    tables, layout_splits = tables or read_tables(source)
     where_base = describe(source)
     rows: dict[str, list[RawRow]] = {}
     for split, table in tables.items():
@@ -259,7 +279,11 @@ def read_rows(
         texts = _column_values(table, text_column, "text", where)
         pairs = _column_values(table, text_pair_column, "text pair", where) if text_pair_column else [None] * len(texts)
         labels = _column_values(table, label_column, label_role, where) if label_column else [None] * len(texts)
-        rows[split] = [RawRow(*values, row) for row, values in enumerate(zip(texts, pairs, labels), start=1)]
+        extra = [[(column, value) for value in _column_values(table, column, "input", where)]
+                 for column in extra_columns]
+        fields = list(zip(*extra)) if extra else [()] * len(texts)
+        rows[split] = [RawRow(*values, row, tuple(f))
+                       for row, (*values, f) in enumerate(zip(texts, pairs, labels, fields), start=1)]
         if split == "all" and not layout_splits and SPLIT_COLUMN in table.column_names:
             return _by_split_column(rows.pop("all"), table[SPLIT_COLUMN][:], where)
     return rows

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eptctl.core.errors import EptctlError
+from eptctl.data.glue import CATALOGUE, read_splits
 from eptctl.data.packaged import BUILTINS
 from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, target_number, to_examples
-from eptctl.data.spec import Example, TaskData, TaskSpec, fingerprint, template_fields
+from eptctl.data.spec import (
+    Example, TaskData, TaskSpec, fingerprint, names_columns, template_columns, template_fields,
+)
 from eptctl.data.splits import SplitPolicy, make_splits, stratified_sample, subsample
 from eptctl.data.tables import describe, locate, read_rows
 
-BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in BUILTINS.items()}
+# Builtin: the packaged tasks, then the paper's GLUE/SuperGLUE catalogue (data from the data directory).
+BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in {**BUILTINS, **CATALOGUE}.items()}
 CUSTOM_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
 DEFAULT_TEMPLATE = "Text: {text}\nLabel:"
 DEFAULT_PAIR_TEMPLATE = "Text A: {text}\nText B: {text_pair}\nLabel:"
@@ -102,6 +106,17 @@ def custom_task(
     """
     _check_task_name(name)
     source = locate(path, hub=hub)
+    input_columns: tuple[str, ...] = ()
+    if template is not None and names_columns(template):
+        # The template names the columns to read ({premise}, {hypothesis}...): they replace --text-column and
+        # --text-pair-column, and the first two play their parts.
+        if text_pair_column is not None or text_column != "text":
+            raise EptctlError(f"template {template!r} names its input columns, and --text-column/--text-pair-column "
+                              "name them too", hint="name the columns in the template only")
+        input_columns = template_columns(template)
+        text_column = input_columns[0]
+        text_pair_column = input_columns[1] if len(input_columns) > 1 else None
+        source.update(extra_columns=list(input_columns[2:]))
     source.update(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
     rows = _source_rows(source, task_type)
     every_row = [raw for split_rows in rows.values() for raw in split_rows]
@@ -109,8 +124,9 @@ def custom_task(
         raise EptctlError(f"{path} has no rows", hint="add one row per example")
     if template is None:
         template = default_template(task_type, bool(text_pair_column))
-    if task_type != "classification":
+    if not input_columns:
         _check_pair_template(template, text_pair_column)
+    if task_type != "classification":
         value_range = None
         if task_type == "regression":
             where = describe(source)
@@ -118,7 +134,7 @@ def custom_task(
             value_range = (min(values), max(values))
         spec = TaskSpec(name=name, description=description or f"custom {task_type} task from {Path(str(path)).name}",
                         labels=(), verbalizer=(), template=template, metric=metric or "", source=source,
-                        task_type=task_type, grid=grid, value_range=value_range)
+                        task_type=task_type, grid=grid, value_range=value_range, input_columns=input_columns)
         for split, split_rows in rows.items():
             _examples(spec, split_rows, split)
         return spec
@@ -129,7 +145,6 @@ def custom_task(
                 f"column '{label_column}' of {path} has {len(labels)} distinct label(s), a task needs at least 2",
                 hint="check the label column",
             )
-    _check_pair_template(template, text_pair_column)
     spec = TaskSpec(
         name=name,
         description=description or f"custom task from {Path(str(path)).name}",
@@ -138,6 +153,7 @@ def custom_task(
         template=template,
         metric=metric or "",
         source=source,
+        input_columns=input_columns,
     )
     for split, split_rows in rows.items():
         _examples(spec, split_rows, split)
@@ -173,6 +189,12 @@ def load_task(
             )
         given = {"train": _examples(spec, task.raw_rows(), "all")}
         policy = task.splits
+    elif kind == "benchmark":
+        if spec.name not in CATALOGUE:
+            raise EptctlError(f"benchmark task '{spec.name}' is not known to this eptctl version",
+                              hint=f"benchmark tasks: {', '.join(CATALOGUE)}")
+        given = {split: _examples(spec, rows, split) for split, rows in read_splits(CATALOGUE[spec.name]).items()}
+        policy = CUSTOM_SPLITS  # unused: the protocol gives all three splits
     elif kind in ("file", "hub"):
         given = {split: _examples(spec, rows, split)
                  for split, rows in _source_rows(spec.source, spec.task_type).items()}
@@ -210,15 +232,17 @@ def read_examples(
     labels: Sequence[str] | None = None,
     hub: bool = False,
     task_type: str = "classification",
+    extra_columns: Sequence[str] = (),
 ) -> list[Example]:
     """Every row of a file as an example, in order, splits ignored: evaluation on a file.
 
     Pass the task's ``labels`` so indices match the task; without them they are inferred from the file. For
-    generation and regression ``label_column`` is the target column.
+    generation and regression ``label_column`` is the target column. ``extra_columns``: a named-column task's
+    columns after the first two (``TaskSpec.input_columns[2:]``).
     """
     source = locate(path, hub=hub)
     rows = read_rows(source, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                     label_role=_label_role(task_type))
+                     label_role=_label_role(task_type), extra_columns=tuple(extra_columns))
     every_row = [raw for split_rows in rows.values() for raw in split_rows]
     if task_type == "classification":
         labels = tuple(labels) if labels is not None else infer_label_names(raw.label for raw in every_row)
@@ -239,6 +263,7 @@ def _source_rows(source: dict, task_type: str = "classification") -> dict[str, l
         text_pair_column=source.get("text_pair_column"),
         label_column=source.get("label_column", "label"),
         label_role=_label_role(task_type),
+        extra_columns=tuple(source.get("extra_columns", ())),
     )
     # A split without a single label (a hidden test set, usual on the hub) cannot be evaluated: it is cut from train.
     return {
@@ -249,18 +274,19 @@ def _source_rows(source: dict, task_type: str = "classification") -> dict[str, l
 
 
 def _where(spec: TaskSpec) -> str:
-    return describe(spec.source) if spec.source.get("kind") != "builtin" else f"task '{spec.name}'"
+    return describe(spec.source) if spec.source.get("kind") in ("file", "hub") else f"task '{spec.name}'"
 
 
 def _examples(spec: TaskSpec, rows: list[RawRow], split: str) -> list[Example]:
     where = _where(spec) if split == "all" else f"{_where(spec)} ({split})"
     source = spec.source
+    columns = spec.input_columns
     return to_examples(
         rows,
         spec.labels,
         where=where,
-        text_column=source.get("text_column", "text"),
-        text_pair_column=source.get("text_pair_column"),
+        text_column=source.get("text_column", columns[0] if columns else "text"),
+        text_pair_column=source.get("text_pair_column", columns[1] if len(columns) > 1 else None),
         label_column=source.get("label_column", "label"),
         task_type=spec.task_type,
     )

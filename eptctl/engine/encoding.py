@@ -51,7 +51,8 @@ def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[
     rows also carry their target's tokens (at most ``max_target_length``, eos included).
 
     A row over ``max_length`` tokens (causal: its answer included) is shortened in its texts, never in the template:
-    with a pair, the longer text loses tokens first ("longest first"), so the template's cue and both texts stay.
+    the longest text (of a pair, or of a task's named columns) loses tokens first ("longest first"), so the
+    template's cue and every text stay.
     Such rows are marked ``truncated``; a template longer than the budget on its own is cut by ``Backbone.encode``.
     """
     examples = list(examples)
@@ -78,8 +79,14 @@ def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[
 
 
 def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess: int, room: int) -> data.Example:
-    """``example`` with its longest text cut by whole tokens until the filled template fits ``room`` tokens."""
-    fields = {"text": example.text, "text_pair": example.text_pair}
+    """``example`` with its longest text (of all its columns) cut by whole tokens until the filled template fits
+    ``room`` tokens; the template itself is never cut."""
+    fields = {"text": example.text, "text_pair": example.text_pair, **{f"field:{k}": v for k, v in example.fields}}
+
+    def rebuilt() -> data.Example:
+        extra = tuple((k, fields[f"field:{k}"]) for k, _ in example.fields)
+        return dataclasses.replace(example, text=fields["text"], text_pair=fields["text_pair"], fields=extra)
+
     for _ in range(8):  # tokenizing a cut text can merge differently: a few rounds settle it
         lengths = {k: len(backbone.token_ids([v], special=False)[0]) for k, v in fields.items() if v}
         longest = max(lengths, key=lengths.get)
@@ -88,11 +95,11 @@ def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess:
             break  # nothing left to cut: the template alone is too long
         cut = backbone.token_ids([fields[longest]], special=False)[0][:keep]
         fields[longest] = backbone.tokenizer.decode(cut, skip_special_tokens=True).strip()
-        candidate = dataclasses.replace(example, text=fields["text"], text_pair=fields["text_pair"])
+        candidate = rebuilt()
         excess = len(backbone.token_ids([spec.prompt(candidate)])[0]) - room
         if excess <= 0:
             return candidate
-    return dataclasses.replace(example, text=fields["text"], text_pair=fields["text_pair"])
+    return rebuilt()
 
 
 def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max_train: int | None = None,

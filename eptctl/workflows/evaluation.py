@@ -19,7 +19,8 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
     data changed since training (its fingerprint differs) nothing is stored unless ``force``; a subset
     (``max_eval`` below the training-time size) is stored under ``SPLIT[:N]``; a file under ``data:NAME``; a
     generation budget other than the adapter's own under ``SPLIT[max_new_tokens=N]``.
-    ``label_column`` (default: ``label``, or ``target`` for generation and regression) names a file's answers;
+    ``label_column`` (default: ``label``, or ``target`` for generation and regression) names a file's answers; a
+    task whose template names its columns (GLUE's ``{premise}``...) reads those columns from the file;
     generation decodes greedily up to ``max_new_tokens`` (default: the adapter's target length).
     Returns ``{"ref", "id", "split", "stored", "examples", "truncated", "metric", "metrics", "data_changed"}``. Raises
     ``EptctlError`` for an unknown reference or split, unreadable or changed data, or a backbone other than the
@@ -32,8 +33,12 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
     data_changed = False
     if data_path is not None:
         column = label_column or ("label" if task_type == "classification" else "target")
+        columns = servable.spec.input_columns
+        if columns:  # a named-column task reads the columns its template names
+            text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
         examples = data.read_examples(data_path, text_column=text_column, text_pair_column=text_pair_column,
-                                      label_column=column, labels=servable.spec.labels, task_type=task_type)
+                                      label_column=column, labels=servable.spec.labels, task_type=task_type,
+                                      extra_columns=columns[2:])
         split_name = f"data:{Path(data_path).name}"
     else:
         if split not in ("train", "validation", "test"):

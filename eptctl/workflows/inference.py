@@ -101,6 +101,11 @@ def _encode(backbone: Backbone, servable: ServableAdapter, examples: Sequence[da
 def check_pair(servable: ServableAdapter, pair: str | None, where: str) -> None:
     """Refuse (``EptctlError``) a text pair for a one-text task, or a single text for a pair task: the template
     would drop the second text, or fill it with nothing."""
+    columns = servable.spec.input_columns
+    if len(columns) > 2:
+        raise EptctlError(f"{servable.record.ref}'s task reads {len(columns)} columns ({', '.join(columns)}); "
+                          "an input here is at most two texts",
+                          hint=f"evaluate on a file with those columns: eptctl eval {servable.record.ref} --data FILE")
     wants = servable.spec.uses_text_pair
     if wants and pair is None:
         raise EptctlError(f"{where} has one text, but {servable.record.ref}'s task takes a text pair",

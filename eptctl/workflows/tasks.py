@@ -7,7 +7,7 @@ from eptctl import data
 from eptctl.core.errors import EptctlError
 
 # Spec fields that travel inside the registry row's ``source`` JSON (the row has no column of their own).
-_IN_SOURCE = ("verbalizer", "grid", "value_range")
+_IN_SOURCE = ("verbalizer", "grid", "value_range", "input_columns")
 
 
 def spec_to_task_record(spec: data.TaskSpec):
@@ -17,6 +17,8 @@ def spec_to_task_record(spec: data.TaskSpec):
     source = {**spec.source, "verbalizer": list(spec.verbalizer)}
     if spec.task_type == "regression":
         source.update(grid=spec.grid, value_range=list(spec.value_range) if spec.value_range else None)
+    if spec.input_columns:
+        source["input_columns"] = list(spec.input_columns)
     return TaskRecord(name=spec.name, description=spec.description, labels=list(spec.labels), metric=spec.metric,
                       source=source, template=spec.template, task_type=spec.task_type)
 
@@ -29,7 +31,8 @@ def task_record_to_spec(record) -> data.TaskSpec:
     verbalizer = extra["verbalizer"] or (list(record.labels) if task_type == "classification" else [])
     return data.TaskSpec(name=record.name, description=record.description, labels=tuple(record.labels),
                          verbalizer=tuple(verbalizer), template=record.template, metric=record.metric, source=source,
-                         task_type=task_type, grid=extra["grid"], value_range=extra["value_range"])
+                         task_type=task_type, grid=extra["grid"], value_range=extra["value_range"],
+                         input_columns=tuple(extra["input_columns"] or ()))
 
 
 def stored_specs(registry) -> dict[str, data.TaskSpec]:
