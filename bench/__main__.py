@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -31,16 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="benchmark module under bench/, e.g. registry")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, finishes in well under a minute")
     parser.add_argument("--json", type=Path, default=None, help="JSON output path (default .bench-out/NAME.json)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")  # step-time == step_time
+    # A benchmark with options of its own (bench paper) takes the rest of the command line; the others refuse it.
+    takes_argv = "argv" in inspect.signature(module.run).parameters
+    if rest and not takes_argv:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     t0 = time.perf_counter()
-    result = module.run(quick=args.quick)
+    result = module.run(quick=args.quick, argv=rest) if takes_argv else module.run(quick=args.quick)
     # A benchmark returns its rows, or a dict of rows plus extra top-level keys (e.g. "ratios").
     extra = dict(result) if isinstance(result, dict) else {"rows": result}
     rows = extra.pop("rows")
     print(markdown(rows))
     for key, value in extra.items():
-        print(f"\n{key}: {json.dumps(value, indent=1)}")
+        shown = json.dumps(value, indent=1)
+        print(f"\n{key}: {shown if len(shown) < 2000 else '(long: see the JSON)'}")
     out = args.json or Path(".bench-out") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])

@@ -93,6 +93,7 @@ def _register_commands() -> None:
     app.command("plot")(report.plot)
     app.command("report")(report.report)
     app.command("tasks")(catalog.tasks)
+    app.command("fetch")(catalog.fetch)
     app.command("models")(catalog.models_cmd)
     app.add_typer(db_app, name="db")
 

@@ -21,6 +21,21 @@ RegistryUrl = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _use_data_dir(value):
+    if value is not None:
+        from eptctl.data.glue import set_data_dir
+
+        set_data_dir(value)
+    return value
+
+
+# Where the GLUE/SuperGLUE tasks read their files; set for the whole process as the option is parsed.
+DataDirOption = Annotated[str | None, typer.Option(
+    "--data-dir", callback=_use_data_dir, show_default=False,
+    help="Folder with the GLUE/SuperGLUE files (DIR/glue/rte/train.parquet...; default: $EPTCTL_DATA_DIR, else "
+         "$EPTCTL_HOME/data).")]
 # The columns of a user's data file, shared by train, eval and predict.
 TextColumnOption = Annotated[str, typer.Option(help="Column with the input text.")]
 TextPairColumnOption = Annotated[str | None, typer.Option(help="Column with a second text (pair tasks).")]

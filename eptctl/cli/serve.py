@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import (
-    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metrics, open_registry, print_json,
+    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metrics, open_registry,
+    print_json,
 )
 from eptctl.core.errors import EptctlError
 
@@ -48,6 +49,7 @@ def eval_adapter(
     model: Annotated[str | None, typer.Option(help="Backbone to run on (default: the adapter's).")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Store even though the task's data changed since training.")] = False,
+    data_dir: DataDirOption = None,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.cli.common import (
-    LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
+    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
     label_column_for, open_registry, print_json,
 )
 from eptctl.cli.options import with_config_options
@@ -40,7 +40,7 @@ def train(
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
     label_column: LabelColumnOption = None,
-    template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}).", rich_help_panel=DATA)] = None,
+    template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}), or naming the file's columns: 'premise: {premise} hypothesis: {hypothesis}'.", rich_help_panel=DATA)] = None,
     hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
     task_type: Annotated[str, typer.Option(help="classification (labels) | generation (target text) | regression (a number).", rich_help_panel=DATA)] = "classification",
     grid: Annotated[float | None, typer.Option(help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6, rich_help_panel=DATA)] = None,
@@ -55,6 +55,7 @@ def train(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")] = False,
+    data_dir: DataDirOption = None,
     registry: RegistryUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")] = False,
 ) -> None:
@@ -67,6 +68,8 @@ def train(
     Example: eptctl train rt-subjectivity --init-from rt-polarity@best
 
     Example: eptctl train summaries --data pairs.csv --task-type generation --text-column input --target-column output
+
+    Example: eptctl train superglue-cb --model ./t5-base --data-dir ~/glue-data
     """
     from eptctl import backbones
     from eptctl.data import DataOptions

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.tree import Tree
 
-from eptctl.cli.common import JsonFlag, RegistryUrl, err, fmt_metric, make_table, open_registry, out, print_json
+from eptctl.cli.common import DataDirOption, JsonFlag, RegistryUrl, err, fmt_metric, make_table, open_registry, out, print_json
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.core import events
 from eptctl.core.errors import EptctlError
@@ -128,6 +128,7 @@ def continual(
     seed: Annotated[int, typer.Option(help="Seed.", min=0)] = 0,
     no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Random init for every task (the baseline).")] = False,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Skip the random-init runs (no forward transfer figure).")] = False,
+    data_dir: DataDirOption = None,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
 ) -> None:

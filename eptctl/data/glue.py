@@ -335,3 +335,22 @@ def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
 
 def _prepare_columns(task: BenchmarkTask) -> tuple[str, ...]:
     return ("span1_index", "span2_index", "span1_text", "span2_text") if task.prepare is wsc_marked else ()
+
+
+def fetch(task: BenchmarkTask, root: Path | None = None) -> list[Path]:
+    """Downloads the task's hub splits with ``datasets`` and writes them as ``SPLIT.parquet`` under ``root`` (default:
+    the data directory), each file written whole or not at all. Returns the files written. Raises ``EptctlError``
+    when the hub cannot be reached (offline mode, no network) or lacks the dataset."""
+    from eptctl.data.tables import load_hub_config
+
+    folder = task.folder(root)
+    tables = load_hub_config(task.hub_name, task.config, task.hub_splits)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in task.hub_splits:
+        target = folder / f"{split}.parquet"
+        partial = target.with_name(f".{target.name}.partial")
+        tables[split].to_parquet(str(partial))
+        os.replace(partial, target)  # atomic: a reader sees the old file or the whole new one
+        written.append(target)
+    return written

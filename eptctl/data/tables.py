@@ -213,6 +213,26 @@ def _read_hub(datasets, name: str) -> dict[str, Any]:
     return {SPLIT_NAMES[key]: ds for key, ds in loaded.items() if key in SPLIT_NAMES}
 
 
+def load_hub_config(name: str, config: str, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The ``datasets.Dataset`` of each of ``splits`` of hub dataset ``name`` (config ``config``): an explicit
+    download. ``EptctlError`` with the reason when offline, unreachable or missing."""
+    with _quiet_datasets() as datasets:
+        try:
+            loaded = datasets.load_dataset(name, config)
+        except Exception as err:  # noqa: BLE001  (network, auth and builder errors all end here)
+            if _offline():
+                hint = f"offline mode is on ({' or '.join(OFFLINE_VARIABLES)}): unset it where the network allows"
+            else:
+                hint = "this needs network access to huggingface.co; elsewhere, copy the files over"
+            raise EptctlError(f"could not fetch {name} ({config}) from the hub: {_first_line(err)}",
+                              hint=hint) from err
+    missing = [s for s in splits if s not in loaded]
+    if missing:
+        raise EptctlError(f"hub dataset {name} ({config}) has no split {', '.join(missing)}",
+                          hint=f"its splits: {', '.join(loaded)}")
+    return {s: loaded[s] for s in splits}
+
+
 def read_tables(source: dict) -> tuple[dict[str, Any], bool]:
     """The ``datasets.Dataset`` per split and whether the splits come from the data layout (folder, hub)."""
     with _quiet_datasets() as datasets:
