@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not takes_argv:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     t0 = time.perf_counter()
-    result = module.run(quick=args.quick, argv=rest) if takes_argv else module.run(quick=args.quick)
+    from eptctl.core.errors import EptctlError
+
+    try:
+        result = module.run(quick=args.quick, argv=rest) if takes_argv else module.run(quick=args.quick)
+    except EptctlError as err:  # a user error (missing data, a bad option): one line, as eptctl prints it
+        print(f"error: {err.message}" + (f"  (hint: {err.hint})" if err.hint else ""), file=sys.stderr)
+        return 2
     # A benchmark returns its rows, or a dict of rows plus extra top-level keys (e.g. "ratios").
     extra = dict(result) if isinstance(result, dict) else {"rows": result}
     rows = extra.pop("rows")

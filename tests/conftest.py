@@ -20,3 +20,12 @@ def eptctl_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("EPTCTL_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _default_data_dir():
+    """``--data-dir`` sets the GLUE data directory for the whole process; no test leaks it into the next."""
+    yield
+    from eptctl.data.glue import set_data_dir
+
+    set_data_dir(None)

@@ -56,7 +56,7 @@ def _superglue_row(config: str, i: int, labelled: bool) -> dict:
                 "start2": 4, "end1": len(word), "end2": 4 + len(word), "idx": i, "label": label}
     if config == "wsc.fixed":
         return {"text": f"Mark told Pete many lies about himself {i} times , which he later regretted .",
-                "span1_index": 0, "span2_index": 10, "span1_text": "Mark", "span2_text": "he", "idx": i,
+                "span1_index": 0, "span2_index": 11, "span1_text": "Mark", "span2_text": "he", "idx": i,
                 "label": label}
     return {"premise": a, "hypothesis": b, "idx": i, "label": label}  # cb
 

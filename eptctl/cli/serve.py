@@ -119,6 +119,10 @@ def predict(
     if ref is None:
         raise EptctlError("predict needs an adapter reference", hint='eptctl predict rt-polarity@latest "some text"')
     servable = inference.load_adapter(reg, ref)
+    columns = servable.spec.input_columns
+    if columns and len(columns) <= 2 and (text_column, text_pair_column) == ("text", None):
+        # A task whose template names its columns reads them from the file unless told otherwise.
+        text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
     inputs = _inputs(texts, file, text_column, text_pair_column)
     options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
     backbone = inference.backbone_for([servable])

@@ -235,7 +235,7 @@ def select(names: str) -> list[str]:
             group = tuple(matches)
         wanted += [n for n in group if n not in wanted]
     if not wanted:
-        raise EptctlError("no benchmark task selected", hint="e.g. --tasks all, --tasks glue, --tasks rte,cb")
+        raise EptctlError("no benchmark task selected", hint="name tasks, or all, glue or superglue (e.g. rte,cb)")
     return [n for n in CATALOGUE if n in wanted]
 
 
