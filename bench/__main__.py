@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="benchmark module under bench/, e.g. registry")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, finishes in well under a minute")
     parser.add_argument("--json", type=Path, default=None, help="JSON output path (default .bench-out/NAME.json)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and any(a in ("-h", "--help") for a in argv[1:]):
+        module = importlib.import_module(f"bench.{argv[0].replace('-', '_')}")
+        if hasattr(module, "parse"):  # a benchmark with options of its own shows them
+            module.parse(["--help"])
     args, rest = parser.parse_known_args(argv)
     module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")  # step-time == step_time
     # A benchmark with options of its own (bench paper) takes the rest of the command line; the others refuse it.
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{key}: {shown if len(shown) < 2000 else '(long: see the JSON)'}")
     out = args.json or Path(".bench-out") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m bench", *argv])
     report = {
         "benchmark": args.name,
         "quick": args.quick,

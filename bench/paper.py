@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 CELLS = Path(".bench-out") / "paper-cells.json"
@@ -54,7 +55,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run(quick: bool = False, argv: list[str] | None = None) -> dict:
-    from eptctl import backbones
+    from eptctl import backbones, data
     from eptctl.core.files import write_atomic
     from eptctl.data import glue
     from eptctl.engine.config import TrainConfig
@@ -81,13 +82,18 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     reg = Registry(url)
     backbone = backbones.load(args.model, precision=args.precision)
     done = json.loads(args.cells.read_text()) if args.cells.exists() else {}
+    # A cell is the same cell only for the same data (its fingerprint), backbone, precision and settings.
+    fingerprints = {t: data.load_task(glue.CATALOGUE[t].spec).source_fingerprint[:16] for t in tasks}
+    setting = f"{args.model}|{backbone.precision}|{steps}|{args.max_eval}"
+    kept = 0
     for method in methods:
         method_cfg = EPTConfig(method=method, prompt_length=PAPER_PROMPT_LENGTH,
                                short_length=None if method == "pt" else PAPER_SHORT_LENGTH)
         for task in tasks:
             for seed in seeds:
-                key = f"{args.model}|{method}|{task}|{seed}|{steps}|{args.max_eval}"
+                key = f"{setting}|{method}|{task}|{seed}|{fingerprints[task]}"
                 if key in done:
+                    kept += 1
                     continue
                 train_cfg = TrainConfig(steps=steps, batch_size=PAPER_BATCH, seed=seed,
                                         max_eval_examples=args.max_eval or 200)
@@ -96,7 +102,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                                      description=f"bench paper: {method} seed {seed}", tags=["bench-paper"])
                 spec = glue.CATALOGUE[task].spec
                 test = outcome.result.metrics.get("test", {})
-                done[key] = {"model": args.model, "method": method, "task": task, "seed": seed, "steps": steps,
+                done[key] = {"setting": setting, "data": fingerprints[task], "model": args.model, "method": method, "task": task, "seed": seed, "steps": steps,
                              "ref": outcome.record.ref, "metric": spec.metric, "score": 100 * test[spec.metric],
                              "test": test, "trainable_params": outcome.record.trainable_params,
                              "seconds": round(outcome.result.duration_s, 1)}
@@ -104,8 +110,10 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                 write_atomic(args.cells, (json.dumps(done, indent=1) + "\n").encode())
                 print(f"{method} {task} seed {seed}: {spec.metric} {done[key]['score']:.1f} "
                       f"({done[key]['seconds']} s)", flush=True)
-    cells = [c for c in done.values() if c["model"] == args.model and c["steps"] == steps and c["task"] in tasks
-             and c["method"] in methods and c["seed"] in seeds]
+    if kept:
+        print(f"kept {kept} finished cell(s) from {args.cells}", file=sys.stderr)
+    cells = [c for c in done.values() if c.get("setting") == setting and c["task"] in tasks
+             and c.get("data") == fingerprints[c["task"]] and c["method"] in methods and c["seed"] in seeds]
     return {"rows": table(cells, methods, tasks), "cells": cells,
             "published_sources": {row.method: row.source for row in glue.PUBLISHED},
             "setting": {"model": args.model, "steps": steps, "seeds": seeds, "batch_size": PAPER_BATCH,
@@ -115,7 +123,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
 
 def table(cells: list[dict], methods: list[str], tasks: list[str]) -> list[dict]:
     """The paper's layout: one row per method (ours: mean over seeds, then the published rows), one column per
-    task, the GLUE and SuperGLUE averages (over the tasks present), trainable parameters and the source."""
+    task, the GLUE and SuperGLUE averages (over the tasks asked for, the published rows' too, so a subset compares
+    like with like; "-" where a row lacks one of them), trainable parameters and the source."""
     from eptctl.data import glue
 
     def row(method: str, params: str, scores: dict, source: str) -> dict:

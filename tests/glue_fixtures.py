@@ -83,6 +83,7 @@ def write_fixtures(root: Path) -> Path:
     """Writes every task's splits under ``root`` (``root/glue/CONFIG/...``, ``root/super_glue/CONFIG/...``)."""
     import datasets
 
+    datasets.disable_progress_bars()  # "Creating parquet from Arrow format" bars would fill a failing test's log
     for config in ("mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola"):
         folder = root / "glue" / config
         folder.mkdir(parents=True, exist_ok=True)

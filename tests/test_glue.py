@@ -262,7 +262,14 @@ def test_bench_paper_runs_end_to_end_on_fixtures_and_resumes(fixtures, tmp_path)
     assert len(report["cells"]) == 39 and {c["metric"] for c in report["cells"]} >= {"mcc", "pearson", "f1"}
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and " seed 0: " not in second.stdout  # every cell was kept: nothing retrained
+    assert "kept 39 finished cell(s)" in second.stderr
     assert [line for line in second.stdout.splitlines() if line.startswith("| eptctl")] == rows[1:4]
+    # Other settings are other cells: they train, and the table shows only theirs.
+    third = subprocess.run([*command[:7], "rte", *command[8:], "--max-eval", "2", "--method", "ept"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "ept glue-rte seed 0: " in third.stdout, third.stderr[-2000:]
+    report = json.loads((tmp_path / ".bench-out" / "paper.json").read_text())
+    assert len(report["cells"]) == 1 and report["cells"][0]["setting"].endswith("|5|2")
 
 
 def test_bench_paper_without_data_says_where_and_how(tmp_path):
@@ -272,3 +279,70 @@ def test_bench_paper_without_data_says_where_and_how(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "eptctl fetch glue-rte" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_directory_mistakes_are_named(tmp_path):
+    import shutil
+
+    root = tmp_path / "d"
+    flat = root / "rte"  # the benchmark level forgotten
+    flat.mkdir(parents=True)
+    with pytest.raises(EptctlError, match="needs a 'glue' level"):
+        glue.split_files(glue.CATALOGUE["glue-rte"], root)
+    folder = root / "glue" / "rte"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_text("sentence1,sentence2,label\n")
+    with pytest.raises(EptctlError, match="it holds train.csv"):
+        glue.split_files(glue.CATALOGUE["glue-rte"], root)
+    (folder / "train.jsonl").write_text("")
+    (folder / "train.parquet").write_text("")
+    (folder / "validation.jsonl").write_text("")
+    with pytest.raises(EptctlError, match="holds the train split twice: train.parquet, train.jsonl"):
+        glue.split_files(glue.CATALOGUE["glue-rte"], root)
+    assert not glue.available(glue.CATALOGUE["glue-rte"], root)
+    shutil.rmtree(root)
+
+
+def _rte_with(tmp_path, rows) -> Path:
+    folder = tmp_path / "glue" / "rte"
+    folder.mkdir(parents=True)
+    good = [{"sentence1": phrase(i), "sentence2": phrase(i + 9), "label": i % 2, "idx": i} for i in range(6)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good + rows))
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
+    return tmp_path
+
+
+def test_benchmark_labels_are_checked_against_the_hubs(tmp_path):
+    root = _rte_with(tmp_path / "a", [{"sentence1": "x", "sentence2": "y", "label": 5, "idx": 9}])
+    with pytest.raises(EptctlError, match="label 5 in row 7") as err:
+        glue.read_splits(glue.CATALOGUE["glue-rte"], root)
+    assert "0=entailment, 1=not_entailment" in err.value.hint
+    root = _rte_with(tmp_path / "b", [{"sentence1": "x", "sentence2": "y", "label": None, "idx": 9}])
+    with pytest.raises(EptctlError, match="row 7 of .* has no label"):
+        glue.read_splits(glue.CATALOGUE["glue-rte"], root)
+
+
+def test_template_options_need_data_and_never_name_the_label(eptctl_home, tmp_path, data_dir):
+    user_error(run("train", "glue-rte", "--template", "x: {sentence1}", "--model", "tiny-random-t5"),
+               "--template describe a custom task's data file and need --data")
+    user_error(run("train", "superglue-cb", "--text-column", "premise", "--model", "tiny-random-t5"),
+               "--text-column")
+    csv = tmp_path / "nli.csv"
+    csv.write_text("premise,hypothesis,label\n" + "".join(f"{phrase(i)},{phrase(i + 9)},{i % 2}\n" for i in range(30)))
+    user_error(run("train", "leak", "--data", csv, "--template", "p: {premise} h: {hypothesis} l: {label}",
+                   "--model", "tiny-random-t5"), "names the label column 'label'", notes=True)
+    ok("train", "pairs", "--data", csv, "--template", "p: {premise} h: {hypothesis}", "--model", "tiny-random-t5",
+       "--steps", "1")
+    user_error(run("train", "pairs", "--data", csv, "--template", "P: {premise} H: {hypothesis}", "--model",
+                   "tiny-random-t5", "--steps", "1"), "another template makes another task", notes=True)
+
+
+def test_predict_from_a_file_on_a_three_column_task_says_so(eptctl_home, data_dir, tmp_path):
+    trained = json.loads(ok("train", "superglue-wic", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("sentence1,sentence2,word\na b,c d,b\n")
+    user_error(run("predict", trained["ref"], "--file", rows), "reads 3 columns", notes=True)
+
+
+def test_fetch_suggests_a_close_name(eptctl_home):
+    user_error(run("fetch", "glue-rtee"), "did you mean 'glue-rte'?")

@@ -120,7 +120,9 @@ def predict(
         raise EptctlError("predict needs an adapter reference", hint='eptctl predict rt-polarity@latest "some text"')
     servable = inference.load_adapter(reg, ref)
     columns = servable.spec.input_columns
-    if columns and len(columns) <= 2 and (text_column, text_pair_column) == ("text", None):
+    if len(columns) > 2:
+        inference.check_pair(servable, None, "input")  # the one-line error: such a task is evaluated from files
+    if columns and (text_column, text_pair_column) == ("text", None):
         # A task whose template names its columns reads them from the file unless told otherwise.
         text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
     inputs = _inputs(texts, file, text_column, text_pair_column)

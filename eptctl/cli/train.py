@@ -80,6 +80,12 @@ def train(
     if task_type not in TASK_TYPES:
         raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
                           hint="e.g. --task-type generation")
+    data_flags = [flag for flag, given in (("--template", template is not None), ("--text-column", text_column != "text"),
+                                           ("--text-pair-column", text_pair_column is not None),
+                                           ("--label-column", label_column is not None), ("--hub", hub)) if given]
+    if data is None and data_flags:
+        raise EptctlError(f"{', '.join(data_flags)} describe a custom task's data file and need --data",
+                          hint="a builtin or stored task keeps its columns and template (see `eptctl tasks`)")
     if data is None and (task_type != "classification" or metric is not None or grid is not None):
         raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
                           hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")

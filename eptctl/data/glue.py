@@ -25,6 +25,7 @@ data layer does not import torch), so the rule and the sizes are DePT's but the 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable
@@ -230,7 +231,9 @@ def select(names: str) -> list[str]:
         if group is None:
             matches = [n for n in CATALOGUE if n == part or n.split("-", 1)[1] == part]
             if not matches:
-                raise EptctlError(f"unknown benchmark task '{part}'",
+                close = difflib.get_close_matches(part, [*CATALOGUE, *(n.split("-", 1)[1] for n in CATALOGUE)], n=1)
+                raise EptctlError(f"unknown benchmark task '{part}'" + (f"; did you mean '{close[0]}'?" if close
+                                                                        else ""),
                                   hint=f"use all, glue, superglue or names from: {', '.join(CATALOGUE)}")
             group = tuple(matches)
         wanted += [n for n in group if n not in wanted]
@@ -243,8 +246,8 @@ def split_files(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
     """The files of each hub split the protocol reads, under ``root`` (default: the data directory).
 
     A split is ``SPLIT.parquet``, ``SPLIT.jsonl`` or ``SPLIT.json``, or parquet shards ``SPLIT-*.parquet`` (the
-    hub's own layout) or ``SPLIT/*.parquet``. Raises ``EptctlError`` naming the expected path and the command that
-    fetches the data when a split is missing.
+    hub's own layout) or ``SPLIT/*.parquet``. Raises ``EptctlError`` naming the expected path, what the folder holds
+    instead, and the command that fetches the data when a split is missing, or when a split is there twice.
     """
     folder = task.folder(root)
     found: dict[str, list[Path]] = {}
@@ -258,30 +261,45 @@ def split_files(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
     if missing:
         raise EptctlError(
             f"task '{task.name}' has no data in {folder} (missing: {', '.join(f'{s}.parquet' for s in missing)}; "
-            ".jsonl or the hub's shards also do)",
+            f".jsonl, .json or the hub's shards also do){_what_is_there(task, folder)}",
             hint=f"where the network allows, run `{task.fetch_command}` (it writes there), or put the files of "
                  f"{task.hub_name} ({task.config}) there and point --data-dir or ${DATA_DIR_VARIABLE} at the root",
         )
     return found
 
 
+def _what_is_there(task: BenchmarkTask, folder: Path) -> str:
+    """A clause for the missing-data error: the files the folder holds instead, or a folder one level off."""
+    if folder.is_dir():
+        names = sorted(p.name for p in folder.iterdir())[:6]
+        return f"; it holds {', '.join(names) or 'nothing'}" if names else "; it is empty"
+    flat = folder.parent.parent / task.config
+    if flat.is_dir():
+        return f"; {flat} exists: the layout needs a '{task.benchmark}' level ({folder})"
+    return ""
+
+
 def _files_of(folder: Path, split: str) -> list[Path]:
     if not folder.is_dir():
         return []
-    for suffix in READABLE_SUFFIXES:
-        single = folder / f"{split}{suffix}"
-        if single.is_file():
-            return [single]
+    singles = [folder / f"{split}{suffix}" for suffix in READABLE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
     shards = sorted(folder.glob(f"{split}-*.parquet"))
     if not shards and (folder / split).is_dir():
         shards = sorted((folder / split).glob("*.parquet"))
-    return shards
+    forms = [*singles, *([shards[0]] if shards else [])]
+    if len(forms) > 1:
+        raise EptctlError(f"{folder} holds the {split} split twice: {', '.join(f.name for f in forms)}",
+                          hint="keep one of them")
+    return singles or shards
 
 
 def available(task: BenchmarkTask, root: Path | None = None) -> bool:
     """Whether every split the task reads is present under ``root`` (default: the data directory)."""
     folder = task.folder(root)
-    return all(_files_of(folder, split) for split in task.hub_splits)
+    try:
+        return all(_files_of(folder, split) for split in task.hub_splits)
+    except EptctlError:  # a split there twice: not usable as it is (loading says why)
+        return False
 
 
 def protocol_splits(task: BenchmarkTask, given: dict[str, list]) -> dict[str, list]:
@@ -317,12 +335,11 @@ def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
     given = {}
     for split, files in split_files(task, root).items():
         where = f"{task.folder(root)} ({split})"
-        needed = sorted({*task.columns, task.label_column, *_prepare_columns(task)})
-        table = read_split_files(files, needed, where)
+        needed = sorted({*task.columns, *_prepare_columns(task)})
+        table = read_split_files(files, needed, where, label_column=task.label_column)
         rows = []
         for number, row in enumerate(table, start=1):
-            if row[task.label_column] is None or row[task.label_column] == -1:  # the hub's mark for "no label"
-                continue
+            _check_label(task, row[task.label_column], number, where)
             if task.prepare is not None:
                 row = task.prepare(row)
             texts = [row[c] for c in task.columns]
@@ -331,6 +348,23 @@ def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
                                tuple(zip(task.columns[2:], texts[2:]))))
         given[split] = rows
     return protocol_splits(task, given)
+
+
+def _check_label(task: BenchmarkTask, value, number: int, where: str) -> None:
+    """The splits the protocol reads are labelled on the hub; a missing or unknown label is the data's fault."""
+    spec = task.spec
+    if value is None or value == -1:  # -1 (a ClassLabel's -1 reads as None): the hub's unlabelled test rows
+        raise EptctlError(f"row {number} of {where} has no label (the protocol reads only labelled splits)",
+                          hint=f"use the files of {task.hub_name} ({task.config}) as the hub has them")
+    if spec.task_type != "classification":
+        return
+    names = ", ".join(f"{i}={name}" for i, name in enumerate(spec.labels))
+    if isinstance(value, bool) or str(value) in spec.labels:
+        return
+    if isinstance(value, (int, float)) and float(value).is_integer() and 0 <= int(value) < len(spec.labels):
+        return
+    raise EptctlError(f"label {value!r} in row {number} of {where} is not one of task '{task.name}''s labels",
+                      hint=f"labels are the hub's names or their indices: {names}")
 
 
 def _prepare_columns(task: BenchmarkTask) -> tuple[str, ...]:

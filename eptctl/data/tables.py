@@ -246,10 +246,11 @@ def read_tables(source: dict) -> tuple[dict[str, Any], bool]:
         return {"all": _read_file(datasets, path)}, False
 
 
-def read_split_files(files: list[Path], columns: list[str], where: str) -> list[dict]:
-    """The rows of one split stored as one file or as shards (parquet, JSON Lines), as dicts of ``columns``.
-
-    ClassLabel columns (hub parquet) give label names; a missing column is an ``EptctlError`` naming it."""
+def read_split_files(files: list[Path], columns: list[str], where: str, label_column: str | None = None
+                     ) -> list[dict]:
+    """The rows of one split stored as one file or as shards (parquet, JSON Lines), as dicts of ``columns`` (and
+    ``label_column``). ClassLabel columns (hub parquet) give label names; a missing column is an ``EptctlError``
+    naming it."""
     fmt = file_format(files[0])
     with _quiet_datasets() as datasets:
         if len(files) == 1:
@@ -261,7 +262,9 @@ def read_split_files(files: list[Path], columns: list[str], where: str) -> list[
                 raise EptctlError(f"could not read {where}: {_root_cause(err)}",
                                   hint=f"check that the shards are valid {fmt}") from err
         values = {column: _column_values(table, column, "input", where) for column in columns}
-    return [dict(zip(columns, row)) for row in zip(*values.values())]
+        if label_column is not None:
+            values[label_column] = _column_values(table, label_column, "label", where)
+    return [dict(zip(values, row)) for row in zip(*values.values())]
 
 
 def _column_values(table, column: str, role: str, where: str) -> list:

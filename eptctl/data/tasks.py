@@ -114,6 +114,9 @@ def custom_task(
             raise EptctlError(f"template {template!r} names its input columns, and --text-column/--text-pair-column "
                               "name them too", hint="name the columns in the template only")
         input_columns = template_columns(template)
+        if label_column in input_columns:
+            raise EptctlError(f"template {template!r} names the {_label_role(task_type)} column '{label_column}': "
+                              "the answer would be in the prompt", hint="name only input columns in the template")
         text_column = input_columns[0]
         text_pair_column = input_columns[1] if len(input_columns) > 1 else None
         source.update(extra_columns=list(input_columns[2:]))

@@ -55,6 +55,9 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     if previous is not None and previous.task_type != custom.task_type:
         raise EptctlError(f"task '{task}' is stored as a {previous.task_type} task, not {custom.task_type}",
                           hint=f"pass --task-type {previous.task_type}, or pick a new task name")
+    if previous is not None and custom.template is not None and custom.template != previous.template:
+        raise EptctlError(f"task '{task}' is stored with the template {previous.template!r}; another template makes "
+                          "another task", hint="pick a new task name for the new template, or drop --template")
     same = previous is not None and previous.task_type == "classification"
     return data.custom_task(
         task, custom.path, text_column=custom.text_column, text_pair_column=custom.text_pair_column,
