@@ -6,6 +6,8 @@ are never fetched from a hub. ``trust_remote_code`` is only ever what the caller
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.metadata
 import logging
 from dataclasses import dataclass
@@ -113,13 +115,33 @@ def embedded_model_dir(m: EmbeddedModel) -> Path:
     return cache
 
 
+@contextlib.contextmanager
+def _quiet_gguf():
+    """transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors"), outside the
+    switch that silences its other bars; eptctl says "converting" itself, so the bar is turned off while it runs."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:  # a transformers version without it: nothing to silence
+        yield
+        return
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a safetensors cache at %s (once)", gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, dtype=torch.float32)
+    with _quiet_gguf():
+        tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from its config and copy the weights.
     model = AutoModelForCausalLM.from_config(loaded.config)
     model.load_state_dict(loaded.state_dict())

@@ -180,12 +180,39 @@ class _ProgressView:
         self.first_step = 0
         self.live = False  # the bar starts with training: an error before it stays one line
         self.metric = "accuracy"
+        self.plan: events.TrainingStarted | None = None
+        self.step_seconds: list[float] = []  # wall time of each step (evaluations excluded)
+        self.last_tick = None
+        self.eval_row_seconds = None  # measured at the first in-training evaluation
+        self.eta_notes = 0
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc) if self.live else False
+
+    def _eta(self, step: int) -> None:
+        """One line: the time left for the steps and every evaluation still to come (in-training and final).
+
+        Per-step time is the median of the steps so far (evaluations excluded). Until an evaluation has been timed,
+        scoring a row is taken as 0.6 of a training row's share of a step: forward only, no input gradients, but
+        larger padded batches (measured 0.62 for SmolLM2 on a 2-core CPU in fp32)."""
+        plan = self.plan
+        if plan is None or self.quiet:
+            return
+        per_step = sorted(self.step_seconds[1:])[len(self.step_seconds[1:]) // 2]
+        per_row = self.eval_row_seconds or 0.6 * per_step / max(1, plan.batch_size)
+        left_steps = plan.total - step
+        left_evals = (plan.total // plan.eval_every - step // plan.eval_every) if plan.eval_every else 0
+        if plan.eval_every and plan.total % plan.eval_every:
+            left_evals += 1  # the last step is always evaluated
+        seconds = left_steps * per_step + (left_evals * plan.eval_rows + plan.final_rows) * per_row
+        how = "measured" if self.eval_row_seconds else "estimated"
+        self.progress.console.print(
+            f"about {_duration(seconds)} left: {left_steps} steps at {per_step:.1f} s, then scoring "
+            f"{left_evals * plan.eval_rows + plan.final_rows:,} rows at {per_row * 1000:.0f} ms each ({how})")
+        self.eta_notes += 1
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -207,6 +234,7 @@ class _ProgressView:
             self.note(f"trainable parameters: {p['total']:,} (" + ", ".join(
                 f"{k} {v:,}" for k, v in p.items() if k != "total" and v) + ")")
             self.started, self.first_step = time.perf_counter(), event.step
+            self.plan, self.last_tick = event, self.started
             self.progress.__enter__()
             self.live = True
             self.task_id = self.progress.add_task("train", total=event.total, completed=event.step,
@@ -215,7 +243,18 @@ class _ProgressView:
             elapsed = time.perf_counter() - self.started
             rate = (event.step - self.first_step) / elapsed if elapsed > 0 else 0.0
             self.progress.update(self.task_id, completed=event.step, loss=f"{event.loss:.4f}", rate=f"{rate:.2f}")
+            now = time.perf_counter()
+            self.step_seconds.append(now - self.last_tick)
+            self.last_tick = now
+            if len(self.step_seconds) == 4 and self.eta_notes == 0:  # the first step carries warm-up: 3 more
+                self._eta(event.step)
         elif isinstance(event, events.Evaluated) and not self.quiet:
+            now = time.perf_counter()
+            if self.eval_row_seconds is None and event.examples:
+                self.eval_row_seconds = (now - self.last_tick) / event.examples
+                if self.eta_notes == 1:
+                    self._eta(event.step)
+            self.last_tick = now
             m = event.metrics
             self.progress.console.print(
                 f"step {event.step}/{event.total}: validation {fmt_metrics(m, self.metric, limit=2)} on "
@@ -230,3 +269,8 @@ class _ProgressView:
             self.note("attention over the frozen prompts of " + ", ".join(event.sources))
         elif isinstance(event, events.FinalEvaluation):
             self.note("evaluating the best checkpoint on validation and test…")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -44,6 +44,10 @@ class TrainingStarted(Event):
     total: int  # optimiser steps of the run
     step: int  # first step to run (0, or where a resumed run continues)
     params: dict[str, int]  # trainable parameters by group, with "total"
+    batch_size: int = 0  # examples per step
+    eval_every: int = 0  # steps between in-training evaluations
+    eval_rows: int = 0  # validation rows each in-training evaluation scores
+    final_rows: int = 0  # rows the final evaluation scores (validation and test)
 
 
 @dataclass(frozen=True)

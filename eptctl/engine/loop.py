@@ -173,7 +173,9 @@ def fit(
         step, best_state, best_step, best_metric = saved.step, saved.best, saved.best_step, saved.best_metric
         history = saved.history
         emit(events.Resumed(step=step, total=total))
-    emit(events.TrainingStarted(total=total, step=step, params=adapter.params_by_group()))
+    emit(events.TrainingStarted(total=total, step=step, params=adapter.params_by_group(),
+                                batch_size=train_cfg.batch_size, eval_every=eval_every,
+                                eval_rows=len(val_for_training), final_rows=len(validation_set) + len(test_set)))
 
     lengths = [len(e.input_ids) for e in train_set]
     per_epoch = math.ceil(len(train_set) / train_cfg.batch_size)
