@@ -3,7 +3,8 @@ deterministic splits and the task specification (labels, verbalizer, template).
 
 Modules: ``tasks`` (resolving and loading a task: the API re-exported here), ``spec`` (the dataclasses and the data
 fingerprint), ``rows`` (raw rows to labelled examples), ``splits`` (deterministic splits and subsamples),
-``packaged`` (builtin tasks read from asset packages), ``tables`` (user files and hub datasets; the only importer of
+``packaged`` (builtin tasks read from asset packages), ``glue`` (the GLUE/SuperGLUE catalogue: templates, metrics,
+split protocol, data directory), ``tables`` (user files and hub datasets; the only importer of
 ``datasets``, and only when a custom task is read). May import ``eptctl.core`` only: no torch, no tokenizer.
 """
 
