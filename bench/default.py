@@ -106,7 +106,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                 continue
             home = shared or Path(tempfile.mkdtemp(prefix="eptctl-bench-home-"))
             cell = run_cell(args.task, seed, precision, home, extra)
-            done[key] = {**cell, "cpu": cpu["model"], "bf16_units": cpu["bf16_units"], "extra": key_extra,
+            done[key] = {**cell, "task": args.task, "cpu": cpu["model"], "bf16_units": cpu["bf16_units"], "extra": key_extra,
                          "home": "warm" if shared else "fresh", "load_average_1min": round(os.getloadavg()[0], 2)}
             args.cells.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(args.cells, (json.dumps(done, indent=1) + "\n").encode())
@@ -116,6 +116,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     rows = [{k: c[k] for k in ("seed", "precision", "wall_s", "steps", "best_step", "test_acc", "val_acc",
                                "loss_peak_after_warmup_vs_first")}
             for c in done.values() if c["cpu"] == cpu["model"] and c["extra"] == key_extra
+            and c.get("task", "rt-polarity") == args.task
             and c["home"] == home_kind and c["seed"] in seeds and c["precision"] in precisions]
     summary = {}
     for precision in precisions:

@@ -69,13 +69,17 @@ def test_protocol_halves_small_validation_and_holds_out_1000_train_rows_for_larg
     splits = glue.protocol_splits(large, given)
     assert len(splits["validation"]) == 1000 and len(splits["train"]) == 500
     assert sorted(splits["validation"] + splits["train"]) == list(range(1500))
-    assert splits["test"] == list(range(5000, 5010))
+    assert sorted(splits["test"]) == list(range(5000, 5010)) and splits["test"] != list(range(5000, 5010))
     with pytest.raises(EptctlError, match="more than 1000 training rows"):
         glue.protocol_splits(large, {"train": list(range(1000)), "validation": [1]})
 
     mnli = glue.CATALOGUE["glue-mnli"]
     splits = glue.protocol_splits(mnli, {"train": [1], "validation_mismatched": [2], "validation_matched": [3]})
     assert splits == {"train": [1], "validation": [2], "test": [3]}
+    # Evaluation splits taken whole are shuffled, so --max-eval N keeps a sample, not the file's first rows.
+    splits = glue.protocol_splits(mnli, {"train": [1], "validation_mismatched": list(range(20)),
+                                         "validation_matched": list(range(30))})
+    assert sorted(splits["test"]) == list(range(30)) and splits["test"][:5] != [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("name", list(glue.CATALOGUE))
@@ -346,3 +350,52 @@ def test_predict_from_a_file_on_a_three_column_task_says_so(eptctl_home, data_di
 
 def test_fetch_suggests_a_close_name(eptctl_home):
     user_error(run("fetch", "glue-rtee"), "did you mean 'glue-rte'?")
+
+
+def test_rows_with_an_empty_input_are_dropped_as_the_hubs_qqp_needs(tmp_path):
+    root = _rte_with(tmp_path, [{"sentence1": "x", "sentence2": "", "label": 0, "idx": 9}])
+    splits = glue.read_splits(glue.CATALOGUE["glue-rte"], root)
+    assert len(splits["train"]) == 6  # the seventh row has no second sentence
+
+
+def test_eval_from_a_file_refuses_tasks_that_rewrite_their_rows(eptctl_home, data_dir, fixtures):
+    trained = json.loads(ok("train", "superglue-wsc", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
+    user_error(run("eval", trained["ref"], "--data", fixtures / "super_glue" / "wsc.fixed" / "validation.jsonl"),
+               "rewrites its rows", notes=True)
+
+
+def test_http_refuses_a_mismatched_input_alone_not_its_batch(eptctl_home, data_dir, fixtures):
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    wic = json.loads(ok("train", "superglue-wic", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
+    cb = json.loads(ok("train", "superglue-cb", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "eptctl", "serve", "--model", "tiny-random-t5", "--port",
+                               str(port), "--max-wait-ms", "200"], env={**os.environ, "EPTCTL_HOME": str(eptctl_home)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        bad = {"adapter": wic["ref"], "inputs": [{"text": "a", "text_pair": "b"}]}
+        good = {"adapter": cb["ref"], "inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}
+        with ThreadPoolExecutor(4) as pool:  # sent together, so a batcher would put them in one batch
+            answers = list(pool.map(lambda body: httpx.post(f"{base}/v1/predict", json=body, timeout=60),
+                                    [bad, good, bad, good]))
+        assert [a.status_code for a in answers] == [422, 200, 422, 200], [a.text for a in answers]
+        assert "reads 3 columns" in answers[0].json()["error"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

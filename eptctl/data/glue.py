@@ -306,15 +306,17 @@ def protocol_splits(task: BenchmarkTask, given: dict[str, list]) -> dict[str, li
     """The paper's train/validation/test from the hub splits (``given``: split name -> rows), by the task's rule
     (module docstring). Deterministic: the same rows whatever the training seed. ``EptctlError`` when a split is
     too small to halve or to hold ``HOLD_OUT`` rows out of."""
+    # Evaluation splits taken whole are shuffled too: --max-eval N keeps their first N rows, which must be a sample.
     if task.protocol == "mnli":
-        return {"train": given["train"], "validation": given["validation_mismatched"],
-                "test": given["validation_matched"]}
+        return {"train": given["train"], "validation": shuffled(given["validation_mismatched"], SPLIT_SEED),
+                "test": shuffled(given["validation_matched"], SPLIT_SEED)}
     if task.protocol == "large":
         train = shuffled(given["train"], SPLIT_SEED)
         if len(train) <= HOLD_OUT:
             raise EptctlError(f"task '{task.name}' needs more than {HOLD_OUT} training rows to hold {HOLD_OUT} out for "
                               f"validation, its data has {len(train)}", hint="check the train file")
-        return {"train": train[HOLD_OUT:], "validation": train[:HOLD_OUT], "test": given["validation"]}
+        return {"train": train[HOLD_OUT:], "validation": train[:HOLD_OUT],
+                "test": shuffled(given["validation"], SPLIT_SEED)}
     original = shuffled(given["validation"], SPLIT_SEED)
     if len(original) < 2:
         raise EptctlError(f"task '{task.name}' needs at least 2 validation rows to halve into validation and test, "
@@ -326,9 +328,9 @@ def protocol_splits(task: BenchmarkTask, given: dict[str, list]) -> dict[str, li
 def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list[RawRow]]:
     """The task's rows in the paper's train/validation/test (``protocol_splits``), read from the data directory.
 
-    Labelled rows only (the hub marks a missing label -1). Each row's first column is its ``text``, the second its
-    ``text_pair``, the others its ``fields``; ``prepare`` has been applied. Raises ``EptctlError`` for missing files
-    or columns.
+    Every row must be labelled (the splits read are the hub's labelled ones); a row with an empty input column is
+    dropped (QQP's train has two). Each row's first column is its ``text``, the second its ``text_pair``, the others
+    its ``fields``; ``prepare`` has been applied. Raises ``EptctlError`` for missing files, columns or labels.
     """
     from eptctl.data.tables import read_split_files
 
@@ -340,6 +342,8 @@ def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
         rows = []
         for number, row in enumerate(table, start=1):
             _check_label(task, row[task.label_column], number, where)
+            if any(_blank(row[c]) for c in task.columns):
+                continue  # the hub's QQP train holds two rows with an empty question2: no input, no example
             if task.prepare is not None:
                 row = task.prepare(row)
             texts = [row[c] for c in task.columns]
@@ -348,6 +352,10 @@ def read_splits(task: BenchmarkTask, root: Path | None = None) -> dict[str, list
                                tuple(zip(task.columns[2:], texts[2:]))))
         given[split] = rows
     return protocol_splits(task, given)
+
+
+def _blank(value) -> bool:
+    return value is None or not str(value).strip()
 
 
 def _check_label(task: BenchmarkTask, value, number: int, where: str) -> None:

@@ -188,6 +188,13 @@ async def _rows(body: PredictRequest, cache: AdapterCache, config: ServeConfig) 
         raise ApiError(404, err.message, err.hint or "") from None
     except BackboneMismatch as err:
         raise ApiError(409, err.message, err.hint or "") from None
+    from eptctl.workflows.inference import check_pair
+
+    try:  # a pair where the task takes one text (or a three-column task) fails this request, not its batch
+        for n, item in enumerate(items, start=1):
+            check_pair(resolved[item.adapter or body.adapter], item.text_pair, f"input {n}")
+    except EptctlError as err:
+        raise ApiError(422, err.message, err.hint or "") from None
     return [(resolved[item.adapter or body.adapter], item.text, item.text_pair) for item in items]
 
 

@@ -34,6 +34,14 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
     if data_path is not None:
         column = label_column or ("label" if task_type == "classification" else "target")
         columns = servable.spec.input_columns
+        if servable.spec.source.get("kind") == "benchmark":
+            from eptctl.data.glue import CATALOGUE
+
+            task = CATALOGUE.get(servable.spec.name)
+            if task is not None and task.prepare is not None:
+                raise EptctlError(f"task '{task.name}' rewrites its rows as it reads them (WSC marks its spans, MultiRC "
+                                  "drops HTML); a --data file would be scored without that",
+                                  hint=f"put the file in the data directory ({task.folder()}) and use --split")
         if columns:  # a named-column task reads the columns its template names
             text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
         examples = data.read_examples(data_path, text_column=text_column, text_pair_column=text_pair_column,

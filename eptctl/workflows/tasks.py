@@ -45,6 +45,11 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     and template kept from the stored task of that name). Raises ``EptctlError`` for an unknown task, a builtin
     task given ``--data``, or data that cannot define a task."""
     records = {t.name: t for t in registry.list_tasks()}
+    if task in records and task in data.BUILTIN_TASKS and records[task].source.get("kind") not in ("builtin",
+                                                                                                    "benchmark"):
+        # A custom task stored before this name became builtin (the GLUE catalogue): never swap its data silently.
+        raise EptctlError(f"'{task}' is now a builtin task, and this registry holds a custom task of that name",
+                          hint="its adapters stay usable by reference; train the custom data under a new name")
     if custom is None:
         if task in records and task not in data.BUILTIN_TASKS:
             return task_record_to_spec(records[task])  # only the task asked for: another stored task's row is not read
