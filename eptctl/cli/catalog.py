@@ -45,7 +45,7 @@ def tasks(registry: RegistryUrl = None, data_dir: DataDirOption = None, as_json:
 
 
 def fetch(
-    names: Annotated[list[str], typer.Argument(help="Benchmark tasks: names, glue, superglue or all.")],
+    names: Annotated[list[str], typer.Argument(metavar="TASK", help="Benchmark tasks: names, glue, superglue or all.")],
     data_dir: DataDirOption = None,
     as_json: JsonFlag = False,
 ) -> None:
