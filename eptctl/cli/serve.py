@@ -124,7 +124,7 @@ def predict(
         inference.check_pair(servable, None, "input")  # the one-line error: such a task is evaluated from files
     if columns and (text_column, text_pair_column) == ("text", None):
         # A task whose template names its columns reads them from the file unless told otherwise.
-        text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
+        text_column, text_pair_column = servable.spec.text_columns
     inputs = _inputs(texts, file, text_column, text_pair_column)
     options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
     backbone = inference.backbone_for([servable])

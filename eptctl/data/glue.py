@@ -41,7 +41,6 @@ from eptctl.data.splits import SPLIT_SEED, shuffled
 DATA_DIR_VARIABLE = "EPTCTL_DATA_DIR"
 HOLD_OUT = 1000  # rows of train that validate a large task (DePT)
 READABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
-PROTOCOLS = ("small", "large", "mnli")
 HUB_NAMES = {"glue": "nyu-mll/glue", "super_glue": "aps/super_glue"}
 
 _data_dir_override: Path | None = None
@@ -81,7 +80,6 @@ class BenchmarkTask:
     spec: TaskSpec
     benchmark: str  # "glue" or "super_glue": the folder under the data directory
     config: str  # the hub config: the folder under the benchmark's
-    columns: tuple[str, ...]
     protocol: str
     label_column: str = "label"
     also: tuple[str, ...] = ()
@@ -90,6 +88,11 @@ class BenchmarkTask:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The input columns, in input order (the spec's)."""
+        return self.spec.input_columns
 
     @property
     def hub_name(self) -> str:
@@ -143,7 +146,7 @@ def _task(name, benchmark, config, description, columns, template, labels, verba
     spec = TaskSpec(name, description, labels, verbalizer, template, metric=metric, source=source,
                     task_type=task_type, input_columns=columns,
                     value_range=(0.0, 5.0) if task_type == "regression" else None)
-    return BenchmarkTask(spec, benchmark, config, columns, protocol, also=also, prepare=prepare)
+    return BenchmarkTask(spec, benchmark, config, protocol, also=also, prepare=prepare)
 
 
 _NLI3 = ("entailment", "neutral", "contradiction")
@@ -215,13 +218,6 @@ PUBLISHED = (
 )
 
 
-def benchmark_task(name: str) -> BenchmarkTask:
-    """The catalogue entry ``name``; ``EptctlError`` for an unknown one."""
-    if name not in CATALOGUE:
-        raise EptctlError(f"unknown benchmark task '{name}'", hint=f"benchmark tasks: {', '.join(CATALOGUE)}")
-    return CATALOGUE[name]
-
-
 def select(names: str) -> list[str]:
     """``all``, ``glue``, ``superglue`` or a comma-separated list of catalogue names (``cb`` and ``glue-cb`` style
     short names are accepted) -> catalogue names in catalogue order. ``EptctlError`` for an unknown name."""
@@ -272,7 +268,7 @@ def _what_is_there(task: BenchmarkTask, folder: Path) -> str:
     """A clause for the missing-data error: the files the folder holds instead, or a folder one level off."""
     if folder.is_dir():
         names = sorted(p.name for p in folder.iterdir())[:6]
-        return f"; it holds {', '.join(names) or 'nothing'}" if names else "; it is empty"
+        return f"; it holds {', '.join(names)}" if names else "; it is empty"
     flat = folder.parent.parent / task.config
     if flat.is_dir():
         return f"; {flat} exists: the layout needs a '{task.benchmark}' level ({folder})"

@@ -164,6 +164,12 @@ class TaskSpec:
         return "text_pair" in template_fields(self.template)
 
     @property
+    def text_columns(self) -> tuple[str, str | None]:
+        """A named-column task's file columns for ``text`` and ``text_pair`` (the first two input columns; None for
+        the second of a one-column task). Only for tasks with ``input_columns``."""
+        return self.input_columns[0], (self.input_columns[1] if len(self.input_columns) > 1 else None)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """The names an input's texts go by: the named input columns, or ``text`` (and ``text_pair``)."""
         return self.input_columns or (("text", "text_pair") if self.uses_text_pair else ("text",))

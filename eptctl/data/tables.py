@@ -288,13 +288,12 @@ def describe(source: dict) -> str:
 
 def read_rows(
     source: dict, *, text_column: str, text_pair_column: str | None, label_column: str | None,
-    label_role: str = "label", extra_columns: tuple[str, ...] = (), tables: tuple[dict, bool] | None = None,
+    label_role: str = "label", extra_columns: tuple[str, ...] = (),
 ) -> dict[str, list[RawRow]]:
     """Raw rows per split (``train``/``validation``/``test``, or ``all`` when the data names no split).
     ``label_role`` names the label column in errors ("label", or "target" for generation and regression);
-    ``extra_columns`` are further named input columns, read into each row's ``fields``. ``tables`` (from
-    :func:`read_tables`) skips reading the source again."""
-    tables, layout_splits = tables or read_tables(source)
+    ``extra_columns`` are further named input columns, read into each row's ``fields``."""
+    tables, layout_splits = read_tables(source)
     where_base = describe(source)
     rows: dict[str, list[RawRow]] = {}
     for split, table in tables.items():

@@ -283,13 +283,13 @@ def _where(spec: TaskSpec) -> str:
 def _examples(spec: TaskSpec, rows: list[RawRow], split: str) -> list[Example]:
     where = _where(spec) if split == "all" else f"{_where(spec)} ({split})"
     source = spec.source
-    columns = spec.input_columns
+    text_column, text_pair_column = spec.text_columns if spec.input_columns else ("text", None)
     return to_examples(
         rows,
         spec.labels,
         where=where,
-        text_column=source.get("text_column", columns[0] if columns else "text"),
-        text_pair_column=source.get("text_pair_column", columns[1] if len(columns) > 1 else None),
+        text_column=source.get("text_column", text_column),
+        text_pair_column=source.get("text_pair_column", text_pair_column),
         label_column=source.get("label_column", "label"),
         task_type=spec.task_type,
     )

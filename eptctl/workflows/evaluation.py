@@ -43,7 +43,7 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
                                   "drops HTML); a --data file would be scored without that",
                                   hint=f"put the file in the data directory ({task.folder()}) and use --split")
         if columns:  # a named-column task reads the columns its template names
-            text_column, text_pair_column = columns[0], (columns[1] if len(columns) > 1 else None)
+            text_column, text_pair_column = servable.spec.text_columns
         examples = data.read_examples(data_path, text_column=text_column, text_pair_column=text_pair_column,
                                       label_column=column, labels=servable.spec.labels, task_type=task_type,
                                       extra_columns=columns[2:])
