@@ -1,91 +1,302 @@
-"""Forward transfer on the builtin tasks with the default backbone: fused init from a source adapter vs random init,
-at equal small step budgets. Rows: validation accuracy every few steps (the curve) and test accuracy at the end.
+"""Few-shot forward transfer: does a target task trained on K examples gain from a stored source prompt?
 
-Writes a PNG of accuracy versus steps (both inits, each target) next to the JSON (.bench-out/transfer.png).
-Uses $EPTCTL_HOME's registry: the source is `rt-polarity@best` when it exists (trained with the defaults), else it is
-trained first with the defaults.
+    python -m bench transfer [--pairs rt-polarity:tweet-sentiment,...] [--shots 16,64,256]
+        [--inits random,all,prompt,prompt+low-rank,attention,auto,...] [--seeds 0,1,2] [--steps 30]
+        [--test-rows 500] [--home DIR] [--cells PATH] [--plot PATH]
+
+Each cell (pair, K, init, seed) trains the target with the default EPT shape and learning rates on the same K
+training examples (`--train-examples K`: stratified by label, the same for every seed) for an equal budget of
+`--steps` steps of batch 16, keeps the last step (a K-shot run has no large validation set to pick a step with) and
+scores it on the first `--test-rows` rows of the target's test split. The zero-step accuracy of each init (before
+any training; first 200 test rows) is recorded beside it. Inits (`--inits`, see INITS):
+
+- random: a fresh adapter (vocabulary-sampled prompt), what `eptctl train TASK` does;
+- all, prompt, prompt+low-rank: `--init-from SOURCE@best --transfer-components C` (weighted fusion, one source);
+- attention: `--init-from SOURCE@best --transfer-mode attention`;
+- auto: `--init-from auto` with the CLI's defaults (every stored adapter of another task is probed; the ranking,
+  with each candidate's probe score, is recorded per target);
+- remedies for a transferred start: all-lr0.03 (`all` with `--lr-prompt 0.03`), vector (the source's task vector,
+  trained minus initial components, added to a fresh adapter's: the task-prompt-vector form).
+
+Sources are `TASK@best` in the registry under `--home` (default .bench-out/transfer-home); a missing one is trained
+first with `eptctl train TASK`'s defaults (recorded as such). `--auto-candidates` names the tasks that must be stored
+before `auto` cells run. Cells are kept in `--cells` as they finish (resumable: the same command skips them); the
+table gives mean ± standard deviation over seeds and the paired difference to random init; the PNG plots test
+accuracy against K per init with error bars.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import time
 from pathlib import Path
 
-# BENCH_TRANSFER_SOURCE / BENCH_TRANSFER_TARGETS (comma-separated) choose the direction.
-SOURCE = os.environ.get("BENCH_TRANSFER_SOURCE", "rt-polarity")
-TARGETS = tuple(os.environ.get("BENCH_TRANSFER_TARGETS", "rt-subjectivity,bbc-topic").split(","))
+OUT = Path(".bench-out")
+PAIRS = "rt-polarity:tweet-sentiment,tweet-sentiment:rt-polarity,rt-polarity:rt-subjectivity"
+INITS = ("random", "all", "prompt", "prompt+low-rank", "attention", "auto", "all-lr0.03", "vector")
+ZERO_STEP_ROWS = 200
 
 
-def run(quick: bool = False) -> list[dict]:
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench transfer", description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", default=PAIRS, help="SOURCE:TARGET,... (default: the three pairs of issue 15)")
+    parser.add_argument("--shots", default="16,64,256", help="K values (training examples of the target)")
+    parser.add_argument("--inits", default="random,all", help=f"comma-separated, from {', '.join(INITS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per cell (batch 16)")
+    parser.add_argument("--test-rows", type=int, default=500)
+    parser.add_argument("--auto-candidates", default="rt-polarity,rt-subjectivity,bbc-topic,tweet-sentiment",
+                        help="tasks stored (trained with the defaults if missing) before auto cells run")
+    parser.add_argument("--home", type=Path, default=OUT / "transfer-home", help="EPTCTL_HOME holding the sources")
+    parser.add_argument("--cells", type=Path, default=OUT / "transfer-cells.json")
+    parser.add_argument("--plot", type=Path, default=OUT / "transfer.png")
+    parser.add_argument("--source-steps", type=int, default=None,
+                        help="steps of a source trained here (default: eptctl train's default)")
+    parser.add_argument("--model", default=None, help="backbone (default: eptctl's default model)")
+    args = parser.parse_args(argv)
+    unknown = [i for i in args.inits.split(",") if i not in INITS]
+    if unknown:
+        parser.error(f"unknown --inits {unknown}; choose from {', '.join(INITS)}")
+    return args
+
+
+def run(quick: bool = False, argv: list[str] | None = None) -> dict:
+    args = parse(argv or [])
+    if quick:
+        args.steps, args.test_rows = min(args.steps, 5), min(args.test_rows, 50)
+    os.environ["EPTCTL_HOME"] = str(args.home.resolve())
+    os.environ.pop("EPTCTL_REGISTRY_URL", None)  # the bench's own registry, never the user's
     from eptctl import backbones
-    from eptctl.engine.encoding import encode_task
-    from eptctl.workflows.tasks import resolve_spec
-    from eptctl.workflows.train import train_task
-    from eptctl.methods import EPTConfig
-    from eptctl.engine.config import TrainConfig
-    from eptctl.engine.loop import fit, new_adapter
-    from eptctl.engine.scoring import evaluate_encoded
-    from eptctl.workflows.transfer import Source, fused_init
     from registry import Registry
 
-    steps, every, n_eval = (20, 5, 100) if quick else (40, 10, 200)
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    shots = [int(k) for k in args.shots.split(",")]
+    inits = args.inits.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cells = json.loads(args.cells.read_text()) if args.cells.exists() else {}
+    model = args.model or backbones.DEFAULT_MODEL
+    backbone = backbones.load(model)
     reg = Registry()
-    backbone = backbones.load(os.environ.get("BENCH_MODEL", backbones.DEFAULT_MODEL))
-    cfg = EPTConfig().resolved(backbone.width)
-    try:
-        source = reg.resolve(f"{SOURCE}@best")
-    except Exception:
-        source = train_task(SOURCE, registry=reg, backbone=backbone,
-                                 train_cfg=TrainConfig(steps=40 if quick else 150)).record
-    rows, curves = [], {}
-    for target in TARGETS:
-        spec = resolve_spec(target, reg)
-        enc = encode_task(backbone, spec, cfg.max_length, max_eval=n_eval)
-        for init in ("random", "fused"):
-            tc = TrainConfig(steps=steps, eval_every=every, max_eval_examples=n_eval)
-            init_tensors = None
-            if init == "fused":
-                template = new_adapter(backbone, cfg, spec.num_labels, tc.seed)
-                init_tensors, _ = fused_init(reg, [Source(source.id, 1.0)], backbone, template)
-            start = new_adapter(backbone, cfg, spec.num_labels, tc.seed, init_tensors)
-            curve = [(0, evaluate_encoded(backbone, start, enc.validation, enc.answers)["accuracy"])]
-            result = fit(backbone, enc.train, enc.validation, enc.answers, cfg, tc, num_labels=spec.num_labels,
-                           test_set=enc.test, init_tensors=init_tensors)
-            curve += [(h["step"], h["validation"]["accuracy"]) for h in result.history if "validation" in h]
-            curves[(target, init)] = curve
-            rows.append({"source": source.ref, "target": target, "init": init, "steps": steps,
-                         "val_acc_step0": round(curve[0][1], 4), "val_acc_final": round(curve[-1][1], 4),
-                         "test_acc": round(result.metrics["test"]["accuracy"], 4),
-                         "curve": " ".join(f"{s}:{a:.3f}" for s, a in curve),
-                         "seconds": round(result.duration_s, 1)})
-    for target in TARGETS:
-        fused = next(r for r in rows if r["target"] == target and r["init"] == "fused")
-        random_ = next(r for r in rows if r["target"] == target and r["init"] == "random")
-        rows.append({"source": source.ref, "target": target, "init": "fused - random", "steps": steps,
-                     "val_acc_step0": round(fused["val_acc_step0"] - random_["val_acc_step0"], 4),
-                     "val_acc_final": round(fused["val_acc_final"] - random_["val_acc_final"], 4),
-                     "test_acc": round(fused["test_acc"] - random_["test_acc"], 4), "curve": "", "seconds": 0})
-    _plot(curves, source.ref, Path(".bench-out") / f"transfer-{SOURCE}.png")
+    lab = _Lab(reg, backbone, model, args)
+    sources = {src for src, _ in pairs} | (set(args.auto_candidates.split(",")) if "auto" in inits else set())
+    for task in sorted(sources):
+        lab.source(task)
+    for src, tgt in pairs:
+        for k in shots:
+            for seed in seeds:
+                for init in inits:
+                    key = f"{model}|{src}->{tgt}|K={k}|{init}|seed={seed}|steps={args.steps}|test={args.test_rows}"
+                    if key in cells:
+                        continue
+                    cells[key] = lab.cell(src, tgt, k, init, seed)
+                    print(json.dumps({key: {c: cells[key][c] for c in ("zero_step", "test_accuracy", "seconds")}}),
+                          flush=True)
+                    args.cells.parent.mkdir(parents=True, exist_ok=True)
+                    args.cells.write_text(json.dumps(cells, indent=1))
+    mine = [c for c in cells.values() if c["model"] == model and c["steps"] == args.steps
+            and c["test_rows"] == args.test_rows and (c["source"], c["target"]) in pairs and c["k"] in shots
+            and c["init"] in inits and c["seed"] in seeds]
+    rows = summarise(mine)
+    plot(rows, args.plot, model)
+    return {"rows": rows, "sources": lab.source_info, "auto_rankings": lab.rankings, "cells": mine}
+
+
+class _Lab:
+    """The backbone, registry and caches a run of cells shares (encoded data per target and K, zero-step scores)."""
+
+    def __init__(self, reg, backbone, model: str, args) -> None:
+        from eptctl.methods import EPTConfig
+
+        self.reg, self.backbone, self.model, self.args = reg, backbone, model, args
+        self.cfg = EPTConfig().resolved(backbone.width)
+        self.encoded, self.zero, self.rankings, self.source_info = {}, {}, {}, {}
+
+    def source(self, task: str):
+        """``task@best`` in the bench's registry, trained with eptctl train's defaults if missing."""
+        from eptctl.engine.config import TrainConfig
+        from eptctl.workflows.train import train_task
+
+        try:
+            record = self.reg.resolve(f"{task}@best")
+        except Exception:  # not stored yet
+            steps = self.args.source_steps
+            print(f"training source {task}" + (f" for {steps} steps" if steps else " with the defaults"), flush=True)
+            train_cfg = TrainConfig() if steps is None else TrainConfig(steps=steps)
+            record = train_task(task, registry=self.reg, model=self.model, backbone=self.backbone, train_cfg=train_cfg,
+                                command_line=f"eptctl train {task}" + (f" --steps {steps}" if steps else "")).record
+        test = next((m.value for m in record.metrics if m.split == "test" and m.name == "accuracy"), None)
+        self.source_info[task] = {"ref": record.ref, "steps": record.summary.get("steps"),
+                                  "test_accuracy": test, "seed": record.run.seed}
+        return record
+
+    def data(self, target: str, k: int):
+        from eptctl import data
+        from eptctl.engine.encoding import encode_task
+        from eptctl.workflows.tasks import resolve_spec
+
+        if (target, k) not in self.encoded:
+            spec = resolve_spec(target, self.reg)
+            task_data = data.load_task(spec, max_eval=self.args.test_rows, train_examples=k)
+            self.encoded[(target, k)] = encode_task(self.backbone, spec, self.cfg.max_length, task_data=task_data)
+        return self.encoded[(target, k)]
+
+    def start(self, src: str, init: str, enc, seed: int):
+        """(init tensors, method config, lr override, note) of one init."""
+        from eptctl.workflows.transfer import Source, TransferOptions, prepare_transfer
+
+        spec = enc.spec
+        if init == "random":
+            return None, self.cfg, None, ""
+        if init == "vector":
+            return self._task_vector(src, spec, seed), self.cfg, None, ""
+        if init == "auto":
+            options = TransferOptions("auto")
+        elif init == "attention":
+            options = TransferOptions([Source(f"{src}@best")], mode="attention")
+        else:
+            components = "all" if init == "all-lr0.03" else init
+            options = TransferOptions([Source(f"{src}@best")], components=components)
+        chosen = []
+        start = prepare_transfer(self.reg, options, self.backbone, self.cfg, spec, enc.task_data.validation, seed,
+                                 emit=lambda e: chosen.extend(getattr(e, "ranked", [])))
+        note = ""
+        if init == "auto":
+            self.rankings[spec.name] = [{k: r[k] for k in ("ref", "task", "probe_score") if k in r}
+                                        for r in self._ranking(spec, enc)]
+            note = "+".join(r["ref"] for r in chosen)
+        return start.init_tensors, start.method_cfg, 0.03 if init == "all-lr0.03" else None, note
+
+    def _ranking(self, spec, enc) -> list[dict]:
+        from eptctl.workflows.transfer import probe_sources
+
+        candidates = [r for r in self.reg.list_adapters() if r.task != spec.name]
+        return probe_sources(self.reg, spec, self.backbone, enc.task_data.validation[:64], candidates)
+
+    def _task_vector(self, src: str, spec, seed: int) -> dict:
+        """The source's task vector added to a fresh adapter (see :func:`task_vector_start`)."""
+        from eptctl.engine.loop import new_adapter
+        from eptctl.workflows.transfer import best_state
+
+        record = self.reg.resolve(f"{src}@best")
+        src_init = new_adapter(self.backbone, self.cfg, 0, record.run.seed).state_dict()
+        fresh = new_adapter(self.backbone, self.cfg, spec.head_size, seed).state_dict()
+        return task_vector_start(best_state(self.reg, record), src_init, fresh)
+
+    def cell(self, src: str, tgt: str, k: int, init: str, seed: int) -> dict:
+        import dataclasses
+
+        from eptctl.engine.config import TrainConfig
+        from eptctl.engine.loop import fit, new_adapter
+        from eptctl.engine.scoring import evaluate_encoded
+
+        enc = self.data(tgt, k)
+        spec = enc.spec
+        started = time.perf_counter()
+        init_tensors, method_cfg, lr_prompt, note = self.start(src, init, enc, seed)
+        fresh = new_adapter(self.backbone, method_cfg, spec.head_size, seed, init_tensors)
+        zero_key = (src, tgt, init, seed)  # the init does not depend on K
+        if zero_key not in self.zero:
+            fresh.eval()
+            self.zero[zero_key] = evaluate_encoded(self.backbone, fresh, enc.test[:ZERO_STEP_ROWS],
+                                                   enc.answers)["accuracy"]
+        train_cfg = TrainConfig(steps=self.args.steps, eval_every=self.args.steps, seed=seed)
+        if lr_prompt is not None:
+            train_cfg = dataclasses.replace(train_cfg, lr_prompt=lr_prompt)
+        norms = start_norms(fresh)
+        result = fit(self.backbone, enc.train, enc.validation[:32], enc.answers, method_cfg, train_cfg,
+                     num_labels=spec.head_size, test_set=enc.test, adapter=fresh)
+        losses = [h["loss"] for h in result.history if "loss" in h]
+        return {"model": self.model, "source": src, "target": tgt, "k": k, "init": init, "seed": seed,
+                "steps": self.args.steps, "test_rows": len(enc.test), "zero_step": round(self.zero[zero_key], 4),
+                "test_accuracy": round(result.metrics["test"]["accuracy"], 4),
+                "test_macro_f1": round(result.metrics["test"].get("macro_f1", float("nan")), 4),
+                "loss_first": losses[0], "loss_last": losses[-1], "loss_max_after_warmup": max(losses[3:] or losses),
+                "losses": losses, **norms, "auto_picked": note,
+                "seconds": round(time.perf_counter() - started, 1)}
+
+
+def task_vector_start(trained: dict, source_init: dict, fresh: dict) -> dict:
+    """``fresh + (trained − source_init)`` per component, heads excluded: the task-prompt-vector start (task
+    arithmetic, Ilharco et al. 2023, applied to prompts as in Belanec et al. 2024). All tensors keyed like an
+    adapter's state dict; a source that never moved from its init gives back ``fresh``."""
+    from eptctl.workflows.transfer import TASK_SPECIFIC
+
+    return {k: fresh[k].float().cpu() + (trained[k].float().cpu() - source_init[k].float().cpu())
+            for k in trained if not k.startswith(TASK_SPECIFIC) and k in fresh}
+
+
+def start_norms(adapter) -> dict:
+    """Sizes of the starting point: mean L2 norm of the short prompt's rows and Frobenius norm of the input offset
+    ``scale·A·B`` (zero for a fresh adapter, whose B starts at 0), to compare transferred starts with fresh ones."""
+    import torch
+
+    with torch.no_grad():
+        offset = adapter.decomposition.offset()
+        return {"start_prompt_row_norm": round(float(adapter.decomposition.prompt.float().norm(dim=-1).mean()), 4),
+                "start_offset_norm": 0.0 if offset is None else round(float(offset.float().norm()), 4)}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """One row per (pair, K, init): mean ± sd over seeds of zero-step and test accuracy, paired gain over random."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["source"], c["target"], c["k"], c["init"]), []).append(c)
+    order = {name: i for i, name in enumerate(INITS)}
+    rows = []
+    for (src, tgt, k, init), group in sorted(groups.items(), key=lambda g: (g[0][:3], order[g[0][3]])):
+        by_seed = {c["seed"]: c for c in group}
+        base = {c["seed"]: c for c in groups.get((src, tgt, k, "random"), [])}
+        gains = [by_seed[s]["test_accuracy"] - base[s]["test_accuracy"] for s in by_seed if s in base]
+        picked = sorted({c["auto_picked"] for c in group if c["auto_picked"]})
+        rows.append({"source": src, "target": tgt, "K": k, "init": init, "seeds": len(group),
+                     "zero_step": _mean_sd([c["zero_step"] for c in group]),
+                     "test_acc": _mean_sd([c["test_accuracy"] for c in group]),
+                     "gain_vs_random": "" if init == "random" or not gains else
+                     f"{statistics.mean(gains) * 100:+.1f} pt" + (f" ± {statistics.stdev(gains) * 100:.1f}"
+                                                                   if len(gains) > 1 else ""),
+                     "auto_picked": ",".join(picked),
+                     "mean_test": round(statistics.mean(c["test_accuracy"] for c in group), 4),
+                     "sd_test": round(statistics.stdev(c["test_accuracy"] for c in group), 4) if len(group) > 1 else 0.0,
+                     "s_per_cell": round(statistics.mean(c["seconds"] for c in group))})
     return rows
 
 
-def _plot(curves: dict, source: str, path: Path) -> None:
+def plot(rows: list[dict], path: Path, model: str) -> None:
+    """Test accuracy versus K per init (error bars: sd over seeds), one panel per pair."""
+    if not rows:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 3.6), sharey=False, squeeze=False)
-    for ax, target in zip(axes[0], TARGETS):
-        for init, style in (("random", "--o"), ("fused", "-o")):
-            xs, ys = zip(*curves[(target, init)])
-            ax.plot(xs, ys, style, label=f"{init} init" + (f" (from {source})" if init == "fused" else ""))
-        ax.set_title(f"{target}")
-        ax.set_xlabel("training steps (batch 16)")
-        ax.set_ylabel("validation accuracy")
+    pairs = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.8), squeeze=False)
+    for ax, (src, tgt) in zip(axes[0], pairs):
+        mine = [r for r in rows if (r["source"], r["target"]) == (src, tgt)]
+        for init in dict.fromkeys(r["init"] for r in mine):
+            points = sorted((r["K"], r["mean_test"], r["sd_test"]) for r in mine if r["init"] == init)
+            ks, means, sds = zip(*points)
+            ax.errorbar(ks, means, yerr=sds, marker="o", capsize=3, linestyle="--" if init == "random" else "-",
+                        label=init)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["K"] for r in mine}), [str(k) for k in sorted({r["K"] for r in mine})])
+        ax.set_title(f"{src} → {tgt}")
+        ax.set_xlabel("training examples K")
+        ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("EPT on SmolLM2-135M: fused vs random initialisation")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"EPT on {model}: K-shot targets, start from a source prompt vs random (mean ± sd over seeds)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,0 +1,78 @@
+"""`python -m bench transfer` end to end on a tiny random backbone: cells, resume, the summary's paired gains, the
+auto ranking, the plot; and the task-vector start's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.transfer import summarise, task_vector_start
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EPTCTL_REGISTRY_URL", None)
+    command = [sys.executable, "-m", "bench", "transfer", "--model", "tiny-random-llama",
+               "--pairs", "rt-polarity:tweet-sentiment", "--shots", "8,16", "--inits", "random,all,auto,vector",
+               "--seeds", "0,1", "--steps", "2", "--test-rows", "12", "--source-steps", "2",
+               "--auto-candidates", "rt-polarity,rt-subjectivity", "--home", str(tmp_path / "home"),
+               "--cells", str(tmp_path / "cells.json"), "--plot", str(tmp_path / "transfer.png"),
+               "--json", str(tmp_path / "out.json"), *extra]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_bench_transfer_runs_every_cell_once_and_summarises(tmp_path):
+    first = _bench(tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "training source rt-polarity for 2 steps" in first.stdout
+    out = json.loads((tmp_path / "out.json").read_text())
+    cells = out["cells"]
+    assert len(cells) == 2 * 4 * 2  # K x inits x seeds
+    assert {c["test_rows"] for c in cells} == {12}
+    assert all(len(c["losses"]) == 2 for c in cells)
+    random_ = [c for c in cells if c["init"] == "random"]
+    assert {c["start_offset_norm"] for c in random_} == {0.0}  # a fresh B starts at 0
+    # The source's offset moved in training, so a fused start carries it.
+    assert all(c["start_offset_norm"] > 0 for c in cells if c["init"] == "all")
+    # auto probed both stored candidates of other tasks and recorded what it fused.
+    ranking = out["auto_rankings"]["tweet-sentiment"]
+    assert {r["task"] for r in ranking} == {"rt-polarity", "rt-subjectivity"}
+    assert all(c["auto_picked"] for c in cells if c["init"] == "auto")
+    rows = out["rows"]
+    assert [(r["K"], r["init"]) for r in rows] == [(k, i) for k in (8, 16) for i in ("random", "all", "auto", "vector")]
+    assert all(r["gain_vs_random"].endswith(tuple("0123456789")) for r in rows if r["init"] != "random")
+    assert (tmp_path / "transfer.png").stat().st_size > 10_000
+    stored = (tmp_path / "cells.json").read_text()
+    again = _bench(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training source" not in again.stdout and '{"' not in again.stdout.split("|")[0]  # nothing re-run
+    assert (tmp_path / "cells.json").read_text() == stored
+
+
+def test_summary_gain_is_the_paired_difference_over_seeds():
+    def cell(init, seed, acc):
+        return {"source": "a", "target": "b", "k": 16, "init": init, "seed": seed, "zero_step": 0.5,
+                "test_accuracy": acc, "auto_picked": "", "seconds": 1.0}
+
+    rows = summarise([cell("random", 0, 0.50), cell("random", 1, 0.60), cell("all", 0, 0.56), cell("all", 1, 0.62)])
+    fused = next(r for r in rows if r["init"] == "all")
+    assert fused["gain_vs_random"] == "+4.0 pt ± 2.8"  # gains 6 and 2 points: mean 4, sd 2.83
+    assert fused["test_acc"] == "0.590 ± 0.042"
+
+
+def test_task_vector_start_adds_what_the_source_learned_to_a_fresh_start():
+    fresh = {"decomposition.prompt": torch.ones(2, 3), "head.weight": torch.zeros(1)}
+    source_init = {"decomposition.prompt": torch.full((2, 3), 2.0)}
+    trained = {"decomposition.prompt": torch.full((2, 3), 2.5), "head.weight": torch.ones(1)}
+    start = task_vector_start(trained, source_init | {"head.weight": torch.zeros(1)}, fresh)
+    assert set(start) == {"decomposition.prompt"}  # heads are never transferred
+    assert torch.equal(start["decomposition.prompt"], torch.full((2, 3), 1.5))
+    unmoved = task_vector_start(source_init, source_init, fresh)
+    assert torch.equal(unmoved["decomposition.prompt"], fresh["decomposition.prompt"])
