@@ -13,8 +13,9 @@ any training; first 200 test rows) is recorded beside it. Inits (`--inits`, see 
 - random: a fresh adapter (vocabulary-sampled prompt), what `eptctl train TASK` does;
 - all, prompt, prompt+low-rank: `--init-from SOURCE@best --transfer-components C` (weighted fusion, one source);
 - attention: `--init-from SOURCE@best --transfer-mode attention`;
-- auto: `--init-from auto` with the CLI's defaults (every stored adapter of another task is probed; the ranking,
-  with each candidate's probe score, is recorded per target);
+- auto: `--init-from auto` with the CLI's defaults (every stored adapter of another task is ranked by shared answer
+  words, then zero-step probe score; the ranking, with both figures, is recorded per target); auto-probe-top2: the
+  rule eptctl used before (zero-step accuracy alone, the 2 best fused uniformly);
 - remedies for a transferred start: all-lr0.03 (`all` with `--lr-prompt 0.03`), vector (the source's task vector,
   trained minus initial components, added to a fresh adapter's: the task-prompt-vector form).
 
@@ -36,7 +37,8 @@ from pathlib import Path
 
 OUT = Path(".bench-out")
 PAIRS = "rt-polarity:tweet-sentiment,tweet-sentiment:rt-polarity,rt-polarity:rt-subjectivity"
-INITS = ("random", "all", "prompt", "prompt+low-rank", "attention", "auto", "all-lr0.03", "vector")
+INITS = ("random", "all", "prompt", "prompt+low-rank", "attention", "auto", "auto-probe-top2", "all-lr0.03",
+         "vector")
 ZERO_STEP_ROWS = 200
 
 
@@ -112,7 +114,7 @@ class _Lab:
 
         self.reg, self.backbone, self.model, self.args = reg, backbone, model, args
         self.cfg = EPTConfig().resolved(backbone.width)
-        self.encoded, self.zero, self.rankings, self.source_info = {}, {}, {}, {}
+        self.encoded, self.zero, self.rankings, self.source_info, self.ranked = {}, {}, {}, {}, {}
 
     def source(self, task: str):
         """``task@best`` in the bench's registry, trained with eptctl train's defaults if missing."""
@@ -148,23 +150,27 @@ class _Lab:
         from eptctl.workflows.transfer import Source, TransferOptions, prepare_transfer
 
         spec = enc.spec
+        chosen: list[dict] = []
         if init == "random":
             return None, self.cfg, None, ""
         if init == "vector":
             return self._task_vector(src, spec, seed), self.cfg, None, ""
-        if init == "auto":
+        if init == "auto-probe-top2":
+            ranked = sorted(self._ranking(spec, enc), key=lambda r: r["probe_score"], reverse=True)[:2]
+            options = TransferOptions([Source(r["ref"]) for r in ranked])
+            chosen.extend(ranked)
+        elif init == "auto":
             options = TransferOptions("auto")
         elif init == "attention":
             options = TransferOptions([Source(f"{src}@best")], mode="attention")
         else:
             components = "all" if init == "all-lr0.03" else init
             options = TransferOptions([Source(f"{src}@best")], components=components)
-        chosen = []
         start = prepare_transfer(self.reg, options, self.backbone, self.cfg, spec, enc.task_data.validation, seed,
                                  emit=lambda e: chosen.extend(getattr(e, "ranked", [])))
         note = ""
-        if init == "auto":
-            self.rankings[spec.name] = [{k: r[k] for k in ("ref", "task", "probe_score") if k in r}
+        if init.startswith("auto"):
+            self.rankings[spec.name] = [{k: r[k] for k in ("ref", "task", "shared_answers", "probe_score")}
                                         for r in self._ranking(spec, enc)]
             note = "+".join(r["ref"] for r in chosen)
         return start.init_tensors, start.method_cfg, 0.03 if init == "all-lr0.03" else None, note
@@ -172,8 +178,11 @@ class _Lab:
     def _ranking(self, spec, enc) -> list[dict]:
         from eptctl.workflows.transfer import probe_sources
 
-        candidates = [r for r in self.reg.list_adapters() if r.task != spec.name]
-        return probe_sources(self.reg, spec, self.backbone, enc.task_data.validation[:64], candidates)
+        if spec.name not in self.ranked:  # the stored sources do not change during a run
+            candidates = [r for r in self.reg.list_adapters() if r.task != spec.name]
+            self.ranked[spec.name] = probe_sources(self.reg, spec, self.backbone, enc.task_data.validation[:64],
+                                                   candidates)
+        return self.ranked[spec.name]
 
     def _task_vector(self, src: str, spec, seed: int) -> dict:
         """The source's task vector added to a fresh adapter (see :func:`task_vector_start`)."""

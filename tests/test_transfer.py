@@ -87,6 +87,35 @@ def test_auto_selection_picks_top_k_compatible_sources(sources):
     assert parents[0]["ref"].split("@")[0] in ("rt-polarity", "rt-subjectivity")
 
 
+def test_auto_ranks_sources_that_answer_with_the_targets_words_first(sources):
+    """tweet-sentiment answers negative/neutral/positive: rt-polarity (negative/positive) shares two of the three
+    words, rt-subjectivity none; auto picks the one source (default --top-k 1) that shares the most."""
+    probed = json.loads(ok("similar", "tweet-sentiment", "--probe", "8", "--model", "tiny-random-llama",
+                           "--json").stdout)["by_probe"]
+    shared = {r["ref"]: r["shared_answers"] for r in probed}
+    assert shared["rt-polarity@1"] == pytest.approx(2 / 3, abs=1e-4) and shared["rt-subjectivity@1"] == 0.0
+    assert probed[0]["ref"] == "rt-polarity@1"
+    assert [r["shared_answers"] for r in probed] == sorted(shared.values(), reverse=True)
+    child = json.loads(ok("train", "tweet-sentiment", *TINY, "--init-from", "auto", "--probe", "8",
+                          "--json").stdout)
+    parents = json.loads(ok("show", child["ref"], "--json").stdout)["lineage"]["parents"]
+    assert [(p["ref"], p["weight"]) for p in parents] == [("rt-polarity@1", 1.0)]
+
+
+def test_shared_answers_is_the_fraction_of_the_targets_answer_words():
+    from eptctl.data import TaskSpec
+    from eptctl.workflows.transfer import shared_answers
+
+    def spec(*answers, task_type="classification"):
+        labels = tuple(f"l{i}" for i in range(len(answers)))
+        return TaskSpec(name="t", description="", labels=labels, verbalizer=answers, template="{text}",
+                        task_type=task_type)
+
+    assert shared_answers(spec("Negative", "positive"), spec("negative", "neutral", "positive")) == 2 / 3
+    assert shared_answers(spec("yes", "no"), spec("no", "yes")) == 1.0
+    assert shared_answers(spec("yes", "no"), spec("objective", "subjective")) == 0.0
+
+
 def test_incompatible_sources_are_refused_with_reasons(sources):
     bert = json.loads(ok("train", "rt-polarity", *TINY, "--model", "tiny-random-bert", "--json").stdout)
     for extra, needle in ((["--init-from", f"rt-polarity@1,{bert['ref']}"], "tiny-random-bert"),

@@ -48,8 +48,8 @@ def train(
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
     transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "all",
-    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 2,
-    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by zero-step accuracy on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
+    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 1,
+    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
     description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
@@ -261,7 +261,8 @@ class _ProgressView:
                 f"{event.examples} rows (best step {event.best_step}; the final evaluation uses every validation row)")
         elif isinstance(event, events.SourcesChosen):
             self.note("auto-selected sources: " + ", ".join(
-                f"{r.get('ref', r['id'][:8])}" + (f" (probe {r['probe_metric']} {r['probe_score']:.3f})" if "probe_score" in r else "")
+                f"{r.get('ref', r['id'][:8])}" + (f" (shared answers {r['shared_answers']:.0%}, probe {r['probe_metric']} "
+                                                  f"{r['probe_score']:.3f})" if "probe_score" in r else "")
                 for r in event.ranked))
         elif isinstance(event, events.FusedInit):
             self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event.parents))

@@ -70,12 +70,13 @@ def lineage(
 def similar(
     target: Annotated[str, typer.Argument(help="Adapter reference, or a task name (then --probe is needed).")],
     top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.", min=1)] = 5,
-    probe: Annotated[int | None, typer.Option(help="Also rank by zero-step accuracy on N examples of the target task.", min=1)] = None,
+    probe: Annotated[int | None, typer.Option(help="Also rank as sources for the target: shared answer words, then zero-step score on N of its examples.", min=1)] = None,
     model: Annotated[str | None, typer.Option(help="Backbone for --probe on a task with no adapter yet.")] = None,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Rank stored adapters by prompt cosine similarity (SPoT-style) and, with --probe N, by zero-step accuracy.
+    """Rank stored adapters by prompt cosine similarity (SPoT-style) and, with --probe N, as sources for the target
+    the way --init-from auto does (shared answer words, then zero-step score on N examples).
 
     Example: eptctl similar rt-subjectivity@latest --top-k 3 --probe 64
     """
@@ -107,12 +108,17 @@ def similar(
     if as_json:
         print_json(result)
         return
-    for key, col in (("by_cosine", "cosine"), ("by_probe", "probe_accuracy")):
-        if key not in result:
-            continue
-        table = make_table("ref", "task", "method", col, title=f"{target}: {col.replace('_', ' ')}")
-        for r in result[key]:
-            table.add_row(r["ref"], r["task"], r["method"], f"{r[col]:.4f}")
+    if "by_cosine" in result:
+        table = make_table("ref", "task", "method", "cosine", title=f"{target}: cosine")
+        for r in result["by_cosine"]:
+            table.add_row(r["ref"], r["task"], r["method"], f"{r['cosine']:.4f}")
+        out.print(table)
+    if "by_probe" in result:
+        metric = result["by_probe"][0]["probe_metric"] if result["by_probe"] else "score"
+        table = make_table("ref", "task", "method", "shared answers", f"probe {metric}",
+                           title=f"{target}: as a source (shared answer words, then zero-step {metric})")
+        for r in result["by_probe"]:
+            table.add_row(r["ref"], r["task"], r["method"], f"{r['shared_answers']:.0%}", f"{r['probe_score']:.4f}")
         out.print(table)
 
 

@@ -80,7 +80,8 @@ class TrainingDone(Event):
 
 @dataclass(frozen=True)
 class SourcesChosen(Event):
-    """``--init-from auto``: the stored adapters picked, best first (``probe_accuracy`` where probed)."""
+    """``--init-from auto``: the stored adapters picked, best first (``shared_answers`` and ``probe_score`` where
+    probed)."""
 
     ranked: list[dict]
 

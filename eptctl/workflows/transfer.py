@@ -43,8 +43,8 @@ TRANSFER_COMPONENTS = {
 class TransferOptions:
     """How a new adapter starts from stored ones (``--init-from``, ``--transfer-mode``, ``--top-k``, ``--probe``).
 
-    ``sources``: the adapters, or ``"auto"`` to pick the ``top_k`` best by zero-step accuracy on ``probe``
-    validation examples. ``mode``: ``weighted`` (start from the weighted sum of their components) or ``attention``
+    ``sources``: the adapters, or ``"auto"`` to pick the ``top_k`` best sources (:func:`probe_sources`: shared
+    answer words, then zero-step score on ``probe`` validation examples). ``mode``: ``weighted`` (start from the weighted sum of their components) or ``attention``
     (learn an attention mixture over their frozen prompts, ATTEMPT-style). ``components`` (weighted mode): what is
     taken from the sources, ``prompt``, ``prompt+low-rank`` (the prompt and the offset's A and B) or ``all``; the
     other components start fresh.
@@ -52,7 +52,7 @@ class TransferOptions:
 
     sources: list[Source] | str
     mode: str = "weighted"
-    top_k: int = 2
+    top_k: int = 1
     probe: int = 64
     components: str = "all"
 
@@ -218,11 +218,24 @@ def rank_by_similarity(registry, ref: str, top_k: int | None = None) -> list[dic
     return rows[:top_k] if top_k else rows
 
 
+def shared_answers(source_spec, target_spec) -> float:
+    """Fraction of the target's answer words (verbalizer, case-insensitive) that the source task answers with too;
+    0 for tasks without a verbalizer (generation, regression)."""
+    target = {a.strip().lower() for a in target_spec.verbalizer}
+    if not target:
+        return 0.0
+    return len(target & {a.strip().lower() for a in source_spec.verbalizer}) / len(target)
+
+
 def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: int | None = None) -> list[dict]:
-    """Zero-step score of each stored adapter's prompt on ``examples`` of the target task (its template and
-    answers): the task's primary metric (``probe_score``, named in ``probe_metric``; ``probe_accuracy`` too for
-    classification), for adapters of this backbone. Encoder adapters are skipped: their heads belong to their own
-    labels."""
+    """Stored adapters of this backbone ranked as sources for ``spec``, best first.
+
+    Each row has ``shared_answers`` (:func:`shared_answers`: a prompt trained to produce the target's answer words
+    carries what a few target examples cannot teach) and the zero-step score of the adapter's prompt on ``examples``
+    of the target task (its template and answers) in the task's primary metric (``probe_score``, named in
+    ``probe_metric``; ``probe_accuracy`` too for classification). Ranked by shared answers, then by probe score:
+    zero-step scores mostly measure how a prompt biases the answer prior (docs/transfer.md#choosing-sources).
+    Encoder adapters are skipped: their heads belong to their own labels."""
     fp = backbone.fingerprint()
     records = candidates if candidates is not None else registry.list_adapters(backbone=fp["embedding_sha256"][:16])
     rows = []
@@ -234,9 +247,10 @@ def probe_sources(registry, spec, backbone, examples, candidates=None, top_k: in
         metrics = evaluate_examples(backbone, as_target, examples)
         score = metrics.get(spec.metric, 0.0)
         rows.append({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
+                     "shared_answers": round(shared_answers(servable.spec, spec), 4),
                      "probe_metric": spec.metric, "probe_score": score,
                      **({"probe_accuracy": score} if spec.metric == "accuracy" else {})})
-    rows.sort(key=lambda r: r["probe_score"], reverse=True)
+    rows.sort(key=lambda r: (r["shared_answers"], r["probe_score"]), reverse=True)
     return rows[:top_k] if top_k else rows
 
 
