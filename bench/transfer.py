@@ -269,6 +269,8 @@ def summarise(cells: list[dict]) -> list[dict]:
         rows.append({"source": src, "target": tgt, "K": k, "init": init, "seeds": len(group),
                      "zero_step": _mean_sd([c["zero_step"] for c in group]),
                      "test_acc": _mean_sd([c["test_accuracy"] for c in group]),
+                     "test_macro_f1": _mean_sd(f1s) if (f1s := [c["test_macro_f1"] for c in group
+                                                                 if "test_macro_f1" in c]) else "",
                      "gain_vs_random": "" if init == "random" or not gains else
                      f"{statistics.mean(gains) * 100:+.1f} pt" + (f" ± {statistics.stdev(gains) * 100:.1f}"
                                                                    if len(gains) > 1 else ""),
