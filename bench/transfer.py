@@ -156,7 +156,10 @@ class _Lab:
         if init == "vector":
             return self._task_vector(src, spec, seed), self.cfg, None, ""
         if init == "auto-probe-top2":
-            ranked = sorted(self._ranking(spec, enc), key=lambda r: r["probe_score"], reverse=True)[:2]
+            # The old rule sorted the registry's list by probe score alone (ties keep the list's order).
+            scores = {r["id"]: r for r in self._ranking(spec, enc)}
+            listed = [scores[r.id] for r in self.reg.list_adapters() if r.id in scores]
+            ranked = sorted(listed, key=lambda r: r["probe_score"], reverse=True)[:2]
             options = TransferOptions([Source(r["ref"]) for r in ranked])
             chosen.extend(ranked)
         elif init == "auto":
