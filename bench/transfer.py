@@ -294,7 +294,7 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
 
     pairs = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(max(7.5, 5.2 * len(pairs)), 4.2), squeeze=False)
     for ax, (src, tgt) in zip(axes[0], pairs):
         mine = [r for r in rows if (r["source"], r["target"]) == (src, tgt)]
         for init in dict.fromkeys(r["init"] for r in mine):

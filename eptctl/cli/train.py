@@ -47,7 +47,7 @@ def train(
     metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
     init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
     transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
-    transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "all",
+    transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "prompt+low-rank",
     top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 1,
     probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,

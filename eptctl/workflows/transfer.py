@@ -54,7 +54,7 @@ class TransferOptions:
     mode: str = "weighted"
     top_k: int = 1
     probe: int = 64
-    components: str = "all"
+    components: str = "prompt+low-rank"
 
     def __post_init__(self) -> None:
         if self.mode not in TRANSFER_MODES:
@@ -62,7 +62,7 @@ class TransferOptions:
                               hint="use --transfer-mode weighted")
         if self.components not in TRANSFER_COMPONENTS:
             raise EptctlError(f"--transfer-components must be one of {', '.join(TRANSFER_COMPONENTS)}, got "
-                              f"{self.components!r}", hint="use --transfer-components all")
+                              f"{self.components!r}", hint="use --transfer-components prompt+low-rank (the default)")
 
 
 @dataclass
