@@ -72,6 +72,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     os.environ["EPTCTL_HOME"] = str(args.home.resolve())
     os.environ.pop("EPTCTL_REGISTRY_URL", None)  # the bench's own registry, never the user's
     from eptctl import backbones
+    from eptctl.core.files import write_atomic
     from registry import Registry
 
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
@@ -83,7 +84,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     backbone = backbones.load(model)
     reg = Registry()
     lab = _Lab(reg, backbone, model, args)
-    sources = {src for src, _ in pairs} | (set(args.auto_candidates.split(",")) if "auto" in inits else set())
+    auto = any(init.startswith("auto") for init in inits)  # both auto rules rank the stored candidates
+    sources = {src for src, _ in pairs} | (set(args.auto_candidates.split(",")) if auto else set())
     for task in sorted(sources):
         lab.source(task)
     for src, tgt in pairs:
@@ -97,13 +99,15 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                     print(json.dumps({key: {c: cells[key][c] for c in ("zero_step", "test_accuracy", "seconds")}}),
                           flush=True)
                     args.cells.parent.mkdir(parents=True, exist_ok=True)
-                    args.cells.write_text(json.dumps(cells, indent=1))
+                    write_atomic(args.cells, json.dumps(cells, indent=1).encode())  # a crash keeps the cells done
     mine = [c for c in cells.values() if c["model"] == model and c["steps"] == args.steps
             and c["test_rows"] == args.test_rows and (c["source"], c["target"]) in pairs and c["k"] in shots
             and c["init"] in inits and c["seed"] in seeds]
     rows = summarise(mine)
     plot(rows, args.plot, model)
-    return {"rows": rows, "sources": lab.source_info, "auto_rankings": lab.rankings, "cells": mine}
+    rankings = {task: [{k: r[k] for k in ("ref", "task", "shared_answers", "probe_score")} for r in ranked]
+                for task, ranked in lab.ranked.items()}
+    return {"rows": rows, "sources": lab.source_info, "auto_rankings": rankings, "cells": mine}
 
 
 class _Lab:
@@ -114,16 +118,17 @@ class _Lab:
 
         self.reg, self.backbone, self.model, self.args = reg, backbone, model, args
         self.cfg = EPTConfig().resolved(backbone.width)
-        self.encoded, self.zero, self.rankings, self.source_info, self.ranked = {}, {}, {}, {}, {}
+        self.encoded, self.zero, self.source_info, self.ranked = {}, {}, {}, {}  # ranked: target -> candidates
 
     def source(self, task: str):
         """``task@best`` in the bench's registry, trained with eptctl train's defaults if missing."""
+        from eptctl.core.errors import EptctlError
         from eptctl.engine.config import TrainConfig
         from eptctl.workflows.train import train_task
 
         try:
             record = self.reg.resolve(f"{task}@best")
-        except Exception:  # not stored yet
+        except EptctlError:  # not stored yet
             steps = self.args.source_steps
             print(f"training source {task}" + (f" for {steps} steps" if steps else " with the defaults"), flush=True)
             train_cfg = TrainConfig() if steps is None else TrainConfig(steps=steps)
@@ -171,11 +176,9 @@ class _Lab:
             options = TransferOptions([Source(f"{src}@best")], components=components)
         start = prepare_transfer(self.reg, options, self.backbone, self.cfg, spec, enc.task_data.validation, seed,
                                  emit=lambda e: chosen.extend(getattr(e, "ranked", [])))
-        note = ""
-        if init.startswith("auto"):
-            self.rankings[spec.name] = [{k: r[k] for k in ("ref", "task", "shared_answers", "probe_score")}
-                                        for r in self._ranking(spec, enc)]
-            note = "+".join(r["ref"] for r in chosen)
+        if init == "auto":
+            self._ranking(spec, enc)  # recorded beside the cells: every candidate with both figures
+        note = "+".join(r["ref"] for r in chosen) if init.startswith("auto") else ""
         return start.init_tensors, start.method_cfg, 0.03 if init == "all-lr0.03" else None, note
 
     def _ranking(self, spec, enc) -> list[dict]:
@@ -190,10 +193,12 @@ class _Lab:
     def _task_vector(self, src: str, spec, seed: int) -> dict:
         """The source's task vector added to a fresh adapter (see :func:`task_vector_start`)."""
         from eptctl.engine.loop import new_adapter
+        from eptctl.methods import EPTConfig
         from eptctl.workflows.transfer import best_state
 
         record = self.reg.resolve(f"{src}@best")
-        src_init = new_adapter(self.backbone, self.cfg, 0, record.run.seed).state_dict()
+        # The source's own start: its config and seed rebuild it exactly (the init is a function of both).
+        src_init = new_adapter(self.backbone, EPTConfig.from_dict(record.config), 0, record.run.seed).state_dict()
         fresh = new_adapter(self.backbone, self.cfg, spec.head_size, seed).state_dict()
         return task_vector_start(best_state(self.reg, record), src_init, fresh)
 

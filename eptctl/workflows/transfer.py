@@ -44,10 +44,11 @@ class TransferOptions:
     """How a new adapter starts from stored ones (``--init-from``, ``--transfer-mode``, ``--top-k``, ``--probe``).
 
     ``sources``: the adapters, or ``"auto"`` to pick the ``top_k`` best sources (:func:`probe_sources`: shared
-    answer words, then zero-step score on ``probe`` validation examples). ``mode``: ``weighted`` (start from the weighted sum of their components) or ``attention``
-    (learn an attention mixture over their frozen prompts, ATTEMPT-style). ``components`` (weighted mode): what is
-    taken from the sources, ``prompt``, ``prompt+low-rank`` (the prompt and the offset's A and B) or ``all``; the
-    other components start fresh.
+    answer words, then zero-step score on ``probe`` validation examples). ``mode``: ``weighted`` (start from the
+    weighted sum of their components) or ``attention`` (learn an attention mixture over their frozen prompts,
+    ATTEMPT-style). ``components`` (weighted mode): what is taken from the sources, ``prompt``, ``prompt+low-rank``
+    (the prompt and the offset's A and B; the default, measured best in docs/transfer.md) or ``all``; the other
+    components start fresh.
     """
 
     sources: list[Source] | str
