@@ -7,7 +7,8 @@ no other option, the defaults are what is measured) and records the wall time of
 best step, test and validation accuracy, and from the recorded history the largest training loss after warmup
 relative to the first step's (a loss spike shows as a ratio above 1). Every cell starts from a fresh EPTCTL_HOME,
 so its time includes the one-time model conversion, as a new user's first run does (`--shared-home` reuses one home
-and measures warm runs). Cells are kept in `.bench-out/default-cells.json` as they finish; the same command again
+and measures warm runs; `--beside-load` runs each cell beside a CPU-heavy process, the noisy neighbour of a shared
+machine). Cells are kept in `.bench-out/default-cells.json` as they finish; the same command again
 skips them. Run it on an otherwise idle machine: the point is the time a user waits.
 """
 
@@ -49,6 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shared-home", action="store_true", help="one EPTCTL_HOME for all cells (warm runs)")
     parser.add_argument("--extra", default="", help="extra train options, quoted (a variant, not the default)")
     parser.add_argument("--task", default="rt-polarity")
+    parser.add_argument("--beside-load", action="store_true",
+                        help="run each cell beside a CPU-heavy process (a 2-thread matmul loop): the noisy neighbour")
     parser.add_argument("--cells", type=Path, default=CELLS)
     return parser.parse_args(argv)
 
@@ -62,13 +65,23 @@ def loss_spike(history: list[dict], warmup: int) -> float | None:
     return round(max(after) / losses[0][1], 3) if after else None
 
 
-def run_cell(task: str, seed: int, precision: str, home: Path, extra: list[str]) -> dict:
+# A CPU-heavy neighbour: fp32 matmuls on two threads, as a second training job on the same cores would be.
+NEIGHBOUR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(768, 768)\nwhile True:\n    a = torch.tanh(a @ a)\n"
+
+
+def run_cell(task: str, seed: int, precision: str, home: Path, extra: list[str], beside_load: bool = False) -> dict:
     env = {**os.environ, "EPTCTL_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     eptctl = [sys.executable, "-m", "eptctl"]
     command = [*eptctl, "train", task, "--seed", str(seed), "--precision", precision, *extra, "--json"]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if beside_load else None
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout)
@@ -102,12 +115,14 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     for seed in seeds:
         for precision in precisions:
             key = f"{cpu['model']}|{args.task}|{seed}|{precision}|{key_extra}|{'warm' if shared else 'fresh'}"
+            key += "|beside-load" if args.beside_load else ""
             if key in done:
                 continue
             home = shared or Path(tempfile.mkdtemp(prefix="eptctl-bench-home-"))
-            cell = run_cell(args.task, seed, precision, home, extra)
+            cell = run_cell(args.task, seed, precision, home, extra, args.beside_load)
             done[key] = {**cell, "task": args.task, "cpu": cpu["model"], "bf16_units": cpu["bf16_units"], "extra": key_extra,
-                         "home": "warm" if shared else "fresh", "load_average_1min": round(os.getloadavg()[0], 2)}
+                         "home": "warm" if shared else "fresh",
+                         "beside_load": args.beside_load, "load_average_1min": round(os.getloadavg()[0], 2)}
             args.cells.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(args.cells, (json.dumps(done, indent=1) + "\n").encode())
             print(f"seed {seed} {precision}: {cell['wall_s']} s, test {cell['test_acc']}", file=sys.stderr,
@@ -117,7 +132,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                                "loss_peak_after_warmup_vs_first")}
             for c in done.values() if c["cpu"] == cpu["model"] and c["extra"] == key_extra
             and c.get("task", "rt-polarity") == args.task
-            and c["home"] == home_kind and c["seed"] in seeds and c["precision"] in precisions]
+            and c["home"] == home_kind and c["seed"] in seeds and c["precision"] in precisions
+            and c.get("beside_load", False) == args.beside_load]
     summary = {}
     for precision in precisions:
         tests = [r["test_acc"] for r in rows if r["precision"] == precision]
@@ -125,4 +141,5 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
             summary[precision] = {"mean_test": round(statistics.mean(tests), 4), "min_test": min(tests),
                                   "sd_test": round(statistics.stdev(tests), 4) if len(tests) > 1 else None,
                                   "max_wall_s": max(r["wall_s"] for r in rows if r["precision"] == precision)}
-    return {"rows": rows, "summary": summary, "cpu": cpu, "extra": key_extra, "home": home_kind}
+    return {"rows": rows, "summary": summary, "cpu": cpu, "extra": key_extra, "home": home_kind,
+            "beside_load": args.beside_load}

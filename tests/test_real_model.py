@@ -42,3 +42,28 @@ def test_training_the_real_default_lowers_the_loss_and_registers_a_complete_row(
     assert rec.method == "ept" and rec.config["short_length"] == 12
     assert rec.metric("accuracy", "test") is not None and rec.run.duration_s > 0
     assert {a.kind for a in rec.artifacts} == {"servable", "training_state"}
+
+
+def test_the_default_recipe_shows_no_loss_spike_after_warmup(real_home, monkeypatch):
+    """The default schedule on the real backbone, stopped 15 steps after warmup (where the learning rates peak, and
+    where the old recipe's loss once jumped 0.7 -> 6.3): no step's loss rises above the first step's."""
+    from eptctl.core import events
+    from eptctl.core.errors import TrainingInterrupted
+    from eptctl.engine.config import TrainConfig
+    from eptctl.workflows.train import train_task
+    from registry import Registry
+
+    monkeypatch.setenv("EPTCTL_HOME", str(real_home))
+    cfg = TrainConfig()  # the default recipe: its steps, learning rates and warmup
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
+    losses: list[float] = []
+
+    def on_event(event) -> None:
+        if isinstance(event, events.StepDone):
+            losses.append(event.loss)
+
+    with pytest.raises(TrainingInterrupted):
+        train_task("rt-polarity", registry=Registry(), train_cfg=cfg, max_eval=16, on_event=on_event,
+                   should_stop=lambda: len(losses) >= warmup + 15)
+    assert len(losses) == warmup + 15
+    assert max(losses[warmup:]) < losses[0], [round(x, 3) for x in losses]

@@ -1,6 +1,14 @@
 """Causal LMs (Llama/SmolLM2, GPT-2, ...): text = template prefix + answer; loss on the answer tokens; a label's
 score is the mean log-probability of its answer tokens after the prefix (one batched pass; a single pass over the
-prefixes when every answer is one token)."""
+prefixes when every answer is one token).
+
+Shared prompt prefix: in a causal model the prompt rows ``P`` come first and attend only to each other, so their
+hidden states, keys and values are the same in every row of a single-task batch. Training and scoring therefore run
+``P`` once (a batch of one), expand its key/value cache to the batch and run only the text rows after it. The result
+is the same function (up to floating-point summation order) at a fraction of the cost: with the default 40 prompt
+rows and about 25 text tokens per row, a step runs about 40 % of the positions it would otherwise. Gradients reach
+the prompt through the cached keys and values. Mixed-task batches and multi-token answers use the full layout.
+"""
 
 from __future__ import annotations
 
@@ -69,11 +77,52 @@ class CausalBackbone(Backbone):
 
         return decoding.decode(first, step, b, self.tokenizer.eos_token_id, options, self.tokenizer, limits)
 
+    # Set to False to run every row in full (tests compare the two paths).
+    share_prompt_prefix = True
+
+    def _shared_hidden(self, source, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Last hidden states of the text rows after a prompt run once: ``(hidden [b, L, d], text_start [b])`` where
+        ``hidden[i, text_start[i] + t]`` belongs to text token ``t``; ``None`` where the shared path does not apply
+        (switched off, or a row whose first prediction would come from a prompt position)."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        first = batch.answer_start if batch.answer_start is not None else mask.sum(dim=1)
+        if not self.share_prompt_prefix or int(first.min()) < 1:
+            return None
+        prompt, offset = source.prompt_and_offset()
+        text = self._text_embeddings(ids, mask, offset, batch.answer_start).to(self.dtype)  # [b, L, d]
+        b, width = ids.shape
+        s = prompt.shape[0]
+        from transformers import DynamicCache  # here, not at import: the CLI starts without transformers
+
+        cache = DynamicCache(config=self.model.config)
+        cache_kw = decoding.cache_argument(self.model.base_model)
+        self.model.base_model(inputs_embeds=prompt.to(self.dtype).unsqueeze(0), use_cache=True, **{cache_kw: cache})
+        for layer in cache.layers:  # [1, heads, s, head_dim] -> [b, ...] without a copy; the text pass concatenates
+            layer.keys = layer.keys.expand(b, -1, -1, -1)
+            layer.values = layer.values.expand(b, -1, -1, -1)
+        full_mask = torch.cat([mask.new_ones(b, s), mask], dim=1)
+        positions = torch.arange(s, s + width, device=ids.device).unsqueeze(0).expand(b, -1)
+        hidden = self.model.base_model(inputs_embeds=text, attention_mask=full_mask, position_ids=positions,
+                                       use_cache=True, **{cache_kw: cache}).last_hidden_state
+        return hidden, torch.zeros(b, dtype=torch.long, device=ids.device)
+
+    def loss(self, adapter, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> torch.Tensor:
+        """As :meth:`Backbone.loss`; the ``lm`` objective runs the prompt once per batch (shared prefix)."""
+        if objective == "lm":
+            shared = self._shared_hidden(adapter, batch)
+            if shared is not None:
+                return self._answer_loss(batch, *shared)
+        return super().loss(adapter, batch, answers, objective)
+
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
         hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return self._answer_loss(batch, hidden, prompt_len)
+
+    def _answer_loss(self, batch: Batch, hidden: torch.Tensor, text_start: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens; ``hidden[i, text_start[i] + t]`` is text token ``t``'s state."""
         rows, positions, targets = [], [], []
         for i in range(len(batch)):
-            start = int(prompt_len[i] + batch.answer_start[i])
+            start = int(text_start[i] + batch.answer_start[i])
             for j in range(int(batch.answer_len[i])):
                 rows.append(i)
                 positions.append(start + j - 1)  # the hidden state before a token predicts it
@@ -85,14 +134,25 @@ class CausalBackbone(Backbone):
     def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
         return len(batch) if objective == "classify" else int(batch.answer_len.sum())
 
+    def _label_scores(self, sources, batch: Batch, answers) -> list[torch.Tensor]:
+        if len(sources) == 1 and answers[0].single_token:  # one task: every row has the same prompt
+            shared = self._shared_hidden(sources[0], batch)
+            if shared is not None:
+                return self._next_token_scores(batch, *shared, [answers[0].answers] * len(batch))
+        return super()._label_scores(sources, batch, answers)
+
     def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
-        lengths = batch.attention_mask.sum(dim=1)
-        last = prompt_len + lengths - 1  # [b] position of each row's last prefix token
         if all(len(a) == 1 for ans in row_answers for a in ans):
             hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[torch.arange(len(batch)), last]).float(), -1)
-            return [logp[i, [a[0] for a in ans]] for i, ans in enumerate(row_answers)]
-        return self._score_expanded(embeds, mask, last, row_answers)
+            return self._next_token_scores(batch, hidden, prompt_len, row_answers)
+        lengths = batch.attention_mask.sum(dim=1)
+        return self._score_expanded(embeds, mask, prompt_len + lengths - 1, row_answers)
+
+    def _next_token_scores(self, batch: Batch, hidden, text_start, row_answers) -> list[torch.Tensor]:
+        """Single-token answers: log-probability of each answer token after each row's last prefix token."""
+        last = text_start + batch.attention_mask.sum(dim=1) - 1  # [b] index of each row's last prefix token
+        logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[torch.arange(len(batch)), last]).float(), -1)
+        return [logp[i, [a[0] for a in ans]] for i, ans in enumerate(row_answers)]
 
     def _score_expanded(self, embeds, mask, last, row_answers) -> list[torch.Tensor]:
         """Multi-token answers: one row per (example, label) with the answer appended after the prefix."""

@@ -116,22 +116,48 @@ def embedded_model_dir(m: EmbeddedModel) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_gguf():
-    """transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors"), outside the
-    switch that silences its other bars; eptctl says "converting" itself, so the bar is turned off while it runs."""
+def _gguf_conversion():
+    """The one-time GGUF conversion, made quiet and parsed once.
+
+    - transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors"), outside the
+      switch that silences its other bars; eptctl says "converting" itself, so the bar is off while it runs.
+    - transformers parses the GGUF file three times (config, tokenizer, weights; about 10 s each for SmolLM2's 49k
+      vocabulary on a 2-core CPU) and rebuilds gguf's tensor-name map once per tensor (about 12 s): within the
+      conversion, readers are shared per file and the name map is built once per (architecture, layers).
+    Attributes a gguf or transformers version lacks are left alone.
+    """
+    import functools
     from functools import partial
 
+    import gguf
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is None:  # a transformers version without it: nothing to silence
-        yield
-        return
-    gguf_utils.tqdm = partial(bar, disable=True)
+    saved = []
+
+    def swap(module, name, make) -> None:
+        old = getattr(module, name, None)
+        if old is not None:
+            saved.append((module, name, old))
+            setattr(module, name, make(old))
+
+    def shared_reader(cls):
+        readers = {}
+
+        def reader(path, *args, **kwargs):  # read-only memory maps: one per file is enough
+            key = (str(path), args, tuple(sorted(kwargs.items())))
+            if key not in readers:
+                readers[key] = cls(path, *args, **kwargs)
+            return readers[key]
+        return reader
+
+    swap(gguf_utils, "tqdm", lambda bar: partial(bar, disable=True))
+    swap(gguf, "GGUFReader", shared_reader)
+    swap(gguf, "get_tensor_name_map", lambda build: functools.lru_cache(maxsize=None)(build))
     try:
         yield
     finally:
-        gguf_utils.tqdm = bar
+        for module, name, old in reversed(saved):
+            setattr(module, name, old)
 
 
 def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
@@ -139,7 +165,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a safetensors cache at %s (once)", gguf_file, target)
-    with _quiet_gguf():
+    with _gguf_conversion():
         tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file)
         loaded = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from its config and copy the weights.

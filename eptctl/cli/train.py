@@ -61,7 +61,7 @@ def train(
 ) -> None:
     """Train a prompt for TASK on a frozen backbone and register it.
 
-    Example: eptctl train rt-polarity --method ept --steps 150
+    Example: eptctl train rt-polarity --method ept --steps 90
 
     Example: eptctl train reviews --data reviews.csv --text-column body --label-column stars
 
@@ -71,6 +71,7 @@ def train(
 
     Example: eptctl train superglue-cb --model ./t5-base --data-dir ~/glue-data
     """
+    command_started = time.perf_counter()  # the wall time the user waits: load and conversion included
     from eptctl import backbones
     from eptctl.data import DataOptions
     from eptctl.data.spec import TASK_TYPES
@@ -125,14 +126,16 @@ def train(
         print_json({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
                     "metrics": outcome.result.metrics, "params_by_group": rec.params_by_group,
                     "trainable_params": rec.trainable_params, "best_step": outcome.result.best_step,
-                    "duration_s": round(outcome.result.duration_s, 2)})
+                    "duration_s": round(outcome.result.duration_s, 2),
+                    "wall_s": round(time.perf_counter() - command_started, 2)})
         return
     test = outcome.result.metrics.get("test", {})
     val = outcome.result.metrics.get("validation", {})
     name = outcome.spec.metric
-    err.print(f"best step {outcome.result.best_step}: validation {name} {fmt_metric(val.get(name))}, "
+    kept = "best step" if outcome.result.best_step < outcome.result.steps else "step"
+    err.print(f"{kept} {outcome.result.best_step}: validation {name} {fmt_metric(val.get(name))}, "
               f"test {name} {fmt_metric(test.get(name))}; {fmt_count(rec.trainable_params)} trainable "
-              f"parameters; {outcome.result.duration_s:.0f} s")
+              f"parameters; {time.perf_counter() - command_started:.0f} s in all")
     typer.echo(f"registered {rec.ref} ({rec.id[:8]})")
 
 

@@ -33,7 +33,7 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={
         "min": 0.0, "help": "Clip the adapter's gradient norm to this."})
     eval_every: int | None = field(default=None, metadata={"min": 1,
-        "help": "Validate every N steps (default: 5 times per run)."})
+        "help": "Validate every N steps and keep the best step (default: keep the last step, validate once)."})
     checkpoint_every: int = field(default=10, metadata={"min": 1, "help": "Save a resumable checkpoint every N steps."})
     max_eval_examples: int | None = field(default=200, metadata={"min": 1,
         "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
