@@ -199,13 +199,13 @@ class _ProgressView:
         """One line: the time left for the steps and every evaluation still to come (in-training and final).
 
         Per-step time is the median of the steps so far (evaluations excluded). Until an evaluation has been timed,
-        scoring a row is taken as 0.6 of a training row's share of a step: forward only, no input gradients, but
-        larger padded batches (measured 0.62 for SmolLM2 on a 2-core CPU in fp32)."""
+        scoring a row is taken as 0.45 of a training row's share of a step: forward only, no input gradients
+        (measured 0.085 s against 3.0 s / 16 for SmolLM2 on a 2-core CPU in fp32)."""
         plan = self.plan
         if plan is None or self.quiet:
             return
         per_step = sorted(self.step_seconds[1:])[len(self.step_seconds[1:]) // 2]
-        per_row = self.eval_row_seconds or 0.6 * per_step / max(1, plan.batch_size)
+        per_row = self.eval_row_seconds or 0.45 * per_step / max(1, plan.batch_size)
         left_steps = plan.total - step
         left_evals = (plan.total // plan.eval_every - step // plan.eval_every) if plan.eval_every else 0
         if plan.eval_every and plan.total % plan.eval_every:

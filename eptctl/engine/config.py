@@ -17,7 +17,7 @@ class TrainConfig:
     naming the flag for an invalid value.
     """
 
-    steps: int | None = field(default=150, metadata={"min": 1, "help": "Optimiser steps."})
+    steps: int | None = field(default=80, metadata={"min": 1, "help": "Optimiser steps."})
     epochs: float | None = field(default=None, metadata={"min": 0.0, "help": "Epochs (overrides --steps)."})
     batch_size: int = field(default=16, metadata={"min": 1, "help": "Examples per step."})
     eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Examples per scoring batch in evaluations."})
@@ -54,7 +54,7 @@ class TrainConfig:
             raise ConfigError(f"--max-target-length must be in [2, 4096], got {self.max_target_length}",
                               hint="e.g. --max-target-length 64 (the target and its eos token)")
         if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 150")
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 80")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}", hint="e.g. --epochs 1")
         if self.eval_every is not None and self.eval_every < 1:
