@@ -50,8 +50,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shared-home", action="store_true", help="one EPTCTL_HOME for all cells (warm runs)")
     parser.add_argument("--extra", default="", help="extra train options, quoted (a variant, not the default)")
     parser.add_argument("--task", default="rt-polarity")
-    parser.add_argument("--beside-load", action="store_true",
-                        help="run each cell beside a CPU-heavy process (a 2-thread matmul loop): the noisy neighbour")
+    parser.add_argument("--beside-load", nargs="?", const="matmul", default=None, metavar="COMMAND",
+                        help="run each cell beside a CPU-heavy process: a 2-thread matmul loop (stopped with the cell), or "
+                             "COMMAND (a shell command, e.g. the test suite; left to finish), the noisy neighbour")
     parser.add_argument("--cells", type=Path, default=CELLS)
     return parser.parse_args(argv)
 
@@ -69,18 +70,24 @@ def loss_spike(history: list[dict], warmup: int) -> float | None:
 NEIGHBOUR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(768, 768)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 
 
-def run_cell(task: str, seed: int, precision: str, home: Path, extra: list[str], beside_load: bool = False) -> dict:
+def run_cell(task: str, seed: int, precision: str, home: Path, extra: list[str], beside_load: str | None = None
+             ) -> dict:
     env = {**os.environ, "EPTCTL_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     eptctl = [sys.executable, "-m", "eptctl"]
     command = [*eptctl, "train", task, "--seed", str(seed), "--precision", precision, *extra, "--json"]
-    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if beside_load else None
+    neighbour = None
+    if beside_load == "matmul":
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR])
+    elif beside_load:
+        neighbour = subprocess.Popen(beside_load, shell=True)
     try:
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
     finally:
-        if neighbour is not None:
+        if beside_load == "matmul":
             neighbour.kill()
+        if neighbour is not None:  # a COMMAND neighbour (a test suite, a second training) is left to finish
             neighbour.wait()
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -115,7 +122,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     for seed in seeds:
         for precision in precisions:
             key = f"{cpu['model']}|{args.task}|{seed}|{precision}|{key_extra}|{'warm' if shared else 'fresh'}"
-            key += "|beside-load" if args.beside_load else ""
+            key += f"|beside-load:{args.beside_load}" if args.beside_load else ""
             if key in done:
                 continue
             home = shared or Path(tempfile.mkdtemp(prefix="eptctl-bench-home-"))
@@ -133,7 +140,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
             for c in done.values() if c["cpu"] == cpu["model"] and c["extra"] == key_extra
             and c.get("task", "rt-polarity") == args.task
             and c["home"] == home_kind and c["seed"] in seeds and c["precision"] in precisions
-            and c.get("beside_load", False) == args.beside_load]
+            and (c.get("beside_load") or None) == args.beside_load]
     summary = {}
     for precision in precisions:
         tests = [r["test_acc"] for r in rows if r["precision"] == precision]

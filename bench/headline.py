@@ -7,6 +7,8 @@ back. Wall time is the whole train command (model load, training, in-training an
 eptctl's default for the CPU (bf16 where the CPU has bf16 units) unless BENCH_PRECISION is set (then both the
 untrained score and the train command use it).
 
+BENCH_STEPS and BENCH_EVAL_EVERY override the default steps and in-training evaluations (docs/tasks.md's table used
+the defaults of the time: BENCH_STEPS=150 BENCH_EVAL_EVERY=30).
 BENCH_HOME=DIR keeps the registries (DIR/seed-S) instead of throwing them away, to look at the adapters after.
 --quick: the tiny random backbone, 6 steps, 16 evaluation rows (checks the harness, numbers mean nothing).
 """
@@ -44,6 +46,8 @@ def run(quick: bool = False) -> dict:
     seeds = [int(s) for s in os.environ.get("BENCH_SEEDS", "0").split(",")]
     precision = os.environ.get("BENCH_PRECISION")
     max_eval = 16 if quick else None
+    overrides = {name: int(os.environ[var]) for name, var in (("steps", "BENCH_STEPS"), ("eval_every", "BENCH_EVAL_EVERY"))
+                 if os.environ.get(var)}
     backbone = backbones.load(model, **({"precision": precision} if precision else {}))
     spec = data.builtin_task("bbc-headline")
     task_data = data.load_task(spec, max_eval=max_eval)
@@ -59,7 +63,7 @@ def run(quick: bool = False) -> dict:
             # as `eptctl train --precision P` does: the command loads its own backbone (inside the timed region)
             trained_on = backbone if quick else (backbones.load(model, precision=precision) if precision else None)
             outcome = train_task("bbc-headline", registry=Registry(f"sqlite:///{home}/registry.db"), model=model,
-                                 train_cfg=TrainConfig(seed=seed, **({"steps": 6} if quick else {})),
+                                 train_cfg=TrainConfig(seed=seed, **({"steps": 6} if quick else overrides)),
                                  max_eval=max_eval, backbone=trained_on)
             wall = time.perf_counter() - started
         after = outcome.result.metrics["test"]

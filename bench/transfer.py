@@ -131,9 +131,9 @@ class _Lab:
         except EptctlError:  # not stored yet
             steps = self.args.source_steps
             print(f"training source {task}" + (f" for {steps} steps" if steps else " with the defaults"), flush=True)
-            train_cfg = TrainConfig() if steps is None else TrainConfig(steps=steps)
+            train_cfg = TrainConfig(objective="lm") if steps is None else TrainConfig(steps=steps, objective="lm")
             record = train_task(task, registry=self.reg, model=self.model, backbone=self.backbone, train_cfg=train_cfg,
-                                command_line=f"eptctl train {task}" + (f" --steps {steps}" if steps else "")).record
+                                command_line=f"eptctl train {task} --objective lm" + (f" --steps {steps}" if steps else "")).record
         test = next((m.value for m in record.metrics if m.split == "test" and m.name == "accuracy"), None)
         self.source_info[task] = {"ref": record.ref, "steps": record.summary.get("steps"),
                                   "test_accuracy": test, "seed": record.run.seed}
@@ -219,7 +219,7 @@ class _Lab:
             fresh.eval()
             self.zero[zero_key] = evaluate_encoded(self.backbone, fresh, enc.test[:ZERO_STEP_ROWS],
                                                    enc.answers)["accuracy"]
-        train_cfg = TrainConfig(steps=self.args.steps, eval_every=self.args.steps, seed=seed)
+        train_cfg = TrainConfig(steps=self.args.steps, eval_every=self.args.steps, seed=seed, objective="lm")
         if lr_prompt is not None:
             train_cfg = dataclasses.replace(train_cfg, lr_prompt=lr_prompt)
         norms = start_norms(fresh)

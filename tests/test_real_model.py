@@ -45,8 +45,9 @@ def test_training_the_real_default_lowers_the_loss_and_registers_a_complete_row(
 
 
 def test_the_default_recipe_shows_no_loss_spike_after_warmup(real_home, monkeypatch):
-    """The default schedule on the real backbone, stopped 15 steps after warmup (where the learning rates peak, and
-    where the old recipe's loss once jumped 0.7 -> 6.3): no step's loss rises above the first step's."""
+    """The default recipe on the real backbone, stopped 15 steps after warmup (where the learning rates peak, and
+    where the old recipe's loss once jumped 0.7 -> 6.3): after warmup the loss, averaged over 5 steps (one batch of
+    16 is noisy), never rises above its start."""
     from eptctl.core import events
     from eptctl.core.errors import TrainingInterrupted
     from eptctl.engine.config import TrainConfig
@@ -66,4 +67,5 @@ def test_the_default_recipe_shows_no_loss_spike_after_warmup(real_home, monkeypa
         train_task("rt-polarity", registry=Registry(), train_cfg=cfg, max_eval=16, on_event=on_event,
                    should_stop=lambda: len(losses) >= warmup + 15)
     assert len(losses) == warmup + 15
-    assert max(losses[warmup:]) < losses[0], [round(x, 3) for x in losses]
+    windows = [sum(losses[i: i + 5]) / 5 for i in range(len(losses) - 4)]
+    assert max(windows[warmup:]) < windows[0], [round(x, 3) for x in losses]

@@ -246,12 +246,25 @@ def test_queue_full_is_503_with_retry_after_and_the_token_guards_routes(world):
         assert srv.stop() == 0
 
 
+def _healthz(client: httpx.Client, attempts: int = 3) -> int:
+    """Set-up of a connection, not the behaviour under test: on a loaded 2-core machine a fresh connection was once
+    reset while the suite ran beside it, so opening one is retried (the burst itself is not)."""
+    for attempt in range(attempts):
+        try:
+            return client.get("/healthz").status_code
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected):
     srv = Server(world, "--max-wait-ms", "50", "--max-batch-size", "4")
     ref = world["refs"]["pol1"]
     clients = [httpx.Client(base_url=srv.base, timeout=60) for _ in range(24)]
     for client in clients:  # connections the server has accepted before the burst
-        assert client.get("/healthz").status_code == 200
+        assert _healthz(client) == 200
     sent = threading.Barrier(len(clients) + 1)
 
     def one(i):

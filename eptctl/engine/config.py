@@ -17,7 +17,7 @@ class TrainConfig:
     naming the flag for an invalid value.
     """
 
-    steps: int | None = field(default=80, metadata={"min": 1, "help": "Optimiser steps."})
+    steps: int | None = field(default=75, metadata={"min": 1, "help": "Optimiser steps."})
     epochs: float | None = field(default=None, metadata={"min": 0.0, "help": "Epochs (overrides --steps)."})
     batch_size: int = field(default=16, metadata={"min": 1, "help": "Examples per step."})
     eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Examples per scoring batch in evaluations."})
@@ -40,12 +40,24 @@ class TrainConfig:
     max_target_length: int = field(default=64, metadata={"min": 2, "max": 4096,
         "help": "Generation and regression: target tokens kept per example (eos included); also the default "
                 "--max-new-tokens of predict and eval."})
-    objective: str = field(default="lm", metadata={"help": "lm (answer tokens) | classify (label scores)."})
+    objective: str = field(default="auto", metadata={
+        "help": "auto (classify for classification tasks, lm otherwise) | lm (answer tokens) | classify (label "
+                "scores)."})
     seed: int = field(default=0, metadata={"min": 0, "help": "Seed for init and data order."})
 
+    def objective_for(self, task_type: str) -> str:
+        """The loss this run trains with: ``objective``, where ``auto`` is ``classify`` for classification (the
+        cross-entropy of the label scores, the prediction rule itself: on rt-polarity it reached 0.888 validation
+        accuracy where ``lm`` reached 0.864 at the same 90 steps, docs/method.md) and ``lm`` for every other task
+        type (no labels to score)."""
+        if self.objective != "auto":
+            return self.objective
+        return "classify" if task_type == "classification" else "lm"
+
     def __post_init__(self) -> None:
-        if self.objective not in ("lm", "classify"):
-            raise ConfigError(f"--objective must be lm or classify, got {self.objective!r}", hint="use --objective lm")
+        if self.objective not in ("auto", "lm", "classify"):
+            raise ConfigError(f"--objective must be auto, lm or classify, got {self.objective!r}",
+                              hint="use --objective auto")
         for flag, value in (("--batch-size", self.batch_size), ("--eval-batch-size", self.eval_batch_size),
                             ("--checkpoint-every", self.checkpoint_every)):
             if value < 1:
@@ -54,7 +66,7 @@ class TrainConfig:
             raise ConfigError(f"--max-target-length must be in [2, 4096], got {self.max_target_length}",
                               hint="e.g. --max-target-length 64 (the target and its eos token)")
         if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 80")
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 75")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}", hint="e.g. --epochs 1")
         if self.eval_every is not None and self.eval_every < 1:

@@ -154,6 +154,7 @@ def fit(
     emit = on_event or events.ignore
     started = time.perf_counter()
     adapter = adapter or new_adapter(backbone, method_cfg, num_labels, train_cfg.seed, init_tensors)
+    objective = train_cfg.objective_for("classification" if kind is None else kind.task_type)
     total = train_cfg.total_steps(len(train_set))
     optimizer, scheduler = build_optimizer(adapter, train_cfg, total)
     # None: no in-training validation; the last step is kept (the schedule has decayed to 0 there) and validated once
@@ -201,7 +202,7 @@ def fit(
         order = length_bucketed_batches(lengths, train_cfg.batch_size, train_cfg.seed, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss = _forward_backward(backbone, adapter, [train_set[i] for i in order[within]], answers,
-                                 train_cfg.objective, params, step)
+                                 objective, params, step)
         torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()

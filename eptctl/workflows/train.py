@@ -6,6 +6,8 @@ backbone, transfer sources) is checked before the registry is written, and the r
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import platform
@@ -126,6 +128,7 @@ def train_task(
     emit = on_event or events.ignore
     spec = resolve_spec(task, registry, custom)
     check_task_fits(spec, None, train_cfg)  # before the data and the model: bad options cost nothing
+    train_cfg = dataclasses.replace(train_cfg, objective=train_cfg.objective_for(spec.task_type))  # stored resolved
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed,
                                train_examples=train_examples)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
