@@ -69,7 +69,7 @@ def run(quick: bool = False) -> list[dict]:
                     spec = data.resolve_task(task)
                     encoded[task] = encode_task(backbone, spec, cfg.max_length, max_eval=s["max_eval"])
                 enc = encoded[task]
-                tc = TrainConfig(steps=s["steps"], seed=seed, max_eval_examples=s["select"],
+                tc = TrainConfig(steps=s["steps"], seed=seed, max_eval_examples=s["select"], objective="lm",
                                  eval_every=s["eval_every"] or max(1, s["steps"] // 3))
                 wall, cpu = time.perf_counter(), time.process_time()
                 result = fit(backbone, enc.train, enc.validation, enc.answers, cfg, tc,

@@ -95,8 +95,9 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                 if key in done:
                     kept += 1
                     continue
-                train_cfg = TrainConfig(steps=steps, batch_size=PAPER_BATCH, seed=seed,
-                                        max_eval_examples=args.max_eval or 200)
+                # The papers' protocol: the answer tokens' loss, the best of periodic validations kept.
+                train_cfg = TrainConfig(steps=steps, batch_size=PAPER_BATCH, seed=seed, objective="lm",
+                                        eval_every=max(1, steps // 5), max_eval_examples=args.max_eval or 200)
                 outcome = train_task(task, registry=reg, backbone=backbone, method_cfg=method_cfg,
                                      train_cfg=train_cfg, max_eval=args.max_eval,
                                      description=f"bench paper: {method} seed {seed}", tags=["bench-paper"])
