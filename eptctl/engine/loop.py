@@ -158,7 +158,7 @@ def fit(
     total = train_cfg.total_steps(len(train_set))
     optimizer, scheduler = build_optimizer(adapter, train_cfg, total)
     # None: no in-training validation; the last step is kept (the schedule has decayed to 0 there) and validated once
-    # at the end. Picking the best of a few 200-row evaluations cost a fifth of a default run and added noise.
+    # at the end. Picking the best of a few 200-row evaluations cost a sixth of a default run and added noise.
     eval_every = train_cfg.eval_every
     val_for_training = list(validation_set)
     if train_cfg.max_eval_examples:
