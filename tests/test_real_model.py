@@ -46,8 +46,10 @@ def test_training_the_real_default_lowers_the_loss_and_registers_a_complete_row(
 
 def test_the_default_recipe_shows_no_loss_spike_after_warmup(real_home, monkeypatch):
     """The default recipe on the real backbone, stopped 15 steps after warmup (where the learning rates peak, and
-    where the old recipe's loss once jumped 0.7 -> 6.3): after warmup the loss, averaged over 5 steps (one batch of
-    16 is noisy), never rises above its start."""
+    where the old recipe's loss once jumped 0.7 -> 6.3, 9x): after warmup the loss, averaged over 5 steps (one batch
+    of 16 is noisy), never rises above 1.5x its first 5 steps' mean. The classification loss starts near ln 2 and a
+    healthy run wanders by ~10 % around its level (a CI run: 0.60 at the start, 0.50-0.65 after warmup), so a bound at
+    the start itself fails on noise, not on a spike."""
     from eptctl.core import events
     from eptctl.core.errors import TrainingInterrupted
     from eptctl.engine.config import TrainConfig
@@ -68,4 +70,4 @@ def test_the_default_recipe_shows_no_loss_spike_after_warmup(real_home, monkeypa
                    should_stop=lambda: len(losses) >= warmup + 15)
     assert len(losses) == warmup + 15
     windows = [sum(losses[i: i + 5]) / 5 for i in range(len(losses) - 4)]
-    assert max(windows[warmup:]) < windows[0], [round(x, 3) for x in losses]
+    assert max(windows[warmup:]) < 1.5 * windows[0], [round(x, 3) for x in losses]
