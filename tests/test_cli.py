@@ -62,6 +62,8 @@ def test_show_json_has_params_by_group_and_space_weights(trained):
     assert len(shown["space_weights"]) == 3 and abs(sum(shown["space_weights"]) - 1) < 1e-4
     assert shown["backbone"]["name"] == "tiny-random-llama"
     assert {a["kind"] for a in shown["artifacts"]} == {"servable", "training_state"}
+    assert shown["training"]["steps"] == 6 and shown["training"]["batch_size"] == 8
+    assert "training: steps=6" in ok("show", "rt-polarity@1").stdout
     text = ok("show", "rt-polarity@latest").stdout
     assert "space weights" not in text  # @latest is the dept adapter: no gate
     assert "space weights" in ok("show", "rt-polarity@1").stdout
@@ -70,6 +72,8 @@ def test_show_json_has_params_by_group_and_space_weights(trained):
 def test_compare_shows_deltas_differing_config_and_similarity(trained):
     report = json.loads(ok("compare", "rt-polarity@1", "rt-polarity@2", "--json").stdout)
     assert "method" in report["config"] and "max_length" not in report["config"]
+    # How they were trained: the seeds differ (1 vs 0), the step count does not
+    assert report["config"]["train.seed"] == [0, 1] and "train.steps" not in report["config"]
     assert "max_length" in json.loads(ok("compare", "rt-polarity@1", "rt-polarity@2", "--all", "--json").stdout)["config"]
     assert -1.0 <= report["prompt_similarity"][0]["cosine"] <= 1.0
     acc = next(m for m in report["metrics"] if m["split"] == "test" and m["name"] == "accuracy")
@@ -162,9 +166,15 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(trained, home, tmp_pa
         (("eval", "rt-polarity@1", "--model", "tiny-random-bert"), ("trained on",)),
         (("list", "--registry", "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"), ()),
         (("predict", "rt-polarity@1", "--file", str(tmp_path / "nope.csv")), ()),
+        (("list", "--sort", "acuracy"), ("acuracy", "accuracy")),
+        (("list", "--sort", "train:accuracy"), ("train:accuracy",)),
+        (("eval", "rt-polarity@1", "--split", "dev"), ("--split train",)),
     ]
     for args, needles in cases:
         user_error(run(*args), *needles)
+    # An unknown --init-from source fails before the task's data or the model is loaded:
+    # (before, the data and model progress lines came first: user_error allows the error line alone on stderr)
+    user_error(run("train", "rt-polarity", *TINY, "--init-from", "rt-polarity@99"), "no version 99")
     # A label outside a stored task's label set:
     ok("train", "labelled", "--data", str(good), "--model", "tiny-random-bert", "--steps", "1", "--max-eval", "4")
     after_first = registry_rows(home)

@@ -183,3 +183,24 @@ def test_transfer_components_limit_what_a_fused_start_takes(sources, components,
     assert all(torch.equal(start.init_tensors[k], source[k]) for k in expected)
     with pytest.raises(EptctlError, match="--transfer-components"):
         TransferOptions([Source("x")], components="head")
+
+
+def test_auto_considers_each_task_once_through_its_best_adapter(tmp_path, monkeypatch):
+    """A quick try stored beside a task's real adapter must not compete with it as an auto source: each task is
+    represented by the adapter TASK@best names, whatever order the registry lists them in."""
+    from eptctl.workflows.transfer import best_per_task
+    from registry import Registry
+
+    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path))
+    ok("train", "rt-polarity", *TINY)
+    ok("train", "rt-polarity", *TINY, "--seed", "1", "--lr-prompt", "0.5")
+    ok("train", "rt-subjectivity", *TINY)
+    reg = Registry()
+    records = reg.list_adapters()
+    polarity = [r for r in records if r.task == "rt-polarity"]
+    assert len(polarity) == 2
+    best = reg.resolve("rt-polarity@best").id
+    for order in (records, list(reversed(records))):
+        chosen = best_per_task(reg, order)
+        assert sorted(r.task for r in chosen) == ["rt-polarity", "rt-subjectivity"]
+        assert next(r.id for r in chosen if r.task == "rt-polarity") == best

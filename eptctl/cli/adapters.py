@@ -33,6 +33,19 @@ def primary_metrics(reg) -> dict[str, str]:
     return {t.name: t.metric for t in reg.list_tasks()}
 
 
+def check_sort_metric(sort: str, records) -> None:
+    """``EptctlError`` when no listed adapter has the metric ``--sort`` names (``NAME`` or ``SPLIT:NAME``): a typo
+    would otherwise list every adapter unsorted, with empty columns."""
+    from eptctl.core.errors import EptctlError
+
+    split, _, name = sort.rpartition(":")
+    stored = {(m.split, m.name) for r in records for m in r.metrics if m.step is None}
+    if not any(n == name and (not split or sp == split) for sp, n in stored):
+        names = sorted({f"{sp}:{n}" if split else n for sp, n in stored})
+        raise EptctlError(f"no listed adapter has a metric {sort!r}",
+                          hint="sort by created or by one of: " + ", ".join(names[:12]))
+
+
 def list_adapters(
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
     method: Annotated[str | None, typer.Option(help="Only this method (pt, dept, ept).")] = None,
@@ -54,6 +67,8 @@ def list_adapters(
     records = reg.list_adapters(task=task, backbone=backbone, method=method, tag=tag, sort=sort,
                                 descending=not ascending, limit=limit, include_archived=archived,
                                 min_metric={"accuracy": min_accuracy} if min_accuracy is not None else None)
+    if sort != "created" and records:
+        check_sort_metric(sort, records)
     metric_of = primary_metrics(reg)
     if as_json:
         print_json([adapter_summary(r, metric_of.get(r.task, "accuracy")) for r in records])
@@ -82,6 +97,8 @@ def show(
 
     Example: eptctl show rt-polarity@latest
     """
+    from eptctl.workflows.compare import training_settings
+
     reg = open_registry(registry)
     if card:
         from eptctl.interop.card import adapter_card
@@ -105,6 +122,7 @@ def show(
                     "source_weights": rec.summary.get("source_weights"), "lineage": lineage,
                     "backbone": rec.backbone, "artifacts": rec.artifacts, "run": rec.run,
                     "description": rec.description, "best_step": rec.summary.get("best_step"),
+                    "training": training_settings(rec),
                     "history": rec.summary.get("history", [])})
         return
     out.print(f"[bold]{rec.ref}[/]  id {rec.id}  ({rec.status})" + (f"  {rec.description}" if rec.description else ""))
@@ -130,6 +148,9 @@ def show(
         out.print("source weights (attention): " + "  ".join(f"{w:.3f}" for w in mix))
     cfg = rec.config
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "schema_version"))
+    training = training_settings(rec)
+    if training:
+        out.print("training: " + ", ".join(f"{k}={v}" for k, v in training.items() if v is not None))
     b = rec.backbone
     out.print(f"backbone: {b.name} (revision {b.revision or '-'}, width {b.width}, max length {b.max_length}, "
               f"embeddings sha256 {b.embedding_sha256[:12]}…, tokenizer sha256 {b.tokenizer_sha256[:12]}…)")

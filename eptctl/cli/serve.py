@@ -39,7 +39,7 @@ def generation_options(max_new_tokens, temperature, top_p, seed, stop):
 
 def eval_adapter(
     ref: Annotated[str, typer.Argument(help="Adapter reference.")],
-    split: Annotated[str, typer.Option(help="Split of the task's data: validation or test.")] = "test",
+    split: Annotated[str, typer.Option(help="Split of the task's data: train, validation or test (train is the large one: add --max-eval N).")] = "test",
     data: Annotated[str | None, typer.Option("--data", help="Evaluate on this labelled file instead.")] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,

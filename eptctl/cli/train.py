@@ -268,11 +268,11 @@ class _ProgressView:
                                                   f"{r['probe_score']:.3f})" if "probe_score" in r else "")
                 for r in event.ranked))
         elif isinstance(event, events.FusedInit):
-            self.note("initialised from " + ", ".join(f"{pid[:8]}×{w:.2f}" for pid, w in event.parents))
+            self.note("initialised from " + ", ".join(f"{ref}×{w:.2f}" for ref, w in event.parents))
         elif isinstance(event, events.AttentionInit):
             self.note("attention over the frozen prompts of " + ", ".join(event.sources))
         elif isinstance(event, events.FinalEvaluation):
-            self.note("evaluating the best checkpoint on validation and test…")
+            self.note(f"evaluating the kept checkpoint (step {event.best_step}) on validation and test…")
 
 
 def _duration(seconds: float) -> str:

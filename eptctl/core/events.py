@@ -88,7 +88,7 @@ class SourcesChosen(Event):
 
 @dataclass(frozen=True)
 class FusedInit(Event):
-    parents: list[tuple[str, float]]  # (adapter id, normalised weight)
+    parents: list[tuple[str, float]]  # (adapter ref, e.g. rt-polarity@1, normalised weight)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,22 @@ import itertools
 from eptctl.workflows.inference import load_adapter, prompt_similarity
 
 
+def training_settings(record) -> dict:
+    """How an adapter was trained, from its stored summary: the training config (steps, batch size, learning
+    rates, objective, seed...), plus ``train_examples`` (few-shot K) and ``transfer_components`` when they were
+    given. Empty for an adapter stored without a summary."""
+    summary = getattr(record, "summary", None) or {}
+    settings = dict(summary.get("train_config") or {})
+    for key in ("train_examples", "transfer_components"):
+        if key in summary:
+            settings[key] = summary[key]
+    return settings
+
+
 def compare_adapters(registry, refs: list[str], all_config: bool = False) -> dict:
     """Metrics with deltas to the first adapter, the config keys that differ (all with ``all_config``; the backbone
-    first when it differs), and the prompt cosine of each pair (None, noted, across backbones)."""
+    first when it differs; how each was trained as ``train.KEY``), and the prompt cosine of each pair (None, noted,
+    across backbones)."""
     servables = [load_adapter(registry, ref) for ref in refs]
     records = [s.record for s in servables]
     keys = sorted({(m.split, m.name) for r in records for m in r.metrics if m.step is None})
@@ -28,6 +41,12 @@ def compare_adapters(registry, refs: list[str], all_config: bool = False) -> dic
         values = [r.config.get(key) for r in records]
         if all_config or any(v != values[0] for v in values):
             config[key] = values
+    # How each was trained (steps, learning rates, few-shot K, what a transfer took): "train." keys.
+    training = [training_settings(r) for r in records]
+    for key in sorted({k for t in training for k in t}):
+        values = [t.get(key) for t in training]
+        if all_config or any(v != values[0] for v in values):
+            config[f"train.{key}"] = values
     similarity = []
     for i, j in itertools.combinations(range(len(servables)), 2):
         same = records[i].backbone.embedding_sha256 == records[j].backbone.embedding_sha256

@@ -50,7 +50,7 @@ def evaluate_stored(registry, ref: str, *, split: str = "test", data_path: str |
         split_name = f"data:{Path(data_path).name}"
     else:
         if split not in ("train", "validation", "test"):
-            raise EptctlError(f"unknown split {split!r}", hint="use --split validation or --split test")
+            raise EptctlError(f"unknown split {split!r}", hint="use --split test, --split validation or --split train")
         task_data = data.load_task(servable.spec, max_eval=max_eval, seed=servable.record.run.seed
                                    if servable.record.run else 0)
         examples = task_data.split(split)

@@ -128,6 +128,9 @@ def train_task(
     emit = on_event or events.ignore
     spec = resolve_spec(task, registry, custom)
     check_task_fits(spec, None, train_cfg)  # before the data and the model: bad options cost nothing
+    if transfer is not None and transfer.sources != "auto":
+        for source in transfer.sources:  # an unknown --init-from reference fails here, not after the model loads
+            registry.resolve(source.ref)
     train_cfg = dataclasses.replace(train_cfg, objective=train_cfg.objective_for(spec.task_type))  # stored resolved
     task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed,
                                train_examples=train_examples)

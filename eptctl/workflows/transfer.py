@@ -92,8 +92,9 @@ def prepare_transfer(registry, options: TransferOptions, backbone, method_cfg, s
     sources = options.sources
     if sources == "auto":
         wanted = {k: method_cfg.to_dict()[k] for k in _SHAPE_KEYS}
-        candidates = [rec for rec in registry.list_adapters(backbone=backbone.fingerprint()["embedding_sha256"][:16])
-                      if rec.task != spec.name and all(rec.config.get(k) == v for k, v in wanted.items())]
+        candidates = best_per_task(registry, [
+            rec for rec in registry.list_adapters(backbone=backbone.fingerprint()["embedding_sha256"][:16])
+            if rec.task != spec.name and all(rec.config.get(k) == v for k, v in wanted.items())])
         if not candidates:
             raise EptctlError("--init-from auto found no compatible stored adapter on this backbone",
                               hint="train a source task first with the same method and shape options")
@@ -111,8 +112,25 @@ def prepare_transfer(registry, options: TransferOptions, backbone, method_cfg, s
     keep = TRANSFER_COMPONENTS[options.components]
     if keep is not None:
         fused = {k: v for k, v in fused.items() if k.startswith(keep)}
-    emit(events.FusedInit(parents=[(p.parent_id, p.weight) for p in parents]))
+    emit(events.FusedInit(parents=[(registry.resolve(p.parent_id).ref, p.weight) for p in parents]))
     return TransferStart(fused, method_cfg, parents=parents)
+
+
+def best_per_task(registry, candidates: list) -> list:
+    """One candidate per task, in first-seen order: the one ``TASK@best`` names (the best on validation) when it is
+    among ``candidates``, else the task's first candidate. A quick 10-step try stored beside a task's real adapter
+    would otherwise compete with it as a source (and can win a 64-row probe by chance)."""
+    by_task: dict[str, list] = {}
+    for rec in candidates:
+        by_task.setdefault(rec.task, []).append(rec)
+    chosen = []
+    for task, records in by_task.items():
+        try:
+            best_id = registry.resolve(f"{task}@best").id
+        except EptctlError:  # no adapter of the task has its metric stored
+            best_id = None
+        chosen.append(next((rec for rec in records if rec.id == best_id), records[0]))
+    return chosen
 
 
 def parse_sources(text: str) -> list[Source]:
