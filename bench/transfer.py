@@ -306,11 +306,12 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
     fig, axes = plt.subplots(1, len(pairs), figsize=(max(7.5, 5.2 * len(pairs)), 4.2), squeeze=False)
     for ax, (src, tgt) in zip(axes[0], pairs):
         mine = [r for r in rows if (r["source"], r["target"]) == (src, tgt)]
-        for init in dict.fromkeys(r["init"] for r in mine):
+        for init in sorted({r["init"] for r in mine}, key=INITS.index):
             points = sorted((r["K"], r["mean_test"], r["sd_test"]) for r in mine if r["init"] == init)
             ks, means, sds = zip(*points)
+            # One colour per init in every panel (INITS order), so panels read alike.
             ax.errorbar(ks, means, yerr=sds, marker="o", capsize=3, linestyle="--" if init == "random" else "-",
-                        label=init)
+                        label=init, color=f"C{INITS.index(init) % 10}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["K"] for r in mine}), [str(k) for k in sorted({r["K"] for r in mine})])
         ax.set_title(f"{src} → {tgt}")
