@@ -230,8 +230,8 @@ class _Lab:
         result = fit(self.backbone, enc.train, enc.validation[:32], enc.answers, method_cfg, train_cfg,
                      num_labels=spec.head_size, test_set=enc.test, adapter=fresh)
         losses = [h["loss"] for h in result.history if "loss" in h]
-        return {"model": self.model, "source": src, "target": tgt, "k": k, "init": init, "seed": seed,
-                "steps": self.args.steps, "test_rows": len(enc.test), "zero_step": round(self.zero[zero_key], 4),
+        return {"model": self.model, "precision": self.backbone.precision, "source": src, "target": tgt, "k": k,
+                "init": init, "seed": seed, "steps": self.args.steps, "test_rows": len(enc.test), "zero_step": round(self.zero[zero_key], 4),
                 "test_accuracy": round(result.metrics["test"]["accuracy"], 4),
                 "test_macro_f1": round(result.metrics["test"].get("macro_f1", float("nan")), 4),
                 "loss_first": losses[0], "loss_last": losses[-1], "loss_max_after_warmup": max(losses[3:] or losses),
@@ -267,18 +267,21 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def summarise(cells: list[dict]) -> list[dict]:
-    """One row per (pair, K, init): mean ± sd over seeds of zero-step and test accuracy, paired gain over random."""
+    """One row per (pair, K, init, precision): mean ± sd over seeds of zero-step and test accuracy, and the paired
+    gain over random init at the same precision (bf16 and fp32 cells never pool)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["source"], c["target"], c["k"], c["init"]), []).append(c)
+        # cells from before the precision was recorded: "?" keeps them apart from either precision
+        groups.setdefault((c["source"], c["target"], c["k"], c["init"], c.get("precision", "?")), []).append(c)
     order = {name: i for i, name in enumerate(INITS)}
     rows = []
-    for (src, tgt, k, init), group in sorted(groups.items(), key=lambda g: (g[0][:3], order[g[0][3]])):
+    for (src, tgt, k, init, prec), group in sorted(groups.items(),
+                                                   key=lambda g: (g[0][:3], g[0][4], order[g[0][3]])):
         by_seed = {c["seed"]: c for c in group}
-        base = {c["seed"]: c for c in groups.get((src, tgt, k, "random"), [])}
+        base = {c["seed"]: c for c in groups.get((src, tgt, k, "random", prec), [])}
         gains = [by_seed[s]["test_accuracy"] - base[s]["test_accuracy"] for s in by_seed if s in base]
         picked = sorted({c["auto_picked"] for c in group if c["auto_picked"]})
-        rows.append({"source": src, "target": tgt, "K": k, "init": init, "seeds": len(group),
+        rows.append({"source": src, "target": tgt, "K": k, "init": init, "precision": prec, "seeds": len(group),
                      "zero_step": _mean_sd([c["zero_step"] for c in group]),
                      "test_acc": _mean_sd([c["test_accuracy"] for c in group]),
                      "test_macro_f1": _mean_sd(f1s) if (f1s := [c["test_macro_f1"] for c in group
@@ -306,12 +309,17 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
     fig, axes = plt.subplots(1, len(pairs), figsize=(max(7.5, 5.2 * len(pairs)), 4.2), squeeze=False)
     for ax, (src, tgt) in zip(axes[0], pairs):
         mine = [r for r in rows if (r["source"], r["target"]) == (src, tgt)]
-        for init in sorted({r["init"] for r in mine}, key=INITS.index):
-            points = sorted((r["K"], r["mean_test"], r["sd_test"]) for r in mine if r["init"] == init)
-            ks, means, sds = zip(*points)
-            # One colour per init in every panel (INITS order), so panels read alike.
-            ax.errorbar(ks, means, yerr=sds, marker="o", capsize=3, linestyle="--" if init == "random" else "-",
-                        label=init, color=f"C{INITS.index(init) % 10}")
+        precisions = sorted({r["precision"] for r in mine})
+        for prec in precisions:
+            for init in sorted({r["init"] for r in mine if r["precision"] == prec}, key=INITS.index):
+                points = sorted((r["K"], r["mean_test"], r["sd_test"]) for r in mine
+                                if r["init"] == init and r["precision"] == prec)
+                ks, means, sds = zip(*points)
+                # One colour per init in every panel (INITS order), so panels read alike; a second precision
+                # gets hollow markers.
+                ax.errorbar(ks, means, yerr=sds, marker="o", capsize=3, linestyle="--" if init == "random" else "-",
+                            label=init if len(precisions) == 1 else f"{init} ({prec})",
+                            color=f"C{INITS.index(init) % 10}", mfc="none" if prec != precisions[0] else None)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["K"] for r in mine}), [str(k) for k in sorted({r["K"] for r in mine})])
         ax.set_title(f"{src} → {tgt}")
