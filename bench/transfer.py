@@ -2,7 +2,7 @@
 
     python -m bench transfer [--pairs rt-polarity:tweet-sentiment,...] [--shots 16,64,256]
         [--inits random,all,prompt,prompt+low-rank,attention,auto,...] [--seeds 0,1,2] [--steps 30]
-        [--test-rows 500] [--home DIR] [--cells PATH] [--plot PATH]
+        [--test-rows 500] [--home DIR] [--cells PATH] [--plot PATH] [--precision fp32|bf16]
 
 Each cell (pair, K, init, seed) trains the target with the default EPT shape and learning rates on the same K
 training examples (`--train-examples K`: stratified by label, the same for every seed) for an equal budget of
@@ -58,6 +58,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--source-steps", type=int, default=None,
                         help="steps of a source trained here, validated 5 times, best kept (default: eptctl train's default)")
     parser.add_argument("--model", default=None, help="backbone (default: eptctl's default model)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="backbone precision, sources included (default: eptctl's choice for this CPU: bf16 with "
+                             "AMX/AVX512-BF16 units, else fp32); give each precision its own --home and --cells, since "
+                             "sources and cells are looked up by name, not precision")
     args = parser.parse_args(argv)
     unknown = [i for i in args.inits.split(",") if i not in INITS]
     if unknown:
@@ -81,7 +85,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = json.loads(args.cells.read_text()) if args.cells.exists() else {}
     model = args.model or backbones.DEFAULT_MODEL
-    backbone = backbones.load(model)
+    backbone = backbones.load(model, precision=args.precision)
     reg = Registry()
     lab = _Lab(reg, backbone, model, args)
     auto = any(init.startswith("auto") for init in inits)  # both auto rules rank the stored candidates
