@@ -60,8 +60,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="backbone (default: eptctl's default model)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="backbone precision, sources included (default: eptctl's choice for this CPU: bf16 with "
-                             "AMX/AVX512-BF16 units, else fp32); give each precision its own --home and --cells, since "
-                             "sources and cells are looked up by name, not precision")
+                             "AMX/AVX512-BF16 units, else fp32); each precision needs its own --home and --cells "
+                             "(sources and cells are looked up by name: a run refuses those of the other precision)")
     args = parser.parse_args(argv)
     unknown = [i for i in args.inits.split(",") if i not in INITS]
     if unknown:
@@ -86,6 +86,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     cells = json.loads(args.cells.read_text()) if args.cells.exists() else {}
     model = args.model or backbones.DEFAULT_MODEL
     backbone = backbones.load(model, precision=args.precision)
+    other = sorted({c["precision"] for c in cells.values() if c.get("precision", backbone.precision)
+                    != backbone.precision})
+    if other:  # a resumed cell of another precision would be reported as this run's
+        raise SystemExit(f"{args.cells} holds {', '.join(other)} cells; this run is {backbone.precision}: "
+                         f"pass --cells (and --home) of its own")
     reg = Registry()
     lab = _Lab(reg, backbone, model, args)
     auto = any(init.startswith("auto") for init in inits)  # both auto rules rank the stored candidates
@@ -142,6 +147,10 @@ class _Lab:
             record = train_task(task, registry=self.reg, model=self.model, backbone=self.backbone, train_cfg=train_cfg,
                                 command_line=f"eptctl train {task} --objective lm" + (
                                     f" --steps {steps} --eval-every {given['eval_every']}" if steps else "")).record
+        device = record.run.device or ""  # "cpu (bf16)"; records from before the precision was named end otherwise
+        if device.endswith(")") and not device.endswith(f"({self.backbone.precision})"):
+            raise SystemExit(f"source {record.ref} in {self.args.home} was trained on {device}; this run is "
+                             f"{self.backbone.precision}: pass --home (and --cells) of its own")
         test = next((m.value for m in record.metrics if m.split == "test" and m.name == "accuracy"), None)
         self.source_info[task] = {"ref": record.ref, "steps": record.summary.get("steps"),
                                   "test_accuracy": test, "seed": record.run.seed}
@@ -235,7 +244,8 @@ class _Lab:
                      num_labels=spec.head_size, test_set=enc.test, adapter=fresh)
         losses = [h["loss"] for h in result.history if "loss" in h]
         return {"model": self.model, "precision": self.backbone.precision, "source": src, "target": tgt, "k": k,
-                "init": init, "seed": seed, "steps": self.args.steps, "test_rows": len(enc.test), "zero_step": round(self.zero[zero_key], 4),
+                "init": init, "seed": seed, "steps": self.args.steps, "test_rows": len(enc.test),
+                "zero_step": round(self.zero[zero_key], 4),
                 "test_accuracy": round(result.metrics["test"]["accuracy"], 4),
                 "test_macro_f1": round(result.metrics["test"].get("macro_f1", float("nan")), 4),
                 "loss_first": losses[0], "loss_last": losses[-1], "loss_max_after_warmup": max(losses[3:] or losses),

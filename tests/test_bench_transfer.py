@@ -54,6 +54,14 @@ def test_bench_transfer_runs_every_cell_once_and_summarises(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "training source" not in again.stdout and '{"' not in again.stdout.split("|")[0]  # nothing re-run
     assert (tmp_path / "cells.json").read_text() == stored
+    # The other precision refuses this run's cells and sources (they are looked up by name, not precision).
+    (precision,) = {c["precision"] for c in cells}
+    other = "bf16" if precision == "fp32" else "fp32"
+    mixed = _bench(tmp_path, "--precision", other)
+    assert mixed.returncode != 0 and f"holds {precision} cells; this run is {other}" in mixed.stderr
+    mixed = _bench(tmp_path, "--precision", other, "--cells", str(tmp_path / "other.json"))
+    assert mixed.returncode != 0 and f"this run is {other}: pass --home" in mixed.stderr
+    assert (tmp_path / "cells.json").read_text() == stored and not (tmp_path / "other.json").exists()
 
 
 def test_summary_gain_is_the_paired_difference_over_seeds():
@@ -65,6 +73,12 @@ def test_summary_gain_is_the_paired_difference_over_seeds():
     fused = next(r for r in rows if r["init"] == "all")
     assert fused["gain_vs_random"] == "+4.0 pt ± 2.8"  # gains 6 and 2 points: mean 4, sd 2.83
     assert fused["test_acc"] == "0.590 ± 0.042"
+    # Cells of another precision form their own rows and are never paired with this precision's random init.
+    bf16 = [dict(c, precision="bf16") for c in (cell("random", 0, 0.40), cell("all", 0, 0.45))]
+    rows = summarise([dict(c, precision="fp32") for c in (cell("random", 0, 0.50), cell("all", 0, 0.56))] + bf16)
+    gains = {(r["precision"], r["init"]): r["gain_vs_random"] for r in rows}
+    assert gains == {("fp32", "random"): "", ("fp32", "all"): "+6.0 pt",
+                     ("bf16", "random"): "", ("bf16", "all"): "+5.0 pt"}
 
 
 def test_task_vector_start_adds_what_the_source_learned_to_a_fresh_start():
