@@ -6,9 +6,10 @@ Loads the default backbone in ``--precision``, encodes rt-polarity, and times th
 (batch 16, the label-score objective, length-bucketed batches, so the sequence length changes from batch to batch)
 and one scoring pass of ``--rows`` validation rows: first with the backbone as it is (eager), then with
 ``torch.compile`` of its decoder stack (``dynamic=True``) on the same adapter start, the same batches and the same rows. Prints one row
-per variant: compile time (first step and first pass minus the eager ones), the median step after the first, the
-scoring pass, the largest difference of the training loss to eager's and the scoring agreement (share of rows whose
-predicted label is the same), so a speed-up is only counted with results equal within noise.
+per variant: the first step and the first scoring pass (for the compiled variant mostly compile time), the median
+step after the first, a second scoring pass, their ratios to eager (below 1: faster), the largest difference of the
+training loss to eager's and the accuracy on the scored rows, so a speed-up is only counted with results equal
+within noise.
 """
 
 from __future__ import annotations
