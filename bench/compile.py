@@ -65,13 +65,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
             losses.append(loss.item())
             times.append(time.perf_counter() - start)
         adapter.eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            scores = evaluate_encoded(backbone, adapter, validation, encoded.answers, cfg.eval_batch_size)
+        start = time.perf_counter()  # scoring runs without autograd already (eptctl.engine.scoring)
+        scores = evaluate_encoded(backbone, adapter, validation, encoded.answers, cfg.eval_batch_size)
         first_pass = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.no_grad():
-            evaluate_encoded(backbone, adapter, validation, encoded.answers, cfg.eval_batch_size)
+        evaluate_encoded(backbone, adapter, validation, encoded.answers, cfg.eval_batch_size)
         second_pass = time.perf_counter() - start
         return {"variant": name, "first_step_s": round(times[0], 2),
                 "median_step_s": round(statistics.median(times[1:] or times), 3),
