@@ -4,10 +4,11 @@
 ``sqlite:///$EPTCTL_HOME/registry.db``; ``$EPTCTL_REGISTRY_URL`` (e.g. ``postgresql+psycopg://...``) overrides it.
 """
 
-from registry.api import CRASH_ENV, Registry
+from registry.api import Registry
 from registry.db import URL_ENV, RegistryError, default_url, mask_url, resolve_url
 from registry.migrate import current_revision, downgrade, head_revision, upgrade
 from registry.records import (
+    AdapterQuery,
     AdapterRecord,
     ArtifactRecord,
     BackboneFingerprint,
@@ -19,10 +20,10 @@ from registry.records import (
 )
 
 __all__ = [
+    "AdapterQuery",
     "AdapterRecord",
     "ArtifactRecord",
     "BackboneFingerprint",
-    "CRASH_ENV",
     "MetricValue",
     "NewAdapter",
     "ParentLink",

@@ -130,3 +130,23 @@ class AdapterRecord:
 
     def artifact(self, kind: str) -> ArtifactRecord | None:
         return next((a for a in self.artifacts if a.kind == kind), None)
+
+
+@dataclass(frozen=True)
+class AdapterQuery:
+    """The filters and order of ``Registry.list_adapters``; every filter given must match.
+
+    backbone: model name, or a prefix (8+ hex digits) of the embedding sha256. Metric keys (``sort`` and
+    ``min_metric``) are a metric name, ranked on "validation" else "test", or ``SPLIT:NAME``. Adapters without the
+    sort metric come last; ``min_metric`` drops them. ``sort="created"`` orders by creation time.
+    """
+
+    task: str | None = None
+    backbone: str | None = None
+    method: str | None = None
+    tag: str | None = None
+    min_metric: dict[str, float] | None = None
+    sort: str = "created"
+    descending: bool = True
+    limit: int | None = None
+    include_archived: bool = False

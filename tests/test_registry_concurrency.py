@@ -23,7 +23,8 @@ from registry_fixtures import (  # noqa: F401
     sqlite_url,
 )
 
-from registry import CRASH_ENV, MetricValue, Registry, TaskRecord
+from registry import MetricValue, Registry, TaskRecord, sql_insert
+from registry.sql_store import SqlAlchemyStore
 from registry.db import create_engine
 
 PROCESSES, PER_PROCESS = 8, 25
@@ -91,8 +92,24 @@ def test_concurrent_writers_get_gapless_versions(concurrent_writes, backend, mon
     reg.close()
 
 
+def _sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all: no finally, no rollback, no atexit
+
+
 def _register_and_crash(url: str, home: str, point: str, seed: int) -> None:
-    os.environ.update({"EPTCTL_HOME": home, CRASH_ENV: point})
+    """Register in this (forked, throw-away) process and die by SIGKILL at ``point``: "1" once the artifact files
+    are on disk, before the transaction starts; "in-transaction" after the rows are inserted, before the commit."""
+    os.environ["EPTCTL_HOME"] = home
+    if point == "1":
+        SqlAlchemyStore.insert_adapter = lambda *args, **kw: _sigkill()
+    else:
+        insert_rows = sql_insert.insert_adapter_rows
+
+        def insert_then_die(*args, **kw):
+            insert_rows(*args, **kw)
+            _sigkill()
+
+        sql_insert.insert_adapter_rows = insert_then_die
     Registry(url).register(new_adapter(seed=seed))
     raise SystemExit("the crash hook did not fire")
 

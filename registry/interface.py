@@ -1,0 +1,140 @@
+"""The registry's row store behind one small interface: reads, writes and maintenance, kept apart from the
+SQLAlchemy implementation (``registry/sql_*.py``) as MLflow keeps its ``AbstractStore`` apart from its
+``SqlAlchemyStore``.
+
+A store owns rows only. Files are the facade's (``registry.api.Registry``): it writes an adapter's artifact files
+before it calls ``insert_adapter``, and where a check or a removal of a file has to happen under the store's per-file
+lock it hands in a callback. Every method takes and returns the dataclasses of ``registry/records.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from registry.records import AdapterQuery, AdapterRecord, MetricValue, NewAdapter, TaskRecord
+from registry.store import Blob
+
+Ref = str | AdapterRecord  # an id prefix, TASK@VERSION, TASK@ALIAS, or a record (re-read by its id)
+
+
+class BlobVanished(Exception):
+    """An artifact file was removed (a concurrent ``delete`` or ``gc``) between being written and being locked.
+
+    Nothing was written: the caller writes the file again and retries the insert.
+    """
+
+    def __init__(self, blob: Blob):
+        super().__init__(f"artifact file {blob.relpath} vanished before its row was written")
+        self.blob = blob
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """Where a new adapter's row goes: its id, creation time (None: now) and, for an import, its aliases."""
+
+    adapter_id: str
+    created_at: datetime | None = None
+    alias_names: tuple[str, ...] = ()
+    imported: bool = False  # an import keeps the exporter's id, so an id already present is refused
+
+
+class RegistryReads(ABC):
+    """Snapshot reads. Unknown names and references raise ``RegistryError``."""
+
+    @abstractmethod
+    def get_task(self, name: str) -> TaskRecord: ...
+
+    @abstractmethod
+    def list_tasks(self) -> list[TaskRecord]: ...
+
+    @abstractmethod
+    def adapter_id(self, ref: Ref) -> str:
+        """The full id ``ref`` names."""
+
+    @abstractmethod
+    def resolve(self, ref: Ref) -> AdapterRecord:
+        """The record ``ref`` names, read in one snapshot."""
+
+    @abstractmethod
+    def get(self, adapter_id: str) -> AdapterRecord: ...
+
+    @abstractmethod
+    def list_adapters(self, query: AdapterQuery) -> list[AdapterRecord]: ...
+
+    @abstractmethod
+    def parents(self, ref: Ref) -> list[AdapterRecord]: ...
+
+    @abstractmethod
+    def children(self, ref: Ref) -> list[AdapterRecord]: ...
+
+    @abstractmethod
+    def current_revision(self) -> str | None: ...
+
+
+class RegistryWrites(ABC):
+    """One transaction each. ``name`` is how the adapter is called in an error when it was deleted meanwhile."""
+
+    @abstractmethod
+    def ensure_task(self, task: TaskRecord) -> None:
+        """Insert the task unless one of that name exists (an existing task is never changed)."""
+
+    @abstractmethod
+    def insert_adapter(self, new: NewAdapter, blobs: dict[str, Blob], insertion: Insertion,
+                       present: Callable[[Blob], bool]) -> None:
+        """Take the task's next version and insert the adapter with everything it references.
+
+        ``blobs`` (kind -> Blob) are already on disk; ``present(blob)`` is asked under each file's lock and
+        ``BlobVanished`` raised if it is gone. Raises ``RegistryError`` for unknown parents or an imported id that
+        is already present.
+        """
+
+    @abstractmethod
+    def add_metrics(self, adapter_id: str, name: str, values: list[MetricValue]) -> None: ...
+
+    @abstractmethod
+    def set_alias(self, adapter_id: str, name: str, alias: str) -> None: ...
+
+    @abstractmethod
+    def remove_alias(self, task: str, alias: str) -> bool:
+        """False if the task has no such alias."""
+
+    @abstractmethod
+    def add_tags(self, adapter_id: str, name: str, tags: list[str]) -> None: ...
+
+    @abstractmethod
+    def remove_tags(self, adapter_id: str, name: str, tags: list[str]) -> None: ...
+
+    @abstractmethod
+    def set_archived(self, adapter_id: str, name: str, archived: bool) -> None: ...
+
+
+class RegistryMaintenance(ABC):
+    """Deletes, garbage collection and the schema."""
+
+    @abstractmethod
+    def delete_adapter(self, rec: AdapterRecord, force: bool) -> None:
+        """Remove the adapter's rows; a parent of other adapters raises ``RegistryError`` unless ``force``."""
+
+    @abstractmethod
+    def referenced_sha256s(self) -> set[str]: ...
+
+    @abstractmethod
+    def remove_if_unreferenced(self, sha256: str, remove: Callable[[], Path | None]) -> Path | None:
+        """Call ``remove()`` (which unlinks the file) if no row references ``sha256``, under the per-file lock that
+        ``insert_adapter`` takes; its result, or None if the file is still referenced."""
+
+    @abstractmethod
+    def upgrade(self) -> tuple[str | None, str | None]: ...
+
+
+class RegistryStore(RegistryReads, RegistryWrites, RegistryMaintenance):
+    """Everything ``Registry`` needs from a database."""
+
+    display_url: str  # password masked
+
+    @abstractmethod
+    def close(self) -> None: ...
