@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from eptctl.interop.bundle import CARD_NAME, _card_checksum, export_bundle, import_bundle, read_bundle
 from eptctl.cli.app import app
 from eptctl.core.errors import EptctlError
-from registry import URL_ENV, ParentLink, Registry
+from registry import URL_ENV, ParentLink, Registry, sql_insert
 
 SMALL = dict(model="tiny-random-llama", max_train=16, max_eval=8)
 
@@ -261,13 +261,13 @@ def test_tampered_or_truncated_bundles_import_nothing(source, tmp_path, case):
 def test_a_failed_import_transaction_leaves_no_files(source, tmp_path, monkeypatch):
     tgt = open_target(tmp_path / "t")
     bundle = export_bundle(source.reg, source.pt.ref, tmp_path / "b").directory
-    real = tgt._check_parents
+    real = sql_insert._check_parents
 
     def parent_vanished(conn, new):
         real(conn, new)
         raise EptctlError("simulated: a parent was deleted meanwhile")
 
-    monkeypatch.setattr(tgt, "_check_parents", parent_vanished)
+    monkeypatch.setattr(sql_insert, "_check_parents", parent_vanished)
     with pytest.raises(EptctlError, match="simulated"):
         import_bundle(tgt, bundle)
     assert tgt.list_adapters() == [] and store_files(tmp_path / "t") == []

@@ -319,6 +319,26 @@ def test_register_rewrites_a_shared_file_removed_before_commit(reg):
     assert Path(again.artifacts[0].path) == path and path.exists() and reg.load_servable(again)
 
 
+def test_register_writes_again_a_file_removed_between_its_write_and_its_transaction(reg, monkeypatch):
+    """No file is written inside the transaction: the insert finds the file gone under its lock and rolls back,
+    and register writes the file again and retries (as after a concurrent gc or delete of identical bytes)."""
+    from registry.sql_store import SqlAlchemyStore
+
+    real, calls = SqlAlchemyStore.insert_adapter, []
+
+    def removed_first(self, new, blobs, insertion, present):
+        calls.append(insertion.adapter_id)
+        if len(calls) == 1:
+            for blob in blobs.values():
+                reg.store.remove(blob.relpath)
+        return real(self, new, blobs, insertion, present)
+
+    monkeypatch.setattr(SqlAlchemyStore, "insert_adapter", removed_first)
+    rec = reg.register(new_adapter(seed=1))
+    assert len(calls) == 2 and rec.version == 1  # the rolled-back attempt took no version
+    assert Path(rec.artifacts[0].path).exists() and reg.load_servable(rec)
+
+
 def test_tasks(reg):
     task = reg.get_task(TASK)
     assert task.labels == ["negative", "positive"] and task.metric == "accuracy" and task.created_at is not None
