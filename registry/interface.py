@@ -46,10 +46,12 @@ class RegistryReads(ABC):
     """Snapshot reads. Unknown names and references raise ``RegistryError``."""
 
     @abstractmethod
-    def get_task(self, name: str) -> TaskRecord: ...
+    def get_task(self, name: str) -> TaskRecord:
+        """The task called ``name``."""
 
     @abstractmethod
-    def list_tasks(self) -> list[TaskRecord]: ...
+    def list_tasks(self) -> list[TaskRecord]:
+        """Every task, by name."""
 
     @abstractmethod
     def adapter_id(self, ref: Ref) -> str:
@@ -60,19 +62,24 @@ class RegistryReads(ABC):
         """The record ``ref`` names, read in one snapshot."""
 
     @abstractmethod
-    def get(self, adapter_id: str) -> AdapterRecord: ...
+    def get(self, adapter_id: str) -> AdapterRecord:
+        """The adapter with exactly this id."""
 
     @abstractmethod
-    def list_adapters(self, query: AdapterQuery) -> list[AdapterRecord]: ...
+    def list_adapters(self, query: AdapterQuery) -> list[AdapterRecord]:
+        """The adapters ``query`` selects, in its order."""
 
     @abstractmethod
-    def parents(self, ref: Ref) -> list[AdapterRecord]: ...
+    def parents(self, ref: Ref) -> list[AdapterRecord]:
+        """The parents of ``ref`` that still exist, in registration order."""
 
     @abstractmethod
-    def children(self, ref: Ref) -> list[AdapterRecord]: ...
+    def children(self, ref: Ref) -> list[AdapterRecord]:
+        """The adapters that name ``ref`` as a parent, oldest first."""
 
     @abstractmethod
-    def current_revision(self) -> str | None: ...
+    def current_revision(self) -> str | None:
+        """The schema revision of the database."""
 
 
 class RegistryWrites(ABC):
@@ -93,23 +100,28 @@ class RegistryWrites(ABC):
         """
 
     @abstractmethod
-    def add_metrics(self, adapter_id: str, name: str, values: list[MetricValue]) -> None: ...
+    def add_metrics(self, adapter_id: str, name: str, values: list[MetricValue]) -> None:
+        """Store metric values; one for an existing (split, name, step) replaces it."""
 
     @abstractmethod
-    def set_alias(self, adapter_id: str, name: str, alias: str) -> None: ...
+    def set_alias(self, adapter_id: str, name: str, alias: str) -> None:
+        """Point the task's ``alias`` at the adapter, moving it if it pointed elsewhere."""
 
     @abstractmethod
     def remove_alias(self, task: str, alias: str) -> bool:
         """False if the task has no such alias."""
 
     @abstractmethod
-    def add_tags(self, adapter_id: str, name: str, tags: list[str]) -> None: ...
+    def add_tags(self, adapter_id: str, name: str, tags: list[str]) -> None:
+        """Add the tags the adapter does not have yet."""
 
     @abstractmethod
-    def remove_tags(self, adapter_id: str, name: str, tags: list[str]) -> None: ...
+    def remove_tags(self, adapter_id: str, name: str, tags: list[str]) -> None:
+        """Remove these tags (absent ones are ignored)."""
 
     @abstractmethod
-    def set_archived(self, adapter_id: str, name: str, archived: bool) -> None: ...
+    def set_archived(self, adapter_id: str, name: str, archived: bool) -> None:
+        """Archive the adapter, or with ``archived=False`` make it ready again."""
 
 
 class RegistryMaintenance(ABC):
@@ -120,7 +132,8 @@ class RegistryMaintenance(ABC):
         """Remove the adapter's rows; a parent of other adapters raises ``RegistryError`` unless ``force``."""
 
     @abstractmethod
-    def referenced_sha256s(self) -> set[str]: ...
+    def referenced_sha256s(self) -> set[str]:
+        """The sha256 of every file some artifact row references."""
 
     @abstractmethod
     def remove_if_unreferenced(self, sha256: str, remove: Callable[[], Path | None]) -> Path | None:
@@ -128,7 +141,8 @@ class RegistryMaintenance(ABC):
         ``insert_adapter`` takes; its result, or None if the file is still referenced."""
 
     @abstractmethod
-    def upgrade(self) -> tuple[str | None, str | None]: ...
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Migrate the schema to head; (revision before, revision after)."""
 
 
 class RegistryStore(RegistryReads, RegistryWrites, RegistryMaintenance):
@@ -137,4 +151,5 @@ class RegistryStore(RegistryReads, RegistryWrites, RegistryMaintenance):
     display_url: str  # password masked
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the database connections."""

@@ -36,7 +36,6 @@ class SqlWrites(RegistryWrites):
     def insert_adapter(self, new: NewAdapter, blobs: dict[str, Blob], insertion: Insertion,
                        present: Callable[[Blob], bool]) -> None:
         try:
-            # looked up on the module at each call: the crash-consistency test wraps it
             self.db.write(lambda conn: sql_insert.insert_adapter_rows(conn, new, blobs, insertion, present))
         except sa.exc.IntegrityError:
             if insertion.imported:  # PostgreSQL: a concurrent import of the same id won
