@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import string
 from dataclasses import asdict, dataclass, field, fields
 

@@ -29,7 +29,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in {**BUILT
 CUSTOM_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
 DEFAULT_TEMPLATE = "Text: {text}\nLabel:"
 DEFAULT_PAIR_TEMPLATE = "Text A: {text}\nText B: {text_pair}\nLabel:"
-# The answer cue of the default template, by task type (the pair form swaps the first line as above).
+# The answer cue of the default template, by task type, for callers of earlier versions (the table is
+# data.task_types; the pair form swaps the first line as above).
 DEFAULT_CUE = {name: kind.cue for name, kind in TASK_TYPES.items()}
 # Task names end up in adapter references such as TASK@VERSION, so "@" and spaces are out.
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -61,7 +62,8 @@ class DataOptions:
 def default_template(task_type: str, pair: bool) -> str:
     """The template a custom task gets when none is given."""
     base = DEFAULT_PAIR_TEMPLATE if pair else DEFAULT_TEMPLATE
-    return base.replace("Label:", DEFAULT_CUE.get(task_type, "Label:"))  # unknown types: TaskSpec refuses them
+    kind = TASK_TYPES.get(task_type)  # an unknown type keeps "Label:": TaskSpec refuses it, naming the task
+    return base.replace("Label:", kind.cue if kind is not None else "Label:")
 
 
 def builtin_task(name: str) -> TaskSpec:

@@ -17,7 +17,7 @@ import torch
 from eptctl.backbones.base import Backbone, EncodedExample, PromptSource, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions, to_text
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TaskType, task_type
-from eptctl.data.task_types.regression import NEW_TOKENS as REGRESSION_NEW_TOKENS
+from eptctl.data.task_types.regression import NEW_TOKENS as REGRESSION_NEW_TOKENS  # noqa: F401 (earlier callers)
 from eptctl.engine import distributed, metrics
 
 
