@@ -286,3 +286,70 @@ def test_bad_input_is_refused_and_nothing_is_written(home, tmp_path, case):
         result, needles = run("train", "keep", "--task-type", "regression", *TINY), ("--data",)
     refused(result, *needles, notes=True)
     assert dump(home) == before
+
+
+# -- the task-type table --------------------------------------------------------------------------------------------
+
+def test_the_table_holds_every_type_and_refuses_an_unknown_one():
+    from eptctl.core.errors import EptctlError
+    from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES, TaskType, names, task_type
+
+    assert names() == ("classification", "generation", "regression") and DEFAULT_TASK_TYPE == "classification"
+    assert all(isinstance(kind, TaskType) and task_type(name) is kind for name, kind in TASK_TYPES.items())
+    with pytest.raises(EptctlError) as err:
+        task_type("ranking")
+    assert "ranking" in err.value.message and err.value.hint.endswith("classification, generation, regression")
+
+
+def test_every_view_of_the_task_types_is_the_table():
+    from eptctl.data import spec as spec_module
+    from eptctl.data import tasks
+    from eptctl.data.task_types import TASK_TYPES, names
+    from eptctl.engine import metrics
+
+    assert metrics.TASK_TYPES == spec_module.TASK_TYPES == names()
+    assert metrics.DEFAULT_METRIC == spec_module.DEFAULT_METRIC == {n: k.default_metric for n, k in TASK_TYPES.items()}
+    assert metrics.PRIMARY_METRICS == {n: k.primary_metrics for n, k in TASK_TYPES.items()}
+    assert tasks.DEFAULT_CUE == {"classification": "Label:", "generation": "Output:", "regression": "Score:"}
+    assert [TrainConfig().objective_for(n) for n in names()] == ["classify", "lm", "lm"]
+
+
+def test_a_new_task_type_is_one_strategy_and_its_registration(monkeypatch):
+    from eptctl.data.task_types import TASK_TYPES
+    from eptctl.data.task_types.generation import Generation
+    from eptctl.engine.metrics import check_metric
+
+    class Echo(Generation):
+        name = "echo"
+        default_metric = "exact_match"
+        primary_metrics = ("exact_match",)
+        cue = "Echo:"
+
+    monkeypatch.setitem(TASK_TYPES, "echo", Echo())
+    spec = data.TaskSpec("say", "", (), (), "{text} =", task_type="echo")
+    assert spec.metric == "exact_match" and spec.head_size == 0 and spec.to_dict()["task_type"] == "echo"
+    check_metric("echo", "exact_match")
+    from eptctl.data.tasks import default_template
+
+    assert default_template("echo", False).endswith("Echo:")
+    assert data.TaskSpec.from_dict(spec.to_dict()) == spec
+
+
+# Files other engineers own that still name task types; the lead moves them onto the table after merging.
+_NOT_YET_ON_THE_TABLE = {"eptctl/engine/loop.py", "eptctl/workflows/train.py", "eptctl/cli/train.py"}
+
+
+def test_no_module_outside_the_table_compares_task_type_names():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    compare = re.compile(r"""(==|!=|\bin)\s*\(?["'](classification|generation|regression)["']|"""
+                         r"""["'](classification|generation|regression)["']\s*:""")
+    found = []
+    for path in sorted((root / "eptctl").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("eptctl/data/task_types/") or rel in _NOT_YET_ON_THE_TABLE:
+            continue
+        found += [f"{rel}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    assert not found, found

@@ -24,7 +24,7 @@ class DataLoaded(Event):
     task: str
     sizes: dict[str, int]  # split -> examples
     metric: str = "accuracy"  # the task's primary metric (what picks the best step)
-    task_type: str = "classification"
+    task_type: str = "classification"  # data.task_types.DEFAULT_TASK_TYPE (core imports no layer above it)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Tasks and their data as raw text: builtin tasks from asset packages, the user's files and hub datasets, readers,
 deterministic splits and the task specification (labels, verbalizer, template).
 
-Modules: ``tasks`` (resolving and loading a task: the API re-exported here), ``spec`` (the dataclasses and the data
+Modules: ``task_types`` (the task-type table: one strategy per type, asked instead of comparing type names),
+``tasks`` (resolving and loading a task: the API re-exported here), ``spec`` (the dataclasses and the data
 fingerprint), ``rows`` (raw rows to labelled examples), ``splits`` (deterministic splits and subsamples),
 ``packaged`` (builtin tasks read from asset packages), ``glue`` (the GLUE/SuperGLUE catalogue: templates, metrics,
 split protocol, data directory), ``tables`` (user files and hub datasets; the only importer of

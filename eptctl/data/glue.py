@@ -36,6 +36,7 @@ from eptctl.core.errors import EptctlError
 from eptctl.core.home import eptctl_home
 from eptctl.data.rows import RawRow
 from eptctl.data.spec import TaskSpec
+from eptctl.data.task_types import DEFAULT_TASK_TYPE
 from eptctl.data.splits import SPLIT_SEED, shuffled
 
 DATA_DIR_VARIABLE = "EPTCTL_DATA_DIR"
@@ -141,11 +142,10 @@ def multirc_plain(row: dict) -> dict:
 
 
 def _task(name, benchmark, config, description, columns, template, labels, verbalizer, protocol, *, metric="",
-          task_type="classification", also=(), prepare=None) -> BenchmarkTask:
+          task_type=DEFAULT_TASK_TYPE, value_range=None, also=(), prepare=None) -> BenchmarkTask:
     source = {"kind": "benchmark", "benchmark": benchmark, "config": config}
     spec = TaskSpec(name, description, labels, verbalizer, template, metric=metric, source=source,
-                    task_type=task_type, input_columns=columns,
-                    value_range=(0.0, 5.0) if task_type == "regression" else None)
+                    task_type=task_type, input_columns=columns, value_range=value_range)
     return BenchmarkTask(spec, benchmark, config, protocol, also=also, prepare=prepare)
 
 
@@ -171,7 +171,7 @@ CATALOGUE: dict[str, BenchmarkTask] = {
               ("sentence",), "sentence: {sentence}", ("negative", "positive"), ("negative", "positive"), "large"),
         _task("glue-stsb", "glue", "stsb", "STS Benchmark: how similar are the two sentences, from 0 to 5?",
               ("sentence1", "sentence2"), "sentence1: {sentence1} sentence2: {sentence2}", (), (), "small",
-              task_type="regression", also=("spearman",)),
+              task_type="regression", value_range=(0.0, 5.0), also=("spearman",)),
         _task("glue-mrpc", "glue", "mrpc", "Microsoft Research Paraphrase Corpus: do the sentences say the same?",
               ("sentence1", "sentence2"), "sentence1: {sentence1} sentence2: {sentence2}",
               ("not_equivalent", "equivalent"), ("not equivalent", "equivalent"), "small", also=("f1",)),
@@ -360,7 +360,7 @@ def _check_label(task: BenchmarkTask, value, number: int, where: str) -> None:
     if value is None or value == -1:  # -1 (a ClassLabel's -1 reads as None): the hub's unlabelled test rows
         raise EptctlError(f"row {number} of {where} has no label (the protocol reads only labelled splits)",
                           hint=f"use the files of {task.hub_name} ({task.config}) as the hub has them")
-    if spec.task_type != "classification":
+    if not spec.strategy.has_labels:
         return
     names = ", ".join(f"{i}={name}" for i, name in enumerate(spec.labels))
     if isinstance(value, bool) or str(value) in spec.labels:

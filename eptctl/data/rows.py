@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from eptctl.core.errors import EptctlError
 from eptctl.data.spec import Example
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, task_type as _task_type
+from eptctl.data.task_types.classification import INTEGER as _INTEGER
+from eptctl.data.task_types.classification import canonical_label
+from eptctl.data.task_types.regression import target_number
 from eptctl.data.text import clean as _clean_text
 
-_INTEGER = re.compile(r"-?\d+")
+__all__ = ["RawRow", "canonical_label", "checked_fields", "checked_texts", "infer_label_names", "readable",
+           "target_number", "to_examples"]
 
 
 class RawRow(NamedTuple):
@@ -20,16 +23,6 @@ class RawRow(NamedTuple):
     label: Any
     row: int  # 1-based position in its file or split, for error messages
     fields: tuple = ()  # (column, value) of a task's further named input columns, in order
-
-
-def canonical_label(value: Any) -> str | None:
-    """The label as a name: ints and integral floats (pandas turns an int column with gaps into floats) as digits."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    name = str(value).strip()
-    return name or None
 
 
 def infer_label_names(values: Iterable[Any]) -> tuple[str, ...]:
@@ -43,21 +36,6 @@ def infer_label_names(values: Iterable[Any]) -> tuple[str, ...]:
 def readable(label: str) -> str:
     """A label name as answer text: ``very_positive`` reads ``very positive``."""
     return " ".join(label.replace("_", " ").split())
-
-
-def _label_index(labels: Sequence[str]):
-    by_name = {name: index for index, name in enumerate(labels)}
-    names_are_numbers = all(_INTEGER.fullmatch(name) for name in labels)
-
-    def index_of(name: str) -> int | None:
-        if name in by_name:
-            return by_name[name]
-        # Integer labels against named classes (0/1 data, labels ("neg", "pos")) are positions in the label set.
-        if not names_are_numbers and _INTEGER.fullmatch(name) and 0 <= int(name) < len(labels):
-            return int(name)
-        return None
-
-    return index_of
 
 
 def checked_fields(rows: Sequence[RawRow], *, where: str) -> list[tuple[tuple[str, str], ...]]:
@@ -97,59 +75,15 @@ def checked_texts(
 
 def to_examples(
     rows: Sequence[RawRow], labels: Sequence[str], *, where: str, text_column: str = "text",
-    text_pair_column: str | None = None, label_column: str = "label", task_type: str = "classification",
+    text_pair_column: str | None = None, label_column: str = "label", task_type: str = DEFAULT_TASK_TYPE,
 ) -> list[Example]:
-    """Validates every row, then maps label values onto ``labels`` (classification), or reads each row's target
-    text (generation) or number (regression) from ``label_column``; one ``EptctlError`` names the first bad row."""
+    """Validates every row, then reads each row's answer from ``label_column`` as its task type reads it (a label
+    value mapped onto ``labels``, a target text, a number); one ``EptctlError`` names the first bad row."""
     texts = checked_texts(rows, where=where, text_column=text_column, text_pair_column=text_pair_column)
     extra = checked_fields(rows, where=where)
-    if task_type == "generation":
-        return [Example(text=text, label=0, text_pair=pair, target=_target_text(raw, where, label_column), fields=f)
-                for raw, (text, pair), f in zip(rows, texts, extra)]
-    if task_type == "regression":
-        return [Example(text=text, label=0, text_pair=pair, value=target_number(raw, where, label_column), fields=f)
-                for raw, (text, pair), f in zip(rows, texts, extra)]
-    index_of = _label_index(labels)
-    examples = []
-    for raw, (text, pair), f in zip(rows, texts, extra):
-        name = canonical_label(raw.label)
-        if name is None:
-            raise EptctlError(
-                f"row {raw.row} of {where} has no label in column '{label_column}'",
-                hint="fill in or drop rows without a label",
-            )
-        index = index_of(name)
-        if index is None:
-            raise EptctlError(
-                f"label '{name}' (row {raw.row} of {where}) is not in the task's label set: {', '.join(labels)}",
-                hint="a task keeps the labels it was created with; create a new task for a different label set",
-            )
-        examples.append(Example(text=text, label=index, text_pair=pair, fields=f))
-    return examples
-
-
-def _target_text(raw: RawRow, where: str, column: str) -> str:
-    target = _clean_text(raw.label)
-    if target is None:
-        raise EptctlError(f"row {raw.row} of {where} has an empty target in column '{column}'",
-                          hint="fill in or drop rows without a target, or name the column with --target-column")
-    return target
-
-
-def target_number(raw: RawRow, where: str, column: str) -> float:
-    """A regression row's target as a finite float; ``EptctlError`` naming the row for an empty or non-numeric one."""
-    value = raw.label
-    if isinstance(value, bool):  # True/False would pass float(); they are not scores
-        value = str(value)
-    try:
-        number = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except ValueError:
-        number = math.nan
-    if value is None or not math.isfinite(number):
-        shown = "" if value is None or (isinstance(value, float) and math.isnan(value)) else f" {str(value)[:40]!r}"
-        raise EptctlError(f"row {raw.row} of {where}: the target{shown} in column '{column}' is not a number",
-                          hint="a regression target is a number such as 3.2; fix or drop that row")
-    return number
+    answers = _task_type(task_type).read_answers(rows, labels, where, label_column)
+    return [Example(text=text, text_pair=pair, fields=f, **answer)
+            for (text, pair), f, answer in zip(texts, extra, answers)]
 
 
 def _raise_empty(rows: Sequence[RawRow], field: str, column: str, where: str):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import string
 from dataclasses import asdict, dataclass, field, fields
 
 from eptctl.core.errors import EptctlError
+from eptctl.data.task_types import DEFAULT_TASK_TYPE
+from eptctl.data.task_types import TASK_TYPES as _TABLE
+from eptctl.data.task_types import TaskType, names
+from eptctl.data.task_types.regression import DEFAULT_GRID
 
 SPLITS = ("train", "validation", "test")
-# classification: a label set and a verbalizer; generation: a target text; regression: a number.
-TASK_TYPES = ("classification", "generation", "regression")
-DEFAULT_METRIC = {"classification": "accuracy", "generation": "rouge_l", "regression": "pearson"}
-# T5 rendered STS-B targets on a 0.2 grid with one decimal (Raffel et al. 2020, appendix B).
-DEFAULT_GRID = 0.2
+# The task types' names and default metrics, for callers of earlier versions (the table is data.task_types).
+TASK_TYPES = names()
+DEFAULT_METRIC = {name: kind.default_metric for name, kind in _TABLE.items()}
 TEMPLATE_FIELDS = ("text", "text_pair")
 # Bumped when the meaning of a stored spec changes, so a newer eptctl can still read an older registry row.
 SPEC_SCHEMA_VERSION = 1
@@ -68,7 +69,7 @@ class TaskSpec:
     template: str
     metric: str = ""  # empty: the task type's default (accuracy, rouge_l, pearson)
     source: dict = field(default_factory=dict, hash=False)  # a dict cannot be hashed; equality still compares it
-    task_type: str = "classification"
+    task_type: str = DEFAULT_TASK_TYPE
     grid: float | None = None  # regression: targets rounded to multiples of this (default DEFAULT_GRID)
     value_range: tuple[float, float] | None = None  # regression: (min, max) of the training targets
     # Named input columns, in input order, when the template names them ({premise}, {hypothesis}...); empty: the
@@ -80,42 +81,16 @@ class TaskSpec:
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
         object.__setattr__(self, "verbalizer", tuple(str(answer) for answer in self.verbalizer))
         object.__setattr__(self, "input_columns", tuple(str(column) for column in self.input_columns))
-        if self.task_type not in TASK_TYPES:
+        if self.task_type not in _TABLE:
             raise EptctlError(f"task '{self.name}' has an unknown task type {self.task_type!r}",
-                              hint=f"use --task-type {' | '.join(TASK_TYPES)}")
+                              hint=f"use --task-type {' | '.join(_TABLE)}")
+        kind = self.strategy
         if not self.metric:
-            object.__setattr__(self, "metric", DEFAULT_METRIC[self.task_type])
-        if self.task_type == "regression":
-            grid = DEFAULT_GRID if self.grid is None else float(self.grid)
-            if not (math.isfinite(grid) and grid > 0):
-                raise EptctlError(f"task '{self.name}' has grid {self.grid!r}", hint="use a positive grid, e.g. 0.2")
-            object.__setattr__(self, "grid", grid)
-            if self.value_range is not None:
-                object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+            object.__setattr__(self, "metric", kind.default_metric)
+        for key, value in kind.normalised(self).items():
+            object.__setattr__(self, key, value)
         self._check_template()
-        if self.task_type != "classification":
-            if self.labels or self.verbalizer:
-                raise EptctlError(f"a {self.task_type} task has no labels, but task '{self.name}' lists "
-                                  f"{', '.join(self.labels or self.verbalizer)}",
-                                  hint="give labels only to classification tasks")
-            return
-        if len(self.labels) < 2:
-            raise EptctlError(
-                f"task '{self.name}' needs at least 2 labels, got {len(self.labels)}: {', '.join(self.labels) or '-'}",
-                hint="check the label column, or pass the full label set",
-            )
-        if len(set(self.labels)) != len(self.labels):
-            raise EptctlError(f"task '{self.name}' repeats a label: {', '.join(self.labels)}")
-        if len(self.verbalizer) != len(self.labels):
-            raise EptctlError(
-                f"task '{self.name}' has {len(self.labels)} labels but {len(self.verbalizer)} verbalizer answers",
-                hint="give one answer per label, in label order",
-            )
-        if len(set(self.verbalizer)) != len(self.verbalizer) or not all(a.strip() for a in self.verbalizer):
-            raise EptctlError(
-                f"task '{self.name}' needs distinct, non-empty answers, got: {', '.join(map(repr, self.verbalizer))}",
-                hint="pass a verbalizer with one distinct word per label",
-            )
+        kind.check_labels(self)
 
     def _check_template(self) -> None:
         used = template_fields(self.template)
@@ -135,13 +110,18 @@ class TaskSpec:
             )
 
     @property
+    def strategy(self) -> TaskType:
+        """The behaviour of the task's type (``data.task_types``): what everything else asks instead of the name."""
+        return _TABLE[self.task_type]
+
+    @property
     def num_labels(self) -> int:
         return len(self.labels)
 
     @property
     def head_size(self) -> int:
         """Outputs of an encoder backbone's head: one per label, one number for regression, none for generation."""
-        return {"classification": self.num_labels, "regression": 1}.get(self.task_type, 0)
+        return self.strategy.head_size(self.num_labels)
 
     @property
     def decimals(self) -> int:
@@ -185,15 +165,11 @@ class TaskSpec:
 
     def to_dict(self) -> dict:
         d = {"schema_version": SPEC_SCHEMA_VERSION, **asdict(self)}
-        # Classification specs keep the exact keys of earlier versions, so their artifacts stay byte-identical.
+        # Specs keep the exact keys of earlier versions, so their artifacts stay byte-identical.
         if not self.input_columns:  # the keys of earlier versions, byte for byte
             d.pop("input_columns")
-        if self.task_type == "classification":
-            for key in ("task_type", "grid", "value_range"):
-                d.pop(key)
-        elif self.task_type == "generation":
-            d.pop("grid")
-            d.pop("value_range")
+        for key in self.strategy.dropped_keys:
+            d.pop(key)
         return d
 
     @classmethod
@@ -247,7 +223,7 @@ class TaskData:
     def label_counts(self, split: str) -> dict[str, int]:
         """Examples per label in ``split`` (empty for generation and regression tasks)."""
         counts = dict.fromkeys(self.spec.labels, 0)
-        if self.spec.task_type != "classification":
+        if not self.spec.strategy.has_labels:
             return counts
         for example in self.split(split):
             counts[self.spec.labels[example.label]] += 1
@@ -261,18 +237,16 @@ def fingerprint(spec: TaskSpec, splits: dict[str, list[Example]]) -> str:
     fingerprint, which is what lets the registry spot it.
     """
     digest = hashlib.sha256()
+    kind = spec.strategy
     head = {"labels": list(spec.labels), "verbalizer": list(spec.verbalizer), "template": spec.template}
-    if spec.task_type != "classification":  # classification keeps the bytes of earlier versions
-        head.update(task_type=spec.task_type, grid=spec.grid)
+    head.update(kind.fingerprint_head(spec))  # classification adds nothing: the bytes of earlier versions
     if spec.input_columns:
         head.update(input_columns=list(spec.input_columns))
     digest.update(json.dumps(head, sort_keys=True).encode())
     for name in SPLITS:
         digest.update(f"\n[{name}]\n".encode())
         for example in splits[name]:
-            row = [example.text, example.text_pair, example.label]
-            if spec.task_type != "classification":
-                row += [example.target, example.value]
+            row = [example.text, example.text_pair, example.label] + kind.fingerprint_row(example)
             if example.fields:
                 row += [list(example.fields)]
             digest.update(json.dumps(row).encode() + b"\n")

@@ -6,6 +6,7 @@ network, and importing this module stays light (``datasets`` is imported only to
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Sequence
@@ -15,10 +16,11 @@ from pathlib import Path
 from eptctl.core.errors import EptctlError
 from eptctl.data.glue import CATALOGUE, read_splits
 from eptctl.data.packaged import BUILTINS
-from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, target_number, to_examples
+from eptctl.data.rows import RawRow, checked_texts, infer_label_names, readable, to_examples
 from eptctl.data.spec import (
     Example, TaskData, TaskSpec, fingerprint, names_columns, template_columns, template_fields,
 )
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES, TaskType, task_type as _task_type
 from eptctl.data.splits import SplitPolicy, make_splits, stratified_sample, subsample
 from eptctl.data.tables import describe, locate, read_rows
 
@@ -27,8 +29,9 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {name: task.spec for name, task in {**BUILT
 CUSTOM_SPLITS = SplitPolicy(validation_fraction=0.1, test_fraction=0.1, max_validation=500, max_test=1000)
 DEFAULT_TEMPLATE = "Text: {text}\nLabel:"
 DEFAULT_PAIR_TEMPLATE = "Text A: {text}\nText B: {text_pair}\nLabel:"
-# The answer cue of the default template, by task type (the pair form swaps the first line as above).
-DEFAULT_CUE = {"classification": "Label:", "generation": "Output:", "regression": "Score:"}
+# The answer cue of the default template, by task type, for callers of earlier versions (the table is
+# data.task_types; the pair form swaps the first line as above).
+DEFAULT_CUE = {name: kind.cue for name, kind in TASK_TYPES.items()}
 # Task names end up in adapter references such as TASK@VERSION, so "@" and spaces are out.
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -43,15 +46,24 @@ class DataOptions:
     label_column: str = "label"  # classification labels; for generation and regression the target column
     template: str | None = None
     hub: bool = False
-    task_type: str = "classification"
+    task_type: str = DEFAULT_TASK_TYPE
     metric: str | None = None  # the primary metric; None: the task type's default
     grid: float | None = None  # regression: round targets to multiples of this (None: 0.2)
+
+    def __post_init__(self):
+        _task_type(self.task_type)  # raises EptctlError naming the known types
+
+    @property
+    def kind(self) -> TaskType:
+        """The strategy of ``task_type``."""
+        return _task_type(self.task_type)
 
 
 def default_template(task_type: str, pair: bool) -> str:
     """The template a custom task gets when none is given."""
     base = DEFAULT_PAIR_TEMPLATE if pair else DEFAULT_TEMPLATE
-    return base.replace("Label:", DEFAULT_CUE.get(task_type, "Label:"))
+    kind = TASK_TYPES.get(task_type)  # an unknown type keeps "Label:": TaskSpec refuses it, naming the task
+    return base.replace("Label:", kind.cue if kind is not None else "Label:")
 
 
 def builtin_task(name: str) -> TaskSpec:
@@ -84,28 +96,55 @@ def _check_task_name(name: str) -> None:
 
 def custom_task(
     name: str,
-    path: str | Path,
+    path: str | Path | DataOptions,
     *,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
     labels: Sequence[str] | None = None,
     verbalizer: Sequence[str] | None = None,
-    template: str | None = None,
     description: str = "",
-    hub: bool = False,
-    task_type: str = "classification",
-    metric: str | None = None,
-    grid: float | None = None,
+    **options,
 ) -> TaskSpec:
     """A task over the user's data, checked by reading it once: columns, texts, labels (sorted unless given) or, for
     ``task_type`` generation and regression, the target column named by ``label_column``.
 
-    ``path`` is a CSV/TSV/JSON Lines/Parquet file, a folder with train/validation/test files, or, with ``hub=True``
-    and no such local path, a hub dataset name ``owner/name``. Raises ``EptctlError`` for bad data.
+    ``path`` is a :class:`DataOptions`, or its ``path`` with the other fields as keywords (``text_column``,
+    ``label_column``, ``template``, ``hub``, ``task_type``, ``metric``, ``grid``...): a CSV/TSV/JSON Lines/Parquet
+    file, a folder with train/validation/test files, or, with ``hub=True`` and no such local path, a hub dataset
+    name ``owner/name``. Raises ``EptctlError`` for bad data.
     """
+    custom = dataclasses.replace(path, **options) if isinstance(path, DataOptions) else DataOptions(path, **options)
     _check_task_name(name)
-    source = locate(path, hub=hub)
+    kind = custom.kind
+    source, input_columns = _custom_source(custom)
+    rows = _source_rows(source, kind.answer_column)
+    every_row = [raw for split_rows in rows.values() for raw in split_rows]
+    if not every_row:
+        raise EptctlError(f"{custom.path} has no rows", hint="add one row per example")
+    template = custom.template
+    if template is None:
+        template = default_template(custom.task_type, bool(source["text_pair_column"]))
+    if not input_columns:
+        _check_pair_template(template, source["text_pair_column"])
+    fields = kind.custom_fields(every_row, describe(source), custom.label_column)
+    if kind.has_labels:
+        labels, verbalizer = _label_set(custom, every_row, labels, verbalizer)
+    else:
+        labels, verbalizer = (), ()
+    spec = TaskSpec(name=name, description=description or kind.custom_description(Path(str(custom.path)).name),
+                    labels=tuple(labels), verbalizer=tuple(verbalizer), template=template, metric=custom.metric or "",
+                    source=source, task_type=custom.task_type,
+                    grid=None if kind.has_labels else custom.grid,  # classification specs never carried a grid
+                    input_columns=input_columns, **fields)
+    for split, split_rows in rows.items():
+        _examples(spec, split_rows, split)
+    return spec
+
+
+def _custom_source(custom: DataOptions) -> tuple[dict, tuple[str, ...]]:
+    """The stored source of a custom task (where its data is, which columns it reads) and its named input columns
+    (empty unless the template names them)."""
+    source = locate(custom.path, hub=custom.hub)
+    text_column, text_pair_column, label_column = custom.text_column, custom.text_pair_column, custom.label_column
+    template = custom.template
     input_columns: tuple[str, ...] = ()
     if template is not None and names_columns(template):
         # The template names the columns to read ({premise}, {hypothesis}...): they replace --text-column and
@@ -115,52 +154,28 @@ def custom_task(
                               "name them too", hint="name the columns in the template only")
         input_columns = template_columns(template)
         if label_column in input_columns:
-            raise EptctlError(f"template {template!r} names the {_label_role(task_type)} column '{label_column}': "
+            raise EptctlError(f"template {template!r} names the {custom.kind.answer_column} column '{label_column}': "
                               "the answer would be in the prompt", hint="name only input columns in the template")
         text_column = input_columns[0]
         text_pair_column = input_columns[1] if len(input_columns) > 1 else None
         source.update(extra_columns=list(input_columns[2:]))
     source.update(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
-    rows = _source_rows(source, task_type)
-    every_row = [raw for split_rows in rows.values() for raw in split_rows]
-    if not every_row:
-        raise EptctlError(f"{path} has no rows", hint="add one row per example")
-    if template is None:
-        template = default_template(task_type, bool(text_pair_column))
-    if not input_columns:
-        _check_pair_template(template, text_pair_column)
-    if task_type != "classification":
-        value_range = None
-        if task_type == "regression":
-            where = describe(source)
-            values = [target_number(raw, where, label_column) for raw in every_row]
-            value_range = (min(values), max(values))
-        spec = TaskSpec(name=name, description=description or f"custom {task_type} task from {Path(str(path)).name}",
-                        labels=(), verbalizer=(), template=template, metric=metric or "", source=source,
-                        task_type=task_type, grid=grid, value_range=value_range, input_columns=input_columns)
-        for split, split_rows in rows.items():
-            _examples(spec, split_rows, split)
-        return spec
+    return source, input_columns
+
+
+def _label_set(custom: DataOptions, every_row: list[RawRow], labels: Sequence[str] | None,
+               verbalizer: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A classification task's labels (as given, or the file's, sorted) and verbalizer (as given, or readable
+    label names); ``EptctlError`` for fewer than two labels in the file."""
     if labels is None:
         labels = infer_label_names(raw.label for raw in every_row)
         if len(labels) < 2:
             raise EptctlError(
-                f"column '{label_column}' of {path} has {len(labels)} distinct label(s), a task needs at least 2",
-                hint="check the label column",
+                f"column '{custom.label_column}' of {custom.path} has {len(labels)} distinct label(s), a task needs "
+                "at least 2", hint="check the label column",
             )
-    spec = TaskSpec(
-        name=name,
-        description=description or f"custom task from {Path(str(path)).name}",
-        labels=tuple(labels),
-        verbalizer=tuple(verbalizer) if verbalizer is not None else tuple(readable(label) for label in labels),
-        template=template,
-        metric=metric or "",
-        source=source,
-        input_columns=input_columns,
-    )
-    for split, split_rows in rows.items():
-        _examples(spec, split_rows, split)
-    return spec
+    answers = tuple(verbalizer) if verbalizer is not None else tuple(readable(label) for label in labels)
+    return tuple(labels), answers
 
 
 def _check_pair_template(template: str, text_pair_column: str | None) -> None:
@@ -200,14 +215,14 @@ def load_task(
         policy = CUSTOM_SPLITS  # unused: the protocol gives all three splits
     elif kind in ("file", "hub"):
         given = {split: _examples(spec, rows, split)
-                 for split, rows in _source_rows(spec.source, spec.task_type).items()}
+                 for split, rows in _source_rows(spec.source, spec.strategy.answer_column).items()}
         given["train"] = given.pop("all", given.get("train"))
         policy = CUSTOM_SPLITS
     else:
         raise EptctlError(f"task '{spec.name}' has an unknown data source kind {kind!r}")
     splits = make_splits(given, policy, where=_where(spec))
     source = fingerprint(spec, splits)
-    by_label = (lambda e: e.label) if spec.task_type == "classification" else None
+    by_label = (lambda e: e.label) if spec.strategy.has_labels else None
     splits = {
         "train": subsample(stratified_sample(splits["train"], train_examples, by_label), max_train, seed=seed),
         "validation": subsample(splits["validation"], max_eval, seed=None),
@@ -234,7 +249,7 @@ def read_examples(
     label_column: str = "label",
     labels: Sequence[str] | None = None,
     hub: bool = False,
-    task_type: str = "classification",
+    task_type: str = DEFAULT_TASK_TYPE,
     extra_columns: Sequence[str] = (),
 ) -> list[Example]:
     """Every row of a file as an example, in order, splits ignored: evaluation on a file.
@@ -243,11 +258,12 @@ def read_examples(
     generation and regression ``label_column`` is the target column. ``extra_columns``: a named-column task's
     columns after the first two (``TaskSpec.input_columns[2:]``).
     """
+    kind = _task_type(task_type)
     source = locate(path, hub=hub)
     rows = read_rows(source, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                     label_role=_label_role(task_type), extra_columns=tuple(extra_columns))
+                     label_role=kind.answer_column, extra_columns=tuple(extra_columns))
     every_row = [raw for split_rows in rows.values() for raw in split_rows]
-    if task_type == "classification":
+    if kind.has_labels:
         labels = tuple(labels) if labels is not None else infer_label_names(raw.label for raw in every_row)
     return to_examples(
         every_row, tuple(labels or ()), where=describe(source), text_column=text_column,
@@ -255,17 +271,15 @@ def read_examples(
     )
 
 
-def _label_role(task_type: str) -> str:
-    return "label" if task_type == "classification" else "target"
-
-
-def _source_rows(source: dict, task_type: str = "classification") -> dict[str, list[RawRow]]:
+def _source_rows(source: dict, label_role: str = "label") -> dict[str, list[RawRow]]:
+    """A source's rows by split; ``label_role`` names the answer column in messages (its task type's
+    ``answer_column``)."""
     rows = read_rows(
         source,
         text_column=source.get("text_column", "text"),
         text_pair_column=source.get("text_pair_column"),
         label_column=source.get("label_column", "label"),
-        label_role=_label_role(task_type),
+        label_role=label_role,
         extra_columns=tuple(source.get("extra_columns", ())),
     )
     # A split without a single label (a hidden test set, usual on the hub) cannot be evaluated: it is cut from train.

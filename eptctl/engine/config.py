@@ -52,7 +52,9 @@ class TrainConfig:
         type (no labels to score)."""
         if self.objective != "auto":
             return self.objective
-        return "classify" if task_type == "classification" else "lm"
+        from eptctl.data.task_types import task_type as task_type_of  # the CLI reads this module at start-up
+
+        return task_type_of(task_type).objective
 
     def __post_init__(self) -> None:
         if self.objective not in ("auto", "lm", "classify"):

@@ -34,15 +34,10 @@ def new_token_budget(train: Sequence[EncodedExample], max_target_length: int) ->
 
 
 def target_text(spec: data.TaskSpec, example: data.Example) -> str | None:
-    """What the model should write for ``example``: the target text (generation), the number on the task's grid
-    (regression, T5-style, e.g. ``3.4``), or None (classification, or an input without a target)."""
-    if spec.task_type == "generation":
-        return example.target
-    if spec.task_type == "regression" and example.value is not None:
-        from eptctl.engine.metrics import render_number
-
-        return render_number(example.value, spec.grid, spec.decimals)
-    return None
+    """What the model should write for ``example``, as its task type says: the target text (generation), the number
+    on the task's grid (regression, T5-style, e.g. ``3.4``), or None (classification, or an input without a
+    target)."""
+    return spec.strategy.target_text(spec, example)
 
 
 def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[data.Example], answers: TaskEncoding,
@@ -67,7 +62,7 @@ def encode_examples(backbone: Backbone, spec: data.TaskSpec, examples: Sequence[
     encoded = backbone.encode([spec.prompt(e) for e in examples], labels, answers, max_length)
     for i in shortened:
         encoded[i].truncated = True
-    if spec.task_type != "classification":
+    if not spec.strategy.has_labels:  # rows carry their answers for the loss and the metrics
         targets = [target_text(spec, e) for e in examples]
         with_target = [i for i, t in enumerate(targets) if t is not None]
         ids = backbone.encode_targets([targets[i] for i in with_target], max_target_length) \
@@ -102,12 +97,11 @@ def _fit(backbone: Backbone, spec: data.TaskSpec, example: data.Example, excess:
     return rebuilt()
 
 
-def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, max_train: int | None = None,
-                max_eval: int | None = None, seed: int = 0, task_data: data.TaskData | None = None,
-                max_target_length: int = DEFAULT_MAX_TARGET_LENGTH, train_examples: int | None = None) -> EncodedTask:
-    """Load (unless ``task_data`` is given) and encode a task's splits; raises ``EptctlError`` for bad data."""
-    task_data = task_data or data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=seed,
-                                            train_examples=train_examples)
+def encode_task(backbone: Backbone, spec: data.TaskSpec, max_length: int, *, task_data: data.TaskData | None = None,
+                max_target_length: int = DEFAULT_MAX_TARGET_LENGTH, **sampling) -> EncodedTask:
+    """Load (unless ``task_data`` is given) and encode a task's splits; ``sampling`` are :func:`data.load_task`'s
+    keywords (``max_train``, ``max_eval``, ``seed``, ``train_examples``). Raises ``EptctlError`` for bad data."""
+    task_data = task_data or data.load_task(spec, **sampling)
     answers = backbone.encode_answers(spec.verbalizer)
 
     def enc(examples):

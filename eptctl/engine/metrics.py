@@ -2,32 +2,29 @@
 scikit-learn for classification and mean squared error, scipy.stats for correlations, ``rouge-score`` for ROUGE-L,
 ``sacrebleu`` for chrF and BLEU, and torchmetrics' port of the official SQuAD script (Rajpurkar et al. 2016) for exact
 match and token F1. Every third-party library is imported inside the function that uses it, so importing eptctl stays
-light; this module also holds the names a task may choose as its primary metric (all higher-is-better) and the
-parsing/rendering of numbers for regression as text generation (T5-style targets such as ``"3.4"``).
+light. The names a task may choose as its primary metric (all higher-is-better) come from the task-type table
+(``eptctl.data.task_types``), and the parsing/rendering of numbers for regression as text generation (T5-style
+targets such as ``"3.4"``) lives in its type's module; both are re-exported here for earlier callers.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from eptctl.core.errors import EptctlError
+from eptctl.data.task_types import TASK_TYPES as _TABLE
+from eptctl.data.task_types import names
+from eptctl.data.task_types import task_type as task_type_of
+from eptctl.data.task_types.regression import parse_number, render_number
 
-TASK_TYPES = ("classification", "generation", "regression")
+__all__ = ["DEFAULT_METRIC", "PRIMARY_METRICS", "TASK_TYPES", "check_metric", "classification_metrics",
+           "generation_metrics", "parse_number", "regression_metrics", "render_number"]
 
-PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "macro_f1", "f1", "mcc"),
-    "generation": ("rouge_l", "exact_match", "token_f1", "chrf", "bleu"),
-    "regression": ("pearson", "spearman"),
-}
-
-DEFAULT_METRIC: dict[str, str] = {"classification": "accuracy", "generation": "rouge_l", "regression": "pearson"}
-
-# An optional sign, then digits with an optional fraction ("3", "3.40", "2.") or a bare fraction (".5"), then an
-# optional exponent ("1e3"). Parsing of model output, not a metric.
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# Views of the task-type table, for callers of earlier versions.
+TASK_TYPES = names()
+PRIMARY_METRICS: dict[str, tuple[str, ...]] = {name: kind.primary_metrics for name, kind in _TABLE.items()}
+DEFAULT_METRIC: dict[str, str] = {name: kind.default_metric for name, kind in _TABLE.items()}
 
 
 def check_metric(task_type: str, metric: str) -> None:
@@ -36,10 +33,7 @@ def check_metric(task_type: str, metric: str) -> None:
     Raises EptctlError (one line, with a hint listing the allowed names) for a task type not in TASK_TYPES or a metric
     not in ``PRIMARY_METRICS[task_type]``.
     """
-    if task_type not in PRIMARY_METRICS:
-        raise EptctlError(f"unknown task type {task_type!r}",
-                          hint="choose the task type from: " + ", ".join(TASK_TYPES))
-    allowed = PRIMARY_METRICS[task_type]
+    allowed = task_type_of(task_type).primary_metrics
     if metric not in allowed:
         raise EptctlError(f"{metric!r} is not a primary metric of a {task_type} task",
                           hint="choose --metric from: " + ", ".join(allowed))
@@ -148,36 +142,3 @@ def regression_metrics(predictions: Sequence[float | None], targets: Sequence[fl
         "mse": float(mean_squared_error(gold, preds)),
         "unparseable": float(unparseable),
     }
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in a generated text ("3.4", " 3.40 ", "-1", "2.", ".5", "about 4.2 points", "1e3") as a
-    float, or None when there is none or it is not finite (an overflowing exponent). Raises nothing; a regex, not a
-    metric."""
-    match = _NUMBER.search(text or "")
-    if match is None:
-        return None
-    value = float(match.group())
-    return value if math.isfinite(value) else None
-
-
-def render_number(value: float, grid: float, decimals: int) -> str:
-    """The T5-style text target of ``value``: rounded to the nearest multiple of ``grid`` (ties half away from zero,
-    in exact decimal arithmetic of the numbers as written, so 4.9 on a 0.2 grid is 24.5 steps -> "5.0") and formatted
-    with ``decimals`` digits after the point ("3.4"); -0.0 prints as "0.0". Uses decimal.Decimal (ROUND_HALF_UP).
-
-    Raises EptctlError when ``value`` is not finite, ``grid`` is not a positive finite number or ``decimals`` < 0.
-    """
-    if not math.isfinite(value):
-        raise EptctlError(f"cannot render the regression target {value!r}", hint="targets must be finite numbers")
-    if not (math.isfinite(grid) and grid > 0) or decimals < 0:
-        raise EptctlError(f"invalid number grid {grid!r} with {decimals!r} decimals",
-                          hint="the grid must be a positive number (e.g. 0.2) and decimals >= 0")
-    with localcontext() as ctx:
-        ctx.prec = 1000  # enough digits for any finite floats: the only rounding that matters is the one asked for
-        step = Decimal(repr(float(grid)))
-        steps = (Decimal(repr(float(value))) / step).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-        rounded = (steps * step).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
-    if rounded == 0:
-        rounded = abs(rounded)  # no "-0.0"
-    return format(rounded, "f")

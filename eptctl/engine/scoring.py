@@ -2,7 +2,8 @@
 (classification), generated text (generation) and numbers (regression), and the task's metrics.
 
 Used alike by the training loop (validation), by evaluation of stored adapters and by prediction: one code path, so
-what training measures is what serving returns.
+what training measures is what serving returns. Which of these a task uses is its task type's choice
+(``data.task_types``): :func:`evaluate_encoded` hands the type an :class:`EvalRun` and never compares type names.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import torch
 
 from eptctl.backbones.base import Backbone, EncodedExample, PromptSource, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions, to_text
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, TaskType, task_type
+from eptctl.data.task_types.regression import NEW_TOKENS as REGRESSION_NEW_TOKENS  # noqa: F401 (earlier callers)
 from eptctl.engine import distributed, metrics
-
-# A regression output is a short number: a few tokens are enough, more only cost time.
-REGRESSION_NEW_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TaskKind:
     """What scoring needs to know of a task besides its encoded rows: its type, label count, the fallback value of
     an unparseable regression output, and how to decode (generation, text-to-text regression)."""
 
-    task_type: str = "classification"
+    task_type: str = DEFAULT_TASK_TYPE
     num_labels: int = 2
     fallback: float = 0.0
     generation: GenerationOptions = field(default_factory=GenerationOptions)
@@ -35,13 +35,18 @@ class TaskKind:
     def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None) -> TaskKind:
         """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` unless ``options``
         say otherwise (regression always decodes greedily, a few tokens)."""
-        if spec.task_type == "regression":
-            options = GenerationOptions(max_new_tokens=REGRESSION_NEW_TOKENS)
+        kind = task_type(spec.task_type)
+        if kind.new_tokens is not None:
+            options = GenerationOptions(max_new_tokens=kind.new_tokens)
         options = options or GenerationOptions(max_new_tokens=max_new_tokens)
         if options.max_new_tokens is None:
             options = dataclasses.replace(options, max_new_tokens=max_new_tokens)
-        return cls(spec.task_type, spec.num_labels, spec.fallback_value if spec.task_type == "regression" else 0.0,
-                   options)
+        return cls(spec.task_type, spec.num_labels, kind.fallback_value(spec), options)
+
+    @property
+    def strategy(self) -> TaskType:
+        """The task type's behaviour (``data.task_types``)."""
+        return task_type(self.task_type)
 
 
 def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -123,20 +128,54 @@ def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[
     return metrics.classification_metrics(scores.argmax(dim=1).tolist(), list(labels), int(scores.shape[1]))
 
 
+@dataclass(frozen=True)
+class EvalRun:
+    """The scoring operations a task type's ``evaluate`` chooses from, over one prompt source (double dispatch: the
+    data layer's ``TaskType`` cannot import the engine). ``sharded``: label scores are computed in slices across
+    data-parallel ranks and gathered."""
+
+    backbone: Backbone
+    source: PromptSource
+    answers: TaskEncoding | None
+    kind: TaskKind
+    batch_size: int = 64
+    sharded: bool = False
+    metrics = metrics  # the metric functions (generation_metrics, regression_metrics...)
+
+    def label_scores(self, encoded: Sequence[EncodedExample]) -> torch.Tensor:
+        """[N, num_labels] label scores in input order (gathered across ranks when ``sharded``)."""
+        if self.sharded and distributed.is_distributed():
+            lo, hi = distributed.shard(len(encoded))
+            parts = distributed.gather(predict_scores(self.backbone, self.source, encoded[lo:hi], self.answers,
+                                                      self.batch_size))
+            return torch.cat([p for p in parts if p.numel()])
+        return predict_scores(self.backbone, self.source, encoded, self.answers, self.batch_size)
+
+    @staticmethod
+    def classification_metrics(scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+        """:func:`classification_metrics` of the scores' arg-max."""
+        return classification_metrics(scores, labels)
+
+    def generate(self, encoded: Sequence[EncodedExample]) -> list[str]:
+        """The text each row makes the backbone write, decoded with ``kind.generation``."""
+        return generate_texts(self.backbone, [self.source], encoded, self.kind.generation, self.batch_size)
+
+    def values(self, encoded: Sequence[EncodedExample]) -> tuple[list[float | None], list[str | None]]:
+        """:func:`predict_values` of the rows: (numbers, generated texts)."""
+        return predict_values(self.backbone, [self.source], encoded, self.kind, self.batch_size)
+
+
 def task_metrics(backbone: Backbone, source: PromptSource, encoded: Sequence[EncodedExample], kind: TaskKind,
                  batch_size: int = 64) -> dict[str, float]:
     """Metrics of a generation or regression task over ``encoded`` (rows carry their targets)."""
-    if kind.task_type == "generation":
-        texts = generate_texts(backbone, [source], encoded, kind.generation, batch_size)
-        return metrics.generation_metrics(texts, [e.target or "" for e in encoded])
-    values, _ = predict_values(backbone, [source], encoded, kind, batch_size)
-    return metrics.regression_metrics(values, [float(e.value) for e in encoded], kind.fallback)
+    return kind.strategy.evaluate(EvalRun(backbone, source, None, kind, batch_size), encoded)
 
 
 def evaluate_encoded(backbone: Backbone, source: PromptSource, encoded: Sequence[EncodedExample],
                      answers: TaskEncoding, batch_size: int = 64, *, sharded: bool = False,
                      kind: TaskKind | None = None) -> dict[str, float]:
-    """Metrics over ``encoded`` (empty dict for no rows) for a task of ``kind`` (default: classification).
+    """Metrics over ``encoded`` (empty dict for no rows) for a task of ``kind`` (default: classification), as its
+    task type computes them.
 
     ``sharded`` (data parallel): each rank scores its slice, the scores are gathered, and every rank computes the
     same metrics from the same full score matrix (so all ranks pick the same best step). Generation and regression
@@ -144,12 +183,5 @@ def evaluate_encoded(backbone: Backbone, source: PromptSource, encoded: Sequence
     """
     if not encoded:
         return {}
-    if kind is not None and kind.task_type != "classification":
-        return task_metrics(backbone, source, encoded, kind, batch_size)
-    if sharded and distributed.is_distributed():
-        lo, hi = distributed.shard(len(encoded))
-        parts = distributed.gather(predict_scores(backbone, source, encoded[lo:hi], answers, batch_size))
-        scores = torch.cat([p for p in parts if p.numel()])
-    else:
-        scores = predict_scores(backbone, source, encoded, answers, batch_size)
-    return classification_metrics(scores, [e.label for e in encoded])
+    kind = kind or TaskKind()
+    return kind.strategy.evaluate(EvalRun(backbone, source, answers, kind, batch_size, sharded), encoded)

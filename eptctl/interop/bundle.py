@@ -24,6 +24,7 @@ from eptctl import __version__
 from eptctl.interop.card import render_card
 from eptctl.core.errors import EptctlError
 from eptctl.core.files import check_target, write_folder
+from eptctl.data.task_types import DEFAULT_TASK_TYPE
 
 CARD_NAME = "eptctl-bundle.json"
 FORMAT = "eptctl-bundle"
@@ -98,8 +99,8 @@ def _card(rec, task, parents, files: dict) -> dict:
         },
         "task": {"name": task.name, "description": task.description, "labels": list(task.labels),
                  "metric": task.metric, "source": task.source, "template": task.template,
-                 # classification bundles keep the exact card of earlier versions
-                 **({"task_type": task.task_type} if task.task_type != "classification" else {})},
+                 # bundles of the default type (classification) keep the exact card of earlier versions
+                 **({"task_type": task.task_type} if task.task_type != DEFAULT_TASK_TYPE else {})},
         "backbone": asdict(rec.backbone),
         "metrics": [asdict(m) for m in rec.metrics],
         "run": None if rec.run is None else asdict(rec.run),
@@ -263,7 +264,7 @@ def _records(card: dict, ignored: list[str] | None = None):
         raise ValueError(f"adapter task {a['task']!r} is not the task {t['name']!r}")
     task = TaskRecord(name=str(t["name"]), description=str(t["description"]), labels=[str(x) for x in t["labels"]],
                       metric=str(t["metric"]), source=dict(t["source"]), template=str(t["template"]),
-                      task_type=str(t.get("task_type") or "classification"))
+                      task_type=str(t.get("task_type") or DEFAULT_TASK_TYPE))
     created = datetime.fromisoformat(a["created_at"])
     return new, str(a["id"]), created, [str(x) for x in a.get("aliases", [])], task
 

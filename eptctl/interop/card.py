@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES, task_type
+
 METHOD_NAMES = {
     "pt": "vanilla prompt tuning (a plain soft prompt of l rows)",
     "dept": "DePT (a short soft prompt plus a low-rank offset of the input embeddings)",
@@ -54,24 +56,15 @@ def adapter_card(registry, ref) -> str:
 
 def _task_type(task) -> str:
     """The task's type; a task this registry does not describe is taken as classification, as before 0004."""
-    return getattr(task, "task_type", "classification") if task else "classification"
+    return getattr(task, "task_type", DEFAULT_TASK_TYPE) if task else DEFAULT_TASK_TYPE
 
 
 def _intended_use(rec, task) -> list[str]:
     labels = ", ".join(f"`{label}`" for label in task.labels) if task else "its task's labels"
     b = rec.backbone
-    task_type = _task_type(task)
-    what = {
-        "classification": f"Classifies text for the task `{rec.task}` into {labels}",
-        "generation": f"Writes the target text of the task `{rec.task}` for an input",
-        "regression": f"Gives the number of the task `{rec.task}` for an input",
-    }[task_type]
-    how = {
-        "classification": "Each label is scored by the mean log-likelihood of its answer after the task's template "
-                          "(encoders: by the adapter's head).",
-        "generation": "The output is decoded after the task's template (greedy by default).",
-        "regression": "The number is generated as text and parsed (encoders: the adapter's scalar head).",
-    }[task_type]
+    kind = task_type(_task_type(task))
+    what = kind.card_use.format(task=rec.task, labels=labels)
+    how = kind.card_how
     return ["", "## Intended use", "",
             f"{what}, as a soft prompt on the frozen backbone `{b.name}`; the backbone itself is unchanged. {how}",
             "",
@@ -173,16 +166,12 @@ def _files(rec) -> list[str]:
     return lines
 
 
-_PREDICTS = {"classification": "label and per-label scores", "generation": "the generated output",
-             "regression": "the value"}
-
-
-def _how_to_load(rec, task_type: str = "classification") -> list[str]:
+def _how_to_load(rec, task_type: str = DEFAULT_TASK_TYPE) -> list[str]:
     ref = rec.id[:12]  # the id survives export and import; the version is per registry
     return ["", "## How to load it", "",
             f"`{ref}` is a prefix of the adapter id, valid in every registry it is imported into "
             f"(here it is also `{rec.ref}`).", "", "Command line:", "", "```bash",
-            f'eptctl predict {ref} "some text"          # {_PREDICTS.get(task_type, "the prediction")}, as JSON lines',
+            f'eptctl predict {ref} "some text"          # {_predicts(task_type)}, as JSON lines',
             f"eptctl eval {ref} --split test",
             "eptctl import PATH                      # from an export bundle folder into your registry",
             "```", "", "Python:", "", "```python",
@@ -191,6 +180,11 @@ def _how_to_load(rec, task_type: str = "classification") -> list[str]:
             f'servable = load_adapter(Registry(), "{ref}")',
             'print(predict(backbone_for([servable]), servable, [("some text", None)]))',
             "```"]
+
+
+def _predicts(name: str) -> str:
+    kind = TASK_TYPES.get(name)
+    return kind.predicts if kind is not None else "the prediction"
 
 
 def _cell(value) -> str:

@@ -16,12 +16,11 @@ from eptctl import backbones, data
 from eptctl.backbones.base import Backbone, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions
 from eptctl.core.errors import EptctlError
+from eptctl.data.task_types import TASK_TYPES
 from eptctl.data.text import clean_inputs
 from eptctl.engine import servable as servable_format
 from eptctl.engine.encoding import DEFAULT_MAX_TARGET_LENGTH, encode_examples
-from eptctl.engine.scoring import (
-    TaskKind, classification_metrics, generate_texts, predict_scores, predict_values, score_mixed, task_metrics,
-)
+from eptctl.engine.scoring import TaskKind, evaluate_encoded, generate_texts, predict_values, score_mixed
 from eptctl.methods import EPTConfig, MaterializedAdapter
 
 
@@ -116,8 +115,9 @@ def check_pair(servable: ServableAdapter, pair: str | None, where: str) -> None:
 
 
 def check_servable_on(servable: ServableAdapter, backbone: Backbone) -> None:
-    """Refuse (``EptctlError``) a generation adapter on a backbone that cannot generate."""
-    if servable.spec.task_type == "generation" and not backbone.can_generate:
+    """Refuse (``EptctlError``) an adapter whose task type decodes text (generation) on a backbone that cannot
+    generate."""
+    if servable.spec.strategy.decodes_text and not backbone.can_generate:
         raise EptctlError(f"{servable.record.ref} generates text; {backbone.name} is an encoder-only model",
                           hint="serve it on the causal or seq2seq backbone it was trained on")
 
@@ -140,11 +140,7 @@ def evaluate_servable(backbone: Backbone, servable: ServableAdapter, examples: S
         raise EptctlError("nothing to evaluate: the dataset is empty", hint="check the data file")
     encoded, answers = _encode(backbone, servable, examples)
     source = servable.adapter.to(backbone.device)
-    if servable.spec.task_type == "classification":
-        scores = predict_scores(backbone, source, encoded, answers, batch_size)
-        values = classification_metrics(scores, [e.label for e in examples])
-    else:
-        values = task_metrics(backbone, source, encoded, servable.kind(options), batch_size)
+    values = evaluate_encoded(backbone, source, encoded, answers, batch_size, kind=servable.kind(options))
     return Evaluation(values, len(encoded), sum(e.truncated for e in encoded))
 
 
@@ -166,10 +162,37 @@ def predict(backbone: Backbone, servable: ServableAdapter, inputs: Sequence[tupl
     return predict_mixed(backbone, [servable], [(0, t, p) for t, p in inputs], batch_size, options, where="input")
 
 
-def _row(servable: ServableAdapter, scores: torch.Tensor, truncated: bool) -> dict:
-    labels = servable.spec.labels
-    return {"adapter": servable.record.ref, "label": labels[int(scores.argmax())],
-            "scores": {label: round(float(v), 6) for label, v in zip(labels, scores)}, "truncated": bool(truncated)}
+@dataclass(frozen=True)
+class MixedRun:
+    """The operations a task type's ``predict_rows`` chooses from, over rows of several adapters that share backbone
+    passes (double dispatch: the data layer's ``TaskType`` cannot import the engine). Row ``i`` of a call belongs
+    to ``servables[index[i]]``."""
+
+    backbone: Backbone
+    servables: Sequence[ServableAdapter]
+    sources: Sequence
+    answers: Sequence[TaskEncoding]
+    batch_size: int = 64
+    options: GenerationOptions | None = None  # the caller's decoding options (None: each adapter's own budget)
+
+    @staticmethod
+    def default_options() -> GenerationOptions:
+        """Greedy decoding, each adapter with its own token budget."""
+        return GenerationOptions(max_new_tokens=None)
+
+    def label_scores(self, encoded: Sequence, index: Sequence[int]) -> list[torch.Tensor]:
+        """Each row's label scores under its adapter (:func:`score_mixed`)."""
+        return score_mixed(self.backbone, self.sources, self.answers, encoded, index, self.batch_size)
+
+    def generate(self, encoded: Sequence, index: Sequence[int], options: GenerationOptions,
+                 limits: Sequence[int] | None = None) -> list[str]:
+        """Each row's generated text under its adapter (:func:`generate_texts`), ``limits`` tokens per row."""
+        return generate_texts(self.backbone, self.sources, encoded, options, self.batch_size, index, limits)
+
+    def values(self, encoded: Sequence, index: Sequence[int]) -> tuple[list[float | None], list[str | None]]:
+        """Each row's number (and generated text) under its adapter (:func:`predict_values`)."""
+        return predict_values(self.backbone, self.sources, encoded, self.servables[index[0]].kind(), self.batch_size,
+                              index)
 
 
 def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows: Sequence[tuple[int, str, str | None]],
@@ -191,41 +214,19 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
         examples = [data.Example(text=rows[i][1], label=0, text_pair=rows[i][2]) for i in mine]
         for i, enc in zip(mine, encode_examples(backbone, s.spec, examples, answers[a], s.max_length)):
             encoded[i] = enc
-    sources = [s.adapter.to(backbone.device) for s in servables]
+    run = MixedRun(backbone, servables, [s.adapter.to(backbone.device) for s in servables], answers, batch_size,
+                   options)
     index = [row[0] for row in rows]
     out: list = [None] * len(rows)
-    for task_type in ("classification", "generation", "regression"):
-        mine = [i for i in range(len(rows)) if servables[index[i]].spec.task_type == task_type]
+    for kind in TASK_TYPES.values():  # rows of one task type share batches
+        mine = [i for i in range(len(rows)) if servables[index[i]].spec.strategy is kind]
         if not mine:
             continue
-        enc, idx = [encoded[i] for i in mine], [index[i] for i in mine]
-        if task_type == "classification":
-            results = [_row(servables[a], s, e.truncated)
-                       for a, s, e in zip(idx, score_mixed(backbone, sources, answers, enc, idx, batch_size), enc)]
-        elif task_type == "generation":
-            options = options or GenerationOptions(max_new_tokens=None)
-            # each row keeps its own adapter's budget unless the caller set one: a row's output never depends on
-            # the rows it shares a batch with
-            limits = [options.max_new_tokens or servables[a].max_new_tokens for a in idx]
-            texts = generate_texts(backbone, sources, enc, options, batch_size, idx, limits)
-            results = [{"adapter": servables[a].record.ref, "output": t, "truncated": bool(e.truncated)}
-                       for a, t, e in zip(idx, texts, enc)]
-        else:
-            values, texts = predict_values(backbone, sources, enc, servables[idx[0]].kind(), batch_size, idx)
-            results = [_value_row(servables[a], v, t, e.truncated) for a, v, t, e in zip(idx, values, texts, enc)]
+        results = kind.predict_rows(run, [encoded[i] for i in mine], [index[i] for i in mine])
         for i, result in zip(mine, results):
             out[i] = {"adapter": result.pop("adapter"), "text": rows[i][1],
                       **({"text_pair": rows[i][2]} if rows[i][2] is not None else {}), **result}
     return out
-
-
-def _value_row(servable: ServableAdapter, value: float | None, text: str | None, truncated: bool) -> dict:
-    row = {"adapter": servable.record.ref,
-           "value": round(value if value is not None else servable.spec.fallback_value, 6)}
-    if text is not None:
-        row.update(output=text, parsed=value is not None)
-    row["truncated"] = bool(truncated)
-    return row
 
 
 def prompt_similarity(a: MaterializedAdapter, b: MaterializedAdapter) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from eptctl import data
 from eptctl.core.errors import EptctlError
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 
 # Spec fields that travel inside the registry row's ``source`` JSON (the row has no column of their own).
 _IN_SOURCE = ("verbalizer", "grid", "value_range", "input_columns")
@@ -14,9 +15,7 @@ def spec_to_task_record(spec: data.TaskSpec):
     """The registry row of a task (the verbalizer, and a regression task's grid and range, travel in ``source``)."""
     from registry import TaskRecord
 
-    source = {**spec.source, "verbalizer": list(spec.verbalizer)}
-    if spec.task_type == "regression":
-        source.update(grid=spec.grid, value_range=list(spec.value_range) if spec.value_range else None)
+    source = {**spec.source, "verbalizer": list(spec.verbalizer), **spec.strategy.record_source(spec)}
     if spec.input_columns:
         source["input_columns"] = list(spec.input_columns)
     return TaskRecord(name=spec.name, description=spec.description, labels=list(spec.labels), metric=spec.metric,
@@ -27,8 +26,9 @@ def task_record_to_spec(record) -> data.TaskSpec:
     """The task spec of a registry ``TaskRecord``; raises ``EptctlError`` if the stored spec is invalid."""
     source = dict(record.source)
     extra = {key: source.pop(key, None) for key in _IN_SOURCE}
-    task_type = getattr(record, "task_type", "classification")
-    verbalizer = extra["verbalizer"] or (list(record.labels) if task_type == "classification" else [])
+    task_type = getattr(record, "task_type", DEFAULT_TASK_TYPE)  # rows before migration 0004 are classification
+    kind = TASK_TYPES.get(task_type)  # an unknown one is TaskSpec's error, which names the task
+    verbalizer = extra["verbalizer"] or (list(record.labels) if kind is not None and kind.has_labels else [])
     return data.TaskSpec(name=record.name, description=record.description, labels=tuple(record.labels),
                          verbalizer=tuple(verbalizer), template=record.template, metric=record.metric, source=source,
                          task_type=task_type, grid=extra["grid"], value_range=extra["value_range"],
@@ -63,12 +63,11 @@ def resolve_spec(task: str, registry, custom: data.DataOptions | None = None) ->
     if previous is not None and custom.template is not None and custom.template != previous.template:
         raise EptctlError(f"task '{task}' is stored with the template {previous.template!r}; another template makes "
                           "another task", hint="pick a new task name for the new template, or drop --template")
-    same = previous is not None and previous.task_type == "classification"
+    kind = previous.strategy if previous is not None else None
+    same = kind is not None and kind.has_labels
     return data.custom_task(
-        task, custom.path, text_column=custom.text_column, text_pair_column=custom.text_pair_column,
-        label_column=custom.label_column, labels=previous.labels if same else None,
-        verbalizer=previous.verbalizer if same else None, template=custom.template or (
-            previous.template if previous else None), hub=custom.hub, task_type=custom.task_type,
+        task, custom, labels=previous.labels if same else None, verbalizer=previous.verbalizer if same else None,
+        template=custom.template or (previous.template if previous else None),
         metric=custom.metric or (previous.metric if previous else None),
-        grid=previous.grid if previous is not None and previous.task_type == "regression" else custom.grid,
+        grid=previous.grid if kind is not None and kind.uses_grid else custom.grid,
     )
