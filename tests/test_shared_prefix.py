@@ -83,5 +83,5 @@ def test_the_shared_path_runs_the_prompt_once(llama):
         llama.score([adapter], batch, [answers])
     finally:
         hook.remove()
-    rows = adapter.prompt_and_offset()[0].shape[0]  # EPT's short prompt: s of the 10-token budget
+    rows = adapter().prompt.shape[0]  # EPT's short prompt: s of the 10-token budget
     assert shapes == [(1, rows), (8, batch.input_ids.shape[1])]
