@@ -3,7 +3,7 @@
 Variants at one trainable-parameter budget (l = 100 prompt tokens x width):
   eptctl pt (l=100), eptctl dept and ept (s=60 short prompt plus the low-rank offset the budget leaves),
   PEFT PromptTuningConfig with 100 and 60 virtual tokens (the external peer, as its users call it: input_ids + labels),
-  floor: the same frozen backbone with 60 plain prompt tokens through eptctl's attach/loss and nothing else.
+  floor: the same frozen backbone with 60 plain prompt tokens through eptctl's forward pass/loss and nothing else.
 Two padding regimes: fixed (every batch padded to 256 text tokens: the DePT protocol) and dynamic (each batch padded
 to its own longest row). The rows are rt-polarity training examples in the task template (GLUE-like short texts).
 
@@ -60,8 +60,8 @@ class _PlainPrompt:
     def __init__(self, prompt):
         self.prompt = prompt
 
-    def prompt_and_offset(self):
-        return self.prompt, None
+    def __call__(self):
+        return self.prompt, None, None
 
 
 def _pad_fixed(batch, width: int, pad_id: int):

@@ -316,6 +316,7 @@ def _eptctl_and_peft_logits(source, rec, out: Path, decoder: bool = False):
     from eptctl import data, backbones
     from eptctl.workflows.inference import load_adapter
     from eptctl.engine.encoding import encode_examples
+    from eptctl.backbones.prompted import PromptedModel
 
     servable = load_adapter(source.reg, rec.id)
     ours = backbones.load(rec.backbone.name)
@@ -324,7 +325,8 @@ def _eptctl_and_peft_logits(source, rec, out: Path, decoder: bool = False):
     batch = ours.collate(encode_examples(ours, servable.spec, examples, answers, servable.max_length), None, False)
     extra = {"decoder_input_ids": torch.tensor([[0, 7, 9]] * len(examples))} if decoder else {}
     with torch.no_grad():
-        embeds, mask, prompt_len = ours.attach([servable.adapter], batch)  # [P ; E(text)]
+        inputs = PromptedModel(ours, [servable.adapter])(batch)  # [P ; E(text)]
+        embeds, mask, prompt_len = inputs.inputs_embeds, inputs.attention_mask, inputs.prompt_len
         expected = ours.model(inputs_embeds=embeds, attention_mask=mask, **extra).logits
         base = backbones.load(rec.backbone.name).model  # a second, untouched copy of the same random backbone
         wrapped = peft.PeftModel.from_pretrained(base, str(out))

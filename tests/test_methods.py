@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from eptctl import backbones
+from eptctl.backbones.base import Batch
+from eptctl.backbones.prompted import PromptedModel
 from eptctl.core.errors import ConfigError
 from eptctl.methods import EPTConfig, choose_short_and_rank, count_parameters
 from eptctl.engine.config import TrainConfig
@@ -72,10 +74,10 @@ def test_encoder_head_is_counted(backbone):
     assert adapter.params_by_group() == adapter.expected_params()
 
 
-def test_shapes_of_compute():
+def test_shapes_of_forward():
     backbone = backbones.load("tiny-random-llama")
     adapter = make(backbone, short_length=6, rank=2, spaces=3)
-    prompt, offset, gate = adapter.compute()
+    prompt, offset, gate = adapter()
     assert prompt.shape == (6, 32) and offset.shape == (32, 32) and gate.shape == (3,)
     assert torch.allclose(gate.sum(), torch.tensor(1.0))
 
@@ -102,12 +104,12 @@ def test_config_json_round_trip_ignores_unknown_keys():
 # --- init identity, gradients ---------------------------------------------------------------------------------------
 def test_identity_at_init(backbone):
     adapter = make(backbone)
-    prompt, offset, _ = adapter.compute()
+    prompt, offset, _ = adapter()
     assert torch.equal(prompt, adapter.decomposition.prompt)  # P_r = P_f = P_s exactly
     assert torch.count_nonzero(offset) == 0
     encoded, answers = encoded_task(backbone, n=4)
     batch = backbone.collate(encoded, answers, train=False)
-    embeds, mask, _ = backbone.attach([adapter], batch)
+    embeds = PromptedModel(backbone, [adapter])(batch).inputs_embeds
     plain = backbone.model.get_input_embeddings()(batch.input_ids)
     s = prompt.shape[0]
     assert torch.equal(embeds[:, :s], prompt.expand(len(encoded), -1, -1))
@@ -194,7 +196,7 @@ def test_mixed_task_batch_matches_single_task_scores(backbone):
 def test_offset_uses_position_within_own_text_for_any_padding():
     backbone = backbones.load("tiny-random-llama")
     adapter, encoded, answers = _trained(backbone, method="dept", short_length=4, rank=3)
-    _, offset = adapter.prompt_and_offset()
+    prompted = PromptedModel(backbone, [adapter])
     right = backbone.collate(encoded[:4], answers, train=False)
     left_ids = torch.full_like(right.input_ids, backbone.tokenizer.pad_token_id)
     left_mask = torch.zeros_like(right.attention_mask)
@@ -202,8 +204,8 @@ def test_offset_uses_position_within_own_text_for_any_padding():
         n = int(right.attention_mask[i].sum())
         left_ids[i, -n:], left_mask[i, -n:] = right.input_ids[i, :n], 1
     with torch.no_grad():
-        a = backbone._text_embeddings(right.input_ids, right.attention_mask, offset)
-        b = backbone._text_embeddings(left_ids, left_mask, offset)
+        a = prompted(right).text
+        b = prompted(Batch(left_ids, left_mask, right.labels)).text
     for i in range(4):
         n = int(right.attention_mask[i].sum())
         assert torch.allclose(a[i, :n], b[i, -n:])

@@ -1,5 +1,6 @@
 """The shared prompt prefix (causal family) computes the same loss, gradients and label scores as running every row
-in full, on the tiny Llama in fp32, and falls back to the full layout where it cannot apply."""
+in full, on the tiny Llama in fp32, and falls back to the full layout where it cannot apply; and every family's loss,
+scoring and generation run the one forward pass (``PromptedModel.forward``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 import torch
 
 from eptctl import backbones
+from eptctl.backbones.decoding import GenerationOptions
+from eptctl.backbones.prompted import PromptedModel
 from eptctl.engine.loop import new_adapter
-from eptctl.methods import EPTConfig
+from eptctl.methods import EPTAdapter, EPTConfig
 from tests.tiny_task import encoded_task
 
 
@@ -83,5 +86,53 @@ def test_the_shared_path_runs_the_prompt_once(llama):
         llama.score([adapter], batch, [answers])
     finally:
         hook.remove()
-    rows = adapter.prompt_and_offset()[0].shape[0]  # EPT's short prompt: s of the 10-token budget
+    rows = adapter().prompt.shape[0]  # EPT's short prompt: s of the 10-token budget
     assert shapes == [(1, rows), (8, batch.input_ids.shape[1])]
+
+
+# --- the one forward pass -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-t5", "tiny-random-bert"])
+def test_loss_score_and_generate_each_run_the_one_forward_once(name, monkeypatch):
+    """Every family's loss, scoring and generation (encoder: regression values) go through ``PromptedModel.forward``
+    exactly once per call, and it runs the adapter's ``forward`` once: nothing else composes prompt and text."""
+    backbone = backbones.load(name, device="cpu")
+    adapter = _adapter(backbone)
+    encoded, answers = encoded_task(backbone, n=6)
+    train, batch = backbone.collate(encoded, answers, train=True), backbone.collate(encoded, answers, train=False)
+    runs, parts = [], []
+    forward, adapter_forward = PromptedModel.forward, EPTAdapter.forward
+    monkeypatch.setattr(PromptedModel, "forward", lambda self, b: runs.append(forward(self, b)) or runs[-1])
+    monkeypatch.setattr(EPTAdapter, "forward", lambda self: parts.append(adapter_forward(self)) or parts[-1])
+    uses = {"loss": lambda: backbone.loss(adapter, train, answers),
+            "score": lambda: backbone.score([adapter], batch, [answers])}
+    if backbone.can_generate:
+        uses["generate"] = lambda: backbone.generate([adapter], batch, GenerationOptions(max_new_tokens=2))
+    else:
+        uses["predict_values"] = lambda: backbone.predict_values([adapter], batch)
+    for use, call in uses.items():
+        runs.clear()
+        parts.clear()
+        call()
+        assert (len(runs), len(parts)) == (1, 1), use
+
+
+def test_scores_are_the_model_run_on_the_forward_outputs(llama):
+    """The label scores, shared prefix or not, are the frozen model's next-token log-probabilities on exactly what
+    ``PromptedModel.forward`` returns."""
+    encoded, answers = _single_token_task(llama, 6)
+    adapter = _adapter(llama).eval()
+    batch = llama.collate(encoded, answers, train=False)
+    with torch.no_grad():
+        inputs = PromptedModel(llama, [adapter])(batch)
+        logits = llama.model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).logits
+    last = inputs.prompt_len + batch.attention_mask.sum(dim=1) - 1  # each row's last prefix position
+    logp = torch.log_softmax(logits[torch.arange(len(batch)), last].float(), dim=-1)
+    expected = logp[:, [a[0] for a in answers.answers]]
+    shared = torch.stack(llama.score([adapter], batch, [answers]))
+    llama.share_prompt_prefix = False
+    try:
+        full = torch.stack(llama.score([adapter], batch, [answers]))
+    finally:
+        llama.share_prompt_prefix = True
+    torch.testing.assert_close(full, expected)
+    torch.testing.assert_close(shared, expected, rtol=1e-5, atol=1e-5)

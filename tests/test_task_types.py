@@ -30,8 +30,8 @@ class NoPrompt:
     def __init__(self, width: int):
         self.width = width
 
-    def prompt_and_offset(self):
-        return torch.zeros(0, self.width), None
+    def __call__(self):
+        return torch.zeros(0, self.width), None, None
 
 
 def copy_task(n: int = 400, seed: int = 0):

@@ -1,9 +1,11 @@
-"""The interface every model family implements, and what the families share: encoding, batching, attaching the
-prompt. The family classes (``causal``, ``seq2seq``, ``encoder`` modules) add the loss and the label scoring.
+"""The interface every model family implements, and what the families share: encoding, batching, and the path from
+a batch to the family's loss and scores. The family classes (``causal``, ``seq2seq``, ``encoder`` modules) add the
+loss and the label scoring.
 
-One input layout for all families: each row is ``[P ; E + H[pos]]`` right-padded, where ``P`` is the row's prompt
-(``s`` rows), ``E`` the frozen token embeddings of the row's text and ``H[pos]`` the offset at each token's position
-within its own text (pads get none). Batches are padded to their own longest row, never to ``n``.
+One input layout for all families, built by the one forward pass ``prompted.PromptedModel``: each row is
+``[P ; E + H[pos]]`` right-padded, where ``P`` is the row's prompt (``s`` rows), ``E`` the frozen token embeddings of
+the row's text and ``H[pos]`` the offset at each token's position within its own text (pads get none). Batches are
+padded to their own longest row, never to ``n``.
 
 - causal:  text = template prefix + answer; loss on the answer tokens; a label's score is the mean log-probability
            of its answer tokens after the prefix (one batched pass; a single pass over the prefixes when every answer
@@ -18,18 +20,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from eptctl.backbones.prompted import PromptedInputs, PromptedModel, PromptSource
 from eptctl.core.errors import ConfigError, EptctlError
 
-
-class PromptSource(Protocol):
-    """An EPTAdapter (training) or a MaterializedAdapter (inference)."""
-
-    def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+__all__ = ["Backbone", "Batch", "EncodedExample", "PromptSource", "PromptedInputs", "PromptedModel", "TaskEncoding",
+           "regroup"]
 
 
 @dataclass
@@ -77,8 +76,10 @@ class Backbone:
     """A frozen Hugging Face model of one family with its tokenizer; subclasses implement one family each.
 
     The interface a workflow uses: ``encode_answers``, ``encode``, ``collate`` (token ids in, padded batches out),
-    ``loss`` (training), ``loss_terms`` (data-parallel weighting) and ``score`` (label scores). A subclass sets
-    ``family`` and implements ``_answer_ids``, ``_lm_loss``, ``loss_terms`` and ``_family_scores``.
+    ``loss`` (training), ``loss_terms`` (data-parallel weighting), ``score`` (label scores) and ``generate``. Each
+    of ``loss``, ``score`` and ``generate`` calls the EPT forward pass ``PromptedModel(self, sources)(batch)`` once
+    and runs the frozen model on its ``PromptedInputs``. A subclass sets ``family`` and implements ``_answer_ids``,
+    ``_lm_loss``, ``loss_terms`` and ``_family_scores``.
     """
 
     family: str = ""
@@ -238,60 +239,6 @@ class Backbone:
             else None,
         )
 
-    # --- attaching the prompt -------------------------------------------------------------------------------------
-    def _text_embeddings(self, input_ids: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor | None,
-                         answer_start: torch.Tensor | None = None) -> torch.Tensor:
-        """[b, L, d] float: frozen token embeddings plus the offset H at each input token's position. Answer tokens
-        appended for causal training (from ``answer_start`` on) get no offset: generated tokens never have one."""
-        emb = self.model.get_input_embeddings()(input_ids).float()  # [b, L, d] frozen
-        if offset is None:
-            return emb
-        inputs = mask
-        if answer_start is not None:
-            columns = torch.arange(mask.shape[1], device=mask.device)
-            inputs = mask * (columns.unsqueeze(0) < answer_start.to(mask.device).unsqueeze(1))
-        longest = int(inputs.sum(dim=1).max()) if inputs.numel() else 0
-        if longest > offset.shape[0]:
-            raise EptctlError(
-                f"batch has {longest} input tokens but the adapter's offset covers {offset.shape[0]}",
-                hint="inputs must be truncated to the adapter's max length",
-            )
-        pos = (inputs.cumsum(dim=1) - 1).clamp(min=0, max=offset.shape[0] - 1)  # each token's place in its text
-        return emb + offset[pos] * inputs.unsqueeze(-1).to(emb.dtype)  # E' = E + H[pos]; pads, answers get nothing
-
-    def attach(self, sources: Sequence[PromptSource], batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (inputs_embeds [b, S, d] in the backbone dtype, attention_mask [b, S], prompt_len [b])."""
-        ids, mask = batch.input_ids, batch.attention_mask
-        b = ids.shape[0]
-        if len(sources) == 1:
-            prompt, offset = sources[0].prompt_and_offset()
-            text = self._text_embeddings(ids, mask, offset, batch.answer_start)
-            s = prompt.shape[0]
-            embeds = torch.cat([prompt.unsqueeze(0).expand(b, -1, -1).to(text.dtype), text], dim=1)
-            full_mask = torch.cat([mask.new_ones(b, s), mask], dim=1)
-            prompt_len = torch.full((b,), s, dtype=torch.long, device=ids.device)
-            return embeds.to(self.dtype), full_mask, prompt_len
-        # Mixed-task batch: each row its own prompt (lengths may differ), still one backbone pass.
-        index = batch.adapter_index
-        computed = [src.prompt_and_offset() for src in sources]
-        text = torch.zeros(*ids.shape, self.width, device=ids.device)
-        for a, (_, offset) in enumerate(computed):
-            rows = (index == a).nonzero(as_tuple=True)[0]
-            if len(rows):
-                start = None if batch.answer_start is None else batch.answer_start[rows]
-                text[rows] = self._text_embeddings(ids[rows], mask[rows], offset, start)
-        lengths = mask.sum(dim=1)
-        prompt_len = torch.tensor([computed[int(a)][0].shape[0] for a in index], device=ids.device)
-        total = int((prompt_len + lengths).max())
-        embeds = torch.zeros(b, total, self.width, device=ids.device)
-        full_mask = torch.zeros(b, total, dtype=mask.dtype, device=ids.device)
-        for i in range(b):
-            s, n = int(prompt_len[i]), int(lengths[i])
-            embeds[i, :s] = computed[int(index[i])][0]
-            embeds[i, s: s + n] = text[i, :n]
-            full_mask[i, : s + n] = 1
-        return embeds.to(self.dtype), full_mask, prompt_len
-
     # --- loss -------------------------------------------------------------------------------------------------------
     def loss(self, adapter, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> torch.Tensor:
         """Scalar training loss of ``adapter`` on ``batch``.
@@ -304,11 +251,10 @@ class Backbone:
             batch = self._scoring_batch(batch)
             scores = torch.stack(self._label_scores([adapter], batch, [answers]))
             return F.cross_entropy(scores, batch.labels.to(scores.device))
-        embeds, mask, prompt_len = self.attach([adapter], batch)
-        return self._lm_loss(adapter, batch, answers, embeds, mask, prompt_len)
+        return self._lm_loss(adapter, batch, answers, PromptedModel(self, [adapter])(batch))
 
-    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds: torch.Tensor, mask: torch.Tensor,
-                 prompt_len: torch.Tensor) -> torch.Tensor:
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, inputs: PromptedInputs) -> torch.Tensor:
+        """The ``lm`` objective's scalar loss on the forward pass's ``inputs``."""
         raise NotImplementedError
 
     def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
@@ -340,14 +286,13 @@ class Backbone:
 
     def _label_scores(self, sources, batch: Batch, answers: Sequence[TaskEncoding]) -> list[torch.Tensor]:
         index = batch.adapter_index if batch.adapter_index is not None else torch.zeros(len(batch), dtype=torch.long)
-        if len(sources) > 1 and batch.adapter_index is None:
-            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
-        embeds, mask, prompt_len = self.attach(sources, batch)
+        inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
         row_answers = [answers[int(a)].answers for a in index]
-        return self._family_scores(sources, batch, embeds, mask, prompt_len, index, row_answers)
+        return self._family_scores(sources, batch, inputs, index, row_answers)
 
-    def _family_scores(self, sources, batch: Batch, embeds: torch.Tensor, mask: torch.Tensor,
-                       prompt_len: torch.Tensor, index: torch.Tensor, row_answers: list) -> list[torch.Tensor]:
+    def _family_scores(self, sources, batch: Batch, inputs: PromptedInputs, index: torch.Tensor,
+                       row_answers: list) -> list[torch.Tensor]:
+        """Each row's [num_labels] scores from the forward pass's ``inputs``; ``index`` [b] picks its source."""
         raise NotImplementedError
 
     # --- generation ---------------------------------------------------------------------------------------------------

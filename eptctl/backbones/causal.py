@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from eptctl.backbones import decoding
 from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
-from eptctl.core.errors import EptctlError
+from eptctl.backbones.prompted import PromptedInputs, PromptedModel
 
 
 class CausalBackbone(Backbone):
@@ -40,9 +40,8 @@ class CausalBackbone(Backbone):
                  limits=None) -> list[list[int]]:
         """Left-aligned rows ``[pads; P; E + H[pos]]``; position ids count from each row's first real token, as in
         training. The first pass fills the key/value cache with prompt and text; each step feeds one token."""
-        if len(sources) > 1 and batch.adapter_index is None:
-            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
-        embeds, mask, _ = self.attach(sources, batch)
+        inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
+        embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         b, width = mask.shape
         lengths = mask.sum(dim=1)
         left = embeds.new_zeros(embeds.shape)
@@ -80,16 +79,26 @@ class CausalBackbone(Backbone):
     # Set to False to run every row in full (tests compare the two paths).
     share_prompt_prefix = True
 
-    def _shared_hidden(self, source, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Last hidden states of the text rows after a prompt run once: ``(hidden [b, L, d], text_start [b])`` where
-        ``hidden[i, text_start[i] + t]`` belongs to text token ``t``; ``None`` where the shared path does not apply
-        (switched off, or a row whose first prediction would come from a prompt position)."""
+    def _hidden(self, inputs: PromptedInputs, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states of the forward pass's ``inputs`` and where each row's text starts:
+        ``(hidden [b, S, d], text_start [b])``; the shared prompt prefix where it applies, else the joined layout."""
+        shared = self._shared_hidden(inputs, batch)
+        if shared is not None:
+            return shared
+        hidden = self.model.base_model(inputs_embeds=inputs.inputs_embeds,
+                                       attention_mask=inputs.attention_mask).last_hidden_state
+        return hidden, inputs.prompt_len
+
+    def _shared_hidden(self, inputs: PromptedInputs, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Last hidden states of the text rows after the prompt run once: ``(hidden [b, L, d], text_start [b])``
+        where ``hidden[i, text_start[i] + t]`` belongs to text token ``t``; ``None`` where the shared path does not
+        apply (switched off, a mixed-task batch, or a row whose first prediction would come from a prompt position)."""
         ids, mask = batch.input_ids, batch.attention_mask
         first = batch.answer_start if batch.answer_start is not None else mask.sum(dim=1)
-        if not self.share_prompt_prefix or int(first.min()) < 1:
+        if not self.share_prompt_prefix or inputs.prompt is None or int(first.min()) < 1:
             return None
-        prompt, offset = source.prompt_and_offset()
-        text = self._text_embeddings(ids, mask, offset, batch.answer_start).to(self.dtype)  # [b, L, d]
+        prompt = inputs.prompt
+        text = inputs.text.to(self.dtype)  # [b, L, d]
         b, width = ids.shape
         s = prompt.shape[0]
         from transformers import DynamicCache  # here, not at import: the CLI starts without transformers
@@ -106,17 +115,8 @@ class CausalBackbone(Backbone):
                                        use_cache=True, **{cache_kw: cache}).last_hidden_state
         return hidden, torch.zeros(b, dtype=torch.long, device=ids.device)
 
-    def loss(self, adapter, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> torch.Tensor:
-        """As :meth:`Backbone.loss`; the ``lm`` objective runs the prompt once per batch (shared prefix)."""
-        if objective == "lm":
-            shared = self._shared_hidden(adapter, batch)
-            if shared is not None:
-                return self._answer_loss(batch, *shared)
-        return super().loss(adapter, batch, answers, objective)
-
-    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
-        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return self._answer_loss(batch, hidden, prompt_len)
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, inputs: PromptedInputs) -> torch.Tensor:
+        return self._answer_loss(batch, *self._hidden(inputs, batch))
 
     def _answer_loss(self, batch: Batch, hidden: torch.Tensor, text_start: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the answer tokens; ``hidden[i, text_start[i] + t]`` is text token ``t``'s state."""
@@ -134,19 +134,12 @@ class CausalBackbone(Backbone):
     def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
         return len(batch) if objective == "classify" else int(batch.answer_len.sum())
 
-    def _label_scores(self, sources, batch: Batch, answers) -> list[torch.Tensor]:
-        if len(sources) == 1 and answers[0].single_token:  # one task: every row has the same prompt
-            shared = self._shared_hidden(sources[0], batch)
-            if shared is not None:
-                return self._next_token_scores(batch, *shared, [answers[0].answers] * len(batch))
-        return super()._label_scores(sources, batch, answers)
-
-    def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
+    def _family_scores(self, sources, batch, inputs: PromptedInputs, index, row_answers) -> list[torch.Tensor]:
         if all(len(a) == 1 for ans in row_answers for a in ans):
-            hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            return self._next_token_scores(batch, hidden, prompt_len, row_answers)
+            return self._next_token_scores(batch, *self._hidden(inputs, batch), row_answers)
         lengths = batch.attention_mask.sum(dim=1)
-        return self._score_expanded(embeds, mask, prompt_len + lengths - 1, row_answers)
+        return self._score_expanded(inputs.inputs_embeds, inputs.attention_mask, inputs.prompt_len + lengths - 1,
+                                    row_answers)
 
     def _next_token_scores(self, batch: Batch, hidden, text_start, row_answers) -> list[torch.Tensor]:
         """Single-token answers: log-probability of each answer token after each row's last prefix token."""

@@ -7,7 +7,7 @@ import torch
 
 from eptctl.backbones import decoding
 from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
-from eptctl.core.errors import EptctlError
+from eptctl.backbones.prompted import PromptedInputs, PromptedModel
 
 
 class Seq2SeqBackbone(Backbone):
@@ -32,9 +32,10 @@ class Seq2SeqBackbone(Backbone):
             return batch.targets
         return [answers.answers[int(y)] for y in batch.labels]
 
-    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, embeds, mask, prompt_len) -> torch.Tensor:
+    def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, inputs: PromptedInputs) -> torch.Tensor:
         labels = self._decoder_labels(self._row_answers(batch, answers))
-        enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        mask = inputs.attention_mask
+        enc = self.model.get_encoder()(inputs_embeds=inputs.inputs_embeds, attention_mask=mask)
         out = self.model(encoder_outputs=enc, attention_mask=mask, labels=labels)
         return out.loss.float()
 
@@ -50,9 +51,8 @@ class Seq2SeqBackbone(Backbone):
         the cache, is fed one token per step."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        if len(sources) > 1 and batch.adapter_index is None:
-            raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
-        embeds, mask, _ = self.attach(sources, batch)
+        inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
+        embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         enc = BaseModelOutput(last_hidden_state=self.model.get_encoder()(inputs_embeds=embeds,
                                                                          attention_mask=mask).last_hidden_state)
         b = mask.shape[0]
@@ -74,9 +74,10 @@ class Seq2SeqBackbone(Backbone):
         return decoding.decode(lambda: run(state["ids"]), step, b, self.tokenizer.eos_token_id, options,
                                self.tokenizer, limits)
 
-    def _family_scores(self, sources, batch, embeds, mask, prompt_len, index, row_answers) -> list[torch.Tensor]:
+    def _family_scores(self, sources, batch, inputs: PromptedInputs, index, row_answers) -> list[torch.Tensor]:
         from transformers.modeling_outputs import BaseModelOutput
 
+        embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         pairs = [(i, ans) for i, answers in enumerate(row_answers) for ans in answers]
         rows = torch.tensor([i for i, _ in pairs], device=enc.device)

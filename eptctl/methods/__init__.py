@@ -8,7 +8,7 @@ on first use.
 from eptctl.methods.budget import GROUPS, choose_short_and_rank, count_parameters
 from eptctl.methods.config import METHODS, EPTConfig
 
-_LAZY = {"EPTAdapter", "MaterializedAdapter", "initial_prompt", "prompt_length_of"}
+_LAZY = {"EPTAdapter", "MaterializedAdapter", "PromptParts", "initial_prompt", "prompt_length_of"}
 
 __all__ = ["GROUPS", "METHODS", "EPTConfig", "choose_short_and_rank", "count_parameters", *sorted(_LAZY)]
 

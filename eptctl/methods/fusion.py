@@ -29,7 +29,7 @@ class PromptFusion(nn.Module):
             self.out_scale = nn.Parameter(torch.ones(()))
 
     def forward(self, prompt: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        # prompt [s, d], offset [n, d] -> [s, d]
+        """P_s [s, d], H [n, d] -> P_f [s, d]: one step of ``EPTAdapter.forward``, not a forward pass of its own."""
         if not self.fusion_dim:
             attn = torch.softmax(prompt @ offset.T / math.sqrt(prompt.shape[-1]), dim=-1)  # [s, n]
             return prompt + self.out_scale * (attn @ offset)

@@ -29,7 +29,7 @@ class SourceMixture(nn.Module):
         return torch.softmax(keys @ query / math.sqrt(MIXTURE_DIM), dim=0)  # [t]
 
     def forward(self, prompt: torch.Tensor) -> torch.Tensor:
-        # prompt [s, d] -> [s, d]
+        """P_r [s, d] -> [s, d] blended with the sources: the last step of ``EPTAdapter.forward``."""
         mixed = torch.einsum("t,tsd->sd", self.weights(prompt), self.sources)
         beta = torch.sigmoid(self.balance)
         return (1 - beta) * prompt + beta * mixed

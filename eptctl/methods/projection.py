@@ -25,7 +25,7 @@ class MultiSpaceProjection(nn.Module):
         return torch.softmax(self.gate(fused.mean(dim=0)), dim=-1)  # [k]
 
     def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # fused [s, d] -> (reconstructed [s, d], gate [k])
+        """P_f [s, d] -> (P_r [s, d], gate [k]): one step of ``EPTAdapter.forward``, not a forward pass of its own."""
         gate = self.gate_weights(fused)
         per_space = torch.einsum("sd,kdm,kme->kse", fused, self.space_u, self.space_v)  # [k, s, d]
         return fused + torch.einsum("k,kse->se", gate, per_space), gate

@@ -1,15 +1,20 @@
 """The composed EPT prompt module and its materialized (servable) form.
 
-Training:     P_s, A, B --(offset)--> H [n, d]
+``EPTAdapter.forward()`` is the adapter side of the EPT forward pass; the fusion, projection and mixture modules are
+its steps, not forward passes of their own:
+              P_s, A, B --(offset)--> H [n, d]
               P_s, H   --(fusion)---> P_f [s, d]
               P_f      --(spaces)---> P_r [s, d], gate g [k]
-Backbone input: [P_r ; E + H[pos]]  (see eptctl.backbones)
-Inference uses MaterializedAdapter: P_r, H and g computed once, no fusion or projection work per batch.
+              P_r      --(mixture)--> P_r [s, d]   (transfer by attention only)
+The backbone side, ``[P_r ; E + H[pos]]`` for a batch, is ``eptctl.backbones.prompted.PromptedModel.forward``.
+Inference uses MaterializedAdapter: P_r, H and g computed once, no fusion or projection work per batch; calling it
+returns the same ``PromptParts`` as calling the adapter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,11 +29,25 @@ from eptctl.methods.projection import MultiSpaceProjection
 
 
 def prompt_length_of(cfg: EPTConfig) -> int:
+    """s: the prompt rows the adapter prepends (the short length where there is an offset, else the full length)."""
     return cfg.short_length if cfg.has_offset else cfg.prompt_length
 
 
+class PromptParts(NamedTuple):
+    """What a prompt source (an ``EPTAdapter`` or a ``MaterializedAdapter``) returns when called; unpacks as a
+    tuple ``prompt, offset, gate``."""
+
+    prompt: torch.Tensor  # P_r [s, d]
+    offset: torch.Tensor | None  # H [n, d]; None without a low-rank offset (pt)
+    gate: torch.Tensor | None  # g [k]; None without projection
+
+
 class EPTAdapter(nn.Module):
-    """Every trainable tensor of one adapter: prompt, low-rank offset, fusion, projection + gate, optional head."""
+    """Every trainable tensor of one adapter: prompt, low-rank offset, fusion, projection + gate, optional head.
+
+    ``adapter()`` (``forward``) composes them into ``PromptParts``; the backbone attaches those to a batch
+    (``eptctl.backbones.prompted.PromptedModel``). Raises ``EptctlError`` when ``init_prompt`` is not [s, d].
+    """
 
     def __init__(self, cfg: EPTConfig, width: int, init_prompt: torch.Tensor, num_labels: int | None = None):
         super().__init__()
@@ -50,7 +69,7 @@ class EPTAdapter(nn.Module):
         self.head = nn.Linear(width, num_labels) if num_labels else None
         self.num_labels = num_labels
 
-    # --- forward pieces ---------------------------------------------------------------------------------------------
+    # --- the forward pass --------------------------------------------------------------------------------------------
     def _reconstruct(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(P_r before any source mixture, H or None, gate or None): decomposition -> fusion -> projection."""
         prompt = self.decomposition.prompt
@@ -62,12 +81,15 @@ class EPTAdapter(nn.Module):
             prompt, gate = self.projection(prompt)
         return prompt, offset, gate
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (P_r [s, d], H [n, d] or None, gate [k] or None), the whole adapter-side computation."""
+    def forward(self) -> PromptParts:
+        """The whole adapter-side computation: ``PromptParts(P_r [s, d], H [n, d] or None, gate [k] or None)``.
+
+        It takes no batch: fusion keys are the offset, not the inputs, so the result is a function of the adapter
+        alone and can be materialized."""
         prompt, offset, gate = self._reconstruct()
         if self.mixture is not None:
             prompt = self.mixture(prompt)
-        return prompt, offset, gate
+        return PromptParts(prompt, offset, gate)
 
     @torch.no_grad()
     def source_weights(self) -> list[float] | None:
@@ -77,13 +99,10 @@ class EPTAdapter(nn.Module):
         prompt, _, _ = self._reconstruct()
         return [float(w) for w in self.mixture.weights(prompt)]
 
-    def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        prompt, offset, _ = self.compute()
-        return prompt, offset
-
     @torch.no_grad()
     def materialize(self) -> "MaterializedAdapter":
-        prompt, offset, gate = self.compute()
+        """The forward pass computed once, detached: what the servable artifact stores."""
+        prompt, offset, gate = self()
         return MaterializedAdapter(
             prompt=prompt.detach().clone(),
             offset=None if offset is None else offset.detach().clone(),
@@ -128,8 +147,11 @@ class MaterializedAdapter:
     head_weight: torch.Tensor | None = None  # [c, d]
     head_bias: torch.Tensor | None = None  # [c]
 
-    def prompt_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.prompt, self.offset
+    def forward(self) -> PromptParts:
+        """The stored ``PromptParts``: what ``EPTAdapter.forward`` returned when the adapter was materialized."""
+        return PromptParts(self.prompt, self.offset, self.gate)
+
+    __call__ = forward  # a prompt source is called, like the nn.Module it replaces at inference
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(pooled, self.head_weight, self.head_bias)
