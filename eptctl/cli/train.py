@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.cli.common import (
     DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
-    label_column_for, open_registry, print_json,
+    open_registry, print_json,
 )
 from eptctl.cli.options import with_config_options
 from eptctl.core import events
-from eptctl.core.errors import EptctlError, TrainingInterrupted
+from eptctl.core.errors import TrainingInterrupted
 from eptctl.engine import distributed
 from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
@@ -72,55 +72,61 @@ def train(
     Example: eptctl train superglue-cb --model ./t5-base --data-dir ~/glue-data
     """
     command_started = time.perf_counter()  # the wall time the user waits: load and conversion included
-    from eptctl import backbones
-    from eptctl.data import DataOptions
-    from eptctl.data.spec import TASK_TYPES
-    from eptctl.workflows.train import train_task
-    from eptctl.workflows.transfer import TransferOptions, parse_sources
+    from eptctl.workflows.train import DataChoice, DataLimits, RecordInfo
 
-    if task_type not in TASK_TYPES:
-        raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
-                          hint="e.g. --task-type generation")
-    data_flags = [flag for flag, given in (("--template", template is not None), ("--text-column", text_column != "text"),
-                                           ("--text-pair-column", text_pair_column is not None),
-                                           ("--label-column", label_column is not None), ("--hub", hub)) if given]
-    if data is None and data_flags:
-        raise EptctlError(f"{', '.join(data_flags)} describe a custom task's data file and need --data",
-                          hint="a builtin or stored task keeps its columns and template (see `eptctl tasks`)")
-    if data is None and (task_type != "classification" or metric is not None or grid is not None):
-        raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
-                          hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
-    if grid is not None and task_type != "regression":
-        raise EptctlError(f"--grid applies to regression tasks, not {task_type}", hint="drop --grid")
-    label_column = label_column_for(label_column, task_type)
-    custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
-                                                   task_type, metric, grid)
-    transfer = None if init_from is None else TransferOptions(
-        "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe, transfer_components)
+    custom = DataChoice(data, text_column, text_pair_column, label_column, template, hub, task_type, metric,
+                        grid).options()
+    transfer = _transfer_options(init_from, transfer_mode, transfer_components, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
+    outcome = _train_with_progress(
+        task, open_registry(registry), method_cfg, train_cfg, quiet=as_json, resume=resume, custom=custom,
+        transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
+        loading=_model_choice(model, precision, trust_remote_code),
+        record=RecordInfo(description, tuple(tag or ()), shlex.join(["eptctl", *sys.argv[1:]])))
+    if distributed.is_main():
+        _report(outcome, as_json, command_started)
+
+
+def _train_with_progress(task: str, reg, method_cfg: EPTConfig, train_cfg: TrainConfig, *, quiet: bool,
+                         resume: bool, **options):
+    """``train_task`` with the progress view on stderr (rank 0 only) and Ctrl-C as a clean stop (exit 130)."""
+    from eptctl.workflows.train import RunOptions, train_task
+
     leader = distributed.is_main()
-    reg = open_registry(registry)
     stop = _StopFlag()
-    view = _ProgressView(quiet=as_json or not leader)
-    backbone = None
-    if precision is not None:
-        with distributed.main_first():
-            backbone = backbones.load(model, precision=precision, trust_remote_code=trust_remote_code)
+    view = _ProgressView(quiet=quiet or not leader)
     try:
         with stop, view:
-            outcome = train_task(
-                task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
-                transfer=transfer, max_train=max_train, max_eval=max_eval, train_examples=train_examples,
-                resume=resume, backbone=backbone,
-                description=description, tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]),
-                on_event=view.on_event, should_stop=stop.is_set, trust_remote_code=trust_remote_code,
-            )
+            return train_task(task, registry=reg, method_cfg=method_cfg, train_cfg=train_cfg,
+                              run=RunOptions(resume, view.on_event, stop.is_set), **options)
     except TrainingInterrupted as interrupted:
         if leader:
             err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
         raise typer.Exit(130) from None
-    if not leader:
-        return
+
+
+def _transfer_options(init_from: str | None, mode: str, components: str, top_k: int, probe: int):
+    """``--init-from`` and its options as ``TransferOptions`` (None: a fresh start)."""
+    from eptctl.workflows.transfer import TransferOptions, parse_sources
+
+    return None if init_from is None else TransferOptions(
+        "auto" if init_from == "auto" else parse_sources(init_from), mode, top_k, probe, components)
+
+
+def _model_choice(model: str, precision: str | None, trust_remote_code: bool):
+    """``--model``; with ``--precision`` the command loads the backbone itself in that precision."""
+    from eptctl import backbones
+    from eptctl.workflows.train import ModelChoice
+
+    backbone = None
+    if precision is not None:
+        with distributed.main_first():
+            backbone = backbones.load(model, precision=precision, trust_remote_code=trust_remote_code)
+    return ModelChoice(model, backbone, trust_remote_code)
+
+
+def _report(outcome, as_json: bool, command_started: float) -> None:
+    """The result: one JSON object, or a summary line on stderr and the registered reference on stdout."""
     rec = outcome.record
     if as_json:
         print_json({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,
