@@ -27,37 +27,67 @@ DATA = "Custom data"
 TRANSFER = "Transfer"
 
 
+# The flags of `eptctl train` that are not config fields (those come from the configs), as option types.
+_Task = Annotated[str, typer.Argument(
+    help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")]
+_Model = Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")]
+_MaxTrain = Annotated[int | None, typer.Option(
+    help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")]
+_MaxEval = Annotated[int | None, typer.Option(
+    help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")]
+_TrainExamples = Annotated[int | None, typer.Option(
+    help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).",
+    min=1, rich_help_panel="Optimisation")]
+_Data = Annotated[str | None, typer.Option(
+    "--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)]
+_Template = Annotated[str | None, typer.Option(
+    help="Prompt template with {text} (and {text_pair}), or naming the file's columns: "
+         "'premise: {premise} hypothesis: {hypothesis}'.", rich_help_panel=DATA)]
+_Hub = Annotated[bool, typer.Option(
+    "--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)]
+_Grid = Annotated[float | None, typer.Option(
+    help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6,
+    rich_help_panel=DATA)]
+_Metric = Annotated[str | None, typer.Option(
+    help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, "
+         "rouge_l, pearson.", rich_help_panel=DATA)]
+_InitFrom = Annotated[str | None, typer.Option(
+    help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)]
+_TransferMode = Annotated[str, typer.Option(
+    help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture "
+         "over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)]
+_TransferComponents = Annotated[str, typer.Option(
+    help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).",
+    rich_help_panel=TRANSFER)]
+_TopK = Annotated[int, typer.Option(
+    help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)]
+_Probe = Annotated[int, typer.Option(
+    help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation "
+         "examples.", min=1, rich_help_panel=TRANSFER)]
+_Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")]
+_Description = Annotated[str, typer.Option(help="Free text stored with the adapter.")]
+_Tag = Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")]
+_Precision = Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")]
+_TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")]
+_AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")]
+
+
 @with_config_options(method_cfg=(EPTConfig, "Method (adapter shape)"), train_cfg=(TrainConfig, "Optimisation"))
 def train(
-    task: Annotated[str, typer.Argument(help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")],
-    model: Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")] = DEFAULT_MODEL,
+    task: _Task,
+    model: _Model = DEFAULT_MODEL,
     method_cfg: EPTConfig = None,  # replaced by the EPTConfig flags
     train_cfg: TrainConfig = None,  # replaced by the TrainConfig flags
-    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")] = None,
-    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")] = None,
-    train_examples: Annotated[int | None, typer.Option(help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).", min=1, rich_help_panel="Optimisation")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
-    text_column: TextColumnOption = "text",
-    text_pair_column: TextPairColumnOption = None,
-    label_column: LabelColumnOption = None,
-    template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}), or naming the file's columns: 'premise: {premise} hypothesis: {hypothesis}'.", rich_help_panel=DATA)] = None,
-    hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
+    max_train: _MaxTrain = None, max_eval: _MaxEval = None, train_examples: _TrainExamples = None,
+    data: _Data = None, text_column: TextColumnOption = "text", text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = None, template: _Template = None, hub: _Hub = False,
     task_type: Annotated[str, typer.Option(help="classification (labels) | generation (target text) | regression (a number).", rich_help_panel=DATA)] = "classification",
-    grid: Annotated[float | None, typer.Option(help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6, rich_help_panel=DATA)] = None,
-    metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
-    init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
-    transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
-    transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "prompt+low-rank",
-    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 1,
-    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
-    description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")] = False,
-    data_dir: DataDirOption = None,
-    registry: RegistryUrl = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")] = False,
+    grid: _Grid = None, metric: _Metric = None,
+    init_from: _InitFrom = None, transfer_mode: _TransferMode = "weighted",
+    transfer_components: _TransferComponents = "prompt+low-rank", top_k: _TopK = 1, probe: _Probe = 64,
+    resume: _Resume = False, description: _Description = "", tag: _Tag = None, precision: _Precision = None,
+    trust_remote_code: _TrustRemoteCode = False, data_dir: DataDirOption = None, registry: RegistryUrl = None,
+    as_json: _AsJson = False,
 ) -> None:
     """Train a prompt for TASK on a frozen backbone and register it.
 
