@@ -24,7 +24,7 @@ from eptctl.core.errors import ConfigError, EptctlError
 from eptctl.core.home import eptctl_home
 from eptctl.engine import distributed, servable
 from eptctl.engine.config import TrainConfig, split_options
-from eptctl.engine.encoding import encode_task, new_token_budget
+from eptctl.engine.encoding import EncodedTask, encode_task, new_token_budget
 from eptctl.engine.loop import FitRun, FitTask, TrainResult, fit
 from eptctl.engine.metrics import check_metric
 from eptctl.methods import EPTConfig, prompt_length_of
@@ -214,7 +214,7 @@ class _Prepared:
     backbone: Backbone
     method_cfg: EPTConfig
     train_cfg: TrainConfig
-    encoded: object  # engine.encoding.EncodedTask
+    encoded: EncodedTask
     new_tokens: int
     start: TransferStart
 
