@@ -48,7 +48,7 @@ def run(quick: bool = False) -> list[dict]:
     from eptctl.engine.encoding import encode_task
     from eptctl.methods import EPTConfig
     from eptctl.engine.config import TrainConfig
-    from eptctl.engine.loop import fit
+    from eptctl.engine.loop import FitTask, fit
 
     s = _settings(quick)
     partial = OUT / ("accuracy.quick.partial.jsonl" if quick else "accuracy.partial.jsonl")
@@ -73,7 +73,7 @@ def run(quick: bool = False) -> list[dict]:
                                  eval_every=s["eval_every"] or max(1, s["steps"] // 3))
                 wall, cpu = time.perf_counter(), time.process_time()
                 result = fit(backbone, enc.train, enc.validation, enc.answers, cfg, tc,
-                               num_labels=enc.spec.num_labels, test_set=enc.test, metric=enc.spec.metric)
+                             task=FitTask(enc.spec.num_labels, enc.spec.metric, test_set=enc.test))
                 row = {"task": task, "variant": variant, "seed": seed, "steps": s["steps"],
                        "test_acc": round(result.metrics["test"]["accuracy"], 4),
                        "val_acc": round(result.metrics["validation"]["accuracy"], 4),

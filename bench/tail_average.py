@@ -33,7 +33,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     from eptctl.data.packaged import BUILTINS
     from eptctl.engine.config import TrainConfig
     from eptctl.engine.encoding import encode_task
-    from eptctl.engine.loop import fit, new_adapter
+    from eptctl.engine.loop import FitRun, FitTask, fit, new_adapter
     from eptctl.engine.scoring import evaluate_encoded
     from eptctl.methods import EPTConfig
 
@@ -55,8 +55,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                 kept[event.step] = {k: v.detach().float().clone() for k, v in adapter.state_dict().items()}
 
         result = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, cfg,
-                     num_labels=spec.head_size, test_set=encoded.test, metric=spec.metric, adapter=adapter,
-                     on_event=keep)
+                     task=FitTask(spec.head_size, spec.metric, test_set=encoded.test),
+                     run=FitRun(adapter=adapter, on_event=keep))
         rows.append({"seed": seed, "variant": "last", "steps_averaged": 1,
                      "validation": result.metrics["validation"]["accuracy"],
                      "test": result.metrics["test"]["accuracy"]})

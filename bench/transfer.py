@@ -223,7 +223,7 @@ class _Lab:
         import dataclasses
 
         from eptctl.engine.config import TrainConfig
-        from eptctl.engine.loop import fit, new_adapter
+        from eptctl.engine.loop import FitRun, FitTask, fit, new_adapter
         from eptctl.engine.scoring import evaluate_encoded
 
         enc = self.data(tgt, k)
@@ -241,7 +241,7 @@ class _Lab:
             train_cfg = dataclasses.replace(train_cfg, lr_prompt=lr_prompt)
         norms = start_norms(fresh)
         result = fit(self.backbone, enc.train, enc.validation[:32], enc.answers, method_cfg, train_cfg,
-                     num_labels=spec.head_size, test_set=enc.test, adapter=fresh)
+                     task=FitTask(spec.head_size, test_set=enc.test), run=FitRun(adapter=fresh))
         losses = [h["loss"] for h in result.history if "loss" in h]
         return {"model": self.model, "precision": self.backbone.precision, "source": src, "target": tgt, "k": k,
                 "init": init, "seed": seed, "steps": self.args.steps, "test_rows": len(enc.test),

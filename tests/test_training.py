@@ -90,3 +90,47 @@ def test_batches_are_length_bucketed_and_deterministic():
     assert sorted(i for b in a for i in b) == list(range(400))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
     assert spread < 5  # random batches would spread over ~30 lengths
+
+
+def test_grouped_options_accept_a_whole_group_or_its_fields_and_refuse_unknown_keywords():
+    from eptctl.engine.config import split_options
+    from eptctl.engine.loop import FIT_OPTIONS, FitRun, FitTask
+    from eptctl.workflows.train import TRAIN_OPTIONS, DataLimits, RecordInfo
+
+    groups = split_options({"limits": DataLimits(max_train=8), "max_eval": 4, "tags": ["a"]}, TRAIN_OPTIONS, "f")
+    assert groups["limits"] == DataLimits(max_train=8, max_eval=4)  # a field next to its group replaces its value
+    assert groups["record"] == RecordInfo(tags=("a",))  # a list of tags is kept as a tuple
+    assert groups["run"].resume is False and groups["loading"].backbone is None
+    fit_groups = split_options({"num_labels": 2, "resume": True, "checkpoint_path": "x"}, FIT_OPTIONS, "fit")
+    assert fit_groups["task"] == FitTask(2) and fit_groups["run"] == FitRun(checkpoint_path="x", resume=True)
+    with pytest.raises(TypeError, match="train_task\\(\\) got an unexpected keyword argument 'max_trian'"):
+        train_task("rt-polarity", registry=None, max_trian=8)
+    with pytest.raises(TypeError, match="num_labels"):
+        train(None, [], [], None, EPTConfig())
+
+
+def test_option_groups_validate_on_construction():
+    from eptctl.core.errors import ConfigError, EptctlError
+    from eptctl.engine.loop import FitRun, FitTask
+    from eptctl.workflows.train import DataChoice, DataLimits
+
+    with pytest.raises(ConfigError, match="--max-eval must be at least 1, got 0"):
+        DataLimits(max_eval=0)
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        FitRun(resume=True)
+    with pytest.raises(ValueError, match="num_labels"):
+        FitTask(-1)
+    # The CLI's rules, owned by the library: the same one-line messages and hints as `eptctl train` prints.
+    with pytest.raises(EptctlError, match="--task-type must be one of") as info:
+        DataChoice("rows.csv", task_type="ranking")
+    assert info.value.hint == "e.g. --task-type generation"
+    with pytest.raises(EptctlError, match="--template, --hub describe a custom task's data file and need --data"):
+        DataChoice(template="{text}", hub=True)
+    with pytest.raises(EptctlError, match="--task-type, --metric and --grid define a new task and need --data"):
+        DataChoice(metric="f1")
+    with pytest.raises(EptctlError, match="--grid applies to regression tasks, not generation"):
+        DataChoice("rows.csv", task_type="generation", grid=0.5)
+    assert DataChoice().options() is None
+    custom = DataChoice("rows.csv", task_type="regression", grid=0.5).options()
+    assert (custom.path, custom.label_column, custom.grid) == ("rows.csv", "target", 0.5)
+    assert DataChoice("rows.csv").options().label_column == "label"

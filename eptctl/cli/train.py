@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.cli.common import (
     DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
-    label_column_for, open_registry, print_json,
+    open_registry, print_json,
 )
 from eptctl.cli.options import with_config_options
 from eptctl.core import events
-from eptctl.core.errors import EptctlError, TrainingInterrupted
+from eptctl.core.errors import TrainingInterrupted
 from eptctl.engine import distributed
 from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
@@ -27,37 +27,67 @@ DATA = "Custom data"
 TRANSFER = "Transfer"
 
 
+# The flags of `eptctl train` that are not config fields (those come from the configs), as option types.
+_Task = Annotated[str, typer.Argument(
+    help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")]
+_Model = Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")]
+_MaxTrain = Annotated[int | None, typer.Option(
+    help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")]
+_MaxEval = Annotated[int | None, typer.Option(
+    help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")]
+_TrainExamples = Annotated[int | None, typer.Option(
+    help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).",
+    min=1, rich_help_panel="Optimisation")]
+_Data = Annotated[str | None, typer.Option(
+    "--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)]
+_Template = Annotated[str | None, typer.Option(
+    help="Prompt template with {text} (and {text_pair}), or naming the file's columns: "
+         "'premise: {premise} hypothesis: {hypothesis}'.", rich_help_panel=DATA)]
+_Hub = Annotated[bool, typer.Option(
+    "--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)]
+_Grid = Annotated[float | None, typer.Option(
+    help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6,
+    rich_help_panel=DATA)]
+_Metric = Annotated[str | None, typer.Option(
+    help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, "
+         "rouge_l, pearson.", rich_help_panel=DATA)]
+_InitFrom = Annotated[str | None, typer.Option(
+    help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)]
+_TransferMode = Annotated[str, typer.Option(
+    help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture "
+         "over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)]
+_TransferComponents = Annotated[str, typer.Option(
+    help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).",
+    rich_help_panel=TRANSFER)]
+_TopK = Annotated[int, typer.Option(
+    help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)]
+_Probe = Annotated[int, typer.Option(
+    help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation "
+         "examples.", min=1, rich_help_panel=TRANSFER)]
+_Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")]
+_Description = Annotated[str, typer.Option(help="Free text stored with the adapter.")]
+_Tag = Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")]
+_Precision = Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")]
+_TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")]
+_AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")]
+
+
 @with_config_options(method_cfg=(EPTConfig, "Method (adapter shape)"), train_cfg=(TrainConfig, "Optimisation"))
 def train(
-    task: Annotated[str, typer.Argument(help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")],
-    model: Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")] = DEFAULT_MODEL,
+    task: _Task,
+    model: _Model = DEFAULT_MODEL,
     method_cfg: EPTConfig = None,  # replaced by the EPTConfig flags
     train_cfg: TrainConfig = None,  # replaced by the TrainConfig flags
-    max_train: Annotated[int | None, typer.Option(help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")] = None,
-    max_eval: Annotated[int | None, typer.Option(help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")] = None,
-    train_examples: Annotated[int | None, typer.Option(help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).", min=1, rich_help_panel="Optimisation")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)] = None,
-    text_column: TextColumnOption = "text",
-    text_pair_column: TextPairColumnOption = None,
-    label_column: LabelColumnOption = None,
-    template: Annotated[str | None, typer.Option(help="Prompt template with {text} (and {text_pair}), or naming the file's columns: 'premise: {premise} hypothesis: {hypothesis}'.", rich_help_panel=DATA)] = None,
-    hub: Annotated[bool, typer.Option("--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)] = False,
+    max_train: _MaxTrain = None, max_eval: _MaxEval = None, train_examples: _TrainExamples = None,
+    data: _Data = None, text_column: TextColumnOption = "text", text_pair_column: TextPairColumnOption = None,
+    label_column: LabelColumnOption = None, template: _Template = None, hub: _Hub = False,
     task_type: Annotated[str, typer.Option(help="classification (labels) | generation (target text) | regression (a number).", rich_help_panel=DATA)] = "classification",
-    grid: Annotated[float | None, typer.Option(help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6, rich_help_panel=DATA)] = None,
-    metric: Annotated[str | None, typer.Option(help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, rouge_l, pearson.", rich_help_panel=DATA)] = None,
-    init_from: Annotated[str | None, typer.Option(help="Start from a fusion of stored adapters: REF[:W],REF[:W] or auto.", rich_help_panel=TRANSFER)] = None,
-    transfer_mode: Annotated[str, typer.Option(help="weighted: start from the weighted sum of the sources' components; attention: learn an attention mixture over their frozen prompts (ATTEMPT-style).", rich_help_panel=TRANSFER)] = "weighted",
-    transfer_components: Annotated[str, typer.Option(help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).", rich_help_panel=TRANSFER)] = "prompt+low-rank",
-    top_k: Annotated[int, typer.Option(help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)] = 1,
-    probe: Annotated[int, typer.Option(help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation examples.", min=1, rich_help_panel=TRANSFER)] = 64,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")] = False,
-    description: Annotated[str, typer.Option(help="Free text stored with the adapter.")] = "",
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 backbone weights (default: bf16 where faster).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the hub.")] = False,
-    data_dir: DataDirOption = None,
-    registry: RegistryUrl = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with ref and metrics.")] = False,
+    grid: _Grid = None, metric: _Metric = None,
+    init_from: _InitFrom = None, transfer_mode: _TransferMode = "weighted",
+    transfer_components: _TransferComponents = "prompt+low-rank", top_k: _TopK = 1, probe: _Probe = 64,
+    resume: _Resume = False, description: _Description = "", tag: _Tag = None, precision: _Precision = None,
+    trust_remote_code: _TrustRemoteCode = False, data_dir: DataDirOption = None, registry: RegistryUrl = None,
+    as_json: _AsJson = False,
 ) -> None:
     """Train a prompt for TASK on a frozen backbone and register it.
 
@@ -72,55 +102,61 @@ def train(
     Example: eptctl train superglue-cb --model ./t5-base --data-dir ~/glue-data
     """
     command_started = time.perf_counter()  # the wall time the user waits: load and conversion included
-    from eptctl import backbones
-    from eptctl.data import DataOptions
-    from eptctl.data.spec import TASK_TYPES
-    from eptctl.workflows.train import train_task
-    from eptctl.workflows.transfer import TransferOptions, parse_sources
+    from eptctl.workflows.train import DataChoice, DataLimits, RecordInfo
 
-    if task_type not in TASK_TYPES:
-        raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
-                          hint="e.g. --task-type generation")
-    data_flags = [flag for flag, given in (("--template", template is not None), ("--text-column", text_column != "text"),
-                                           ("--text-pair-column", text_pair_column is not None),
-                                           ("--label-column", label_column is not None), ("--hub", hub)) if given]
-    if data is None and data_flags:
-        raise EptctlError(f"{', '.join(data_flags)} describe a custom task's data file and need --data",
-                          hint="a builtin or stored task keeps its columns and template (see `eptctl tasks`)")
-    if data is None and (task_type != "classification" or metric is not None or grid is not None):
-        raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
-                          hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
-    if grid is not None and task_type != "regression":
-        raise EptctlError(f"--grid applies to regression tasks, not {task_type}", hint="drop --grid")
-    label_column = label_column_for(label_column, task_type)
-    custom = None if data is None else DataOptions(data, text_column, text_pair_column, label_column, template, hub,
-                                                   task_type, metric, grid)
-    transfer = None if init_from is None else TransferOptions(
-        "auto" if init_from == "auto" else parse_sources(init_from), transfer_mode, top_k, probe, transfer_components)
+    custom = DataChoice(data, text_column, text_pair_column, label_column, template, hub, task_type, metric,
+                        grid).options()
+    transfer = _transfer_options(init_from, transfer_mode, transfer_components, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
+    outcome = _train_with_progress(
+        task, open_registry(registry), method_cfg, train_cfg, quiet=as_json, resume=resume, custom=custom,
+        transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
+        loading=_model_choice(model, precision, trust_remote_code),
+        record=RecordInfo(description, tuple(tag or ()), shlex.join(["eptctl", *sys.argv[1:]])))
+    if distributed.is_main():
+        _report(outcome, as_json, command_started)
+
+
+def _train_with_progress(task: str, reg, method_cfg: EPTConfig, train_cfg: TrainConfig, *, quiet: bool,
+                         resume: bool, **options):
+    """``train_task`` with the progress view on stderr (rank 0 only) and Ctrl-C as a clean stop (exit 130)."""
+    from eptctl.workflows.train import RunOptions, train_task
+
     leader = distributed.is_main()
-    reg = open_registry(registry)
     stop = _StopFlag()
-    view = _ProgressView(quiet=as_json or not leader)
-    backbone = None
-    if precision is not None:
-        with distributed.main_first():
-            backbone = backbones.load(model, precision=precision, trust_remote_code=trust_remote_code)
+    view = _ProgressView(quiet=quiet or not leader)
     try:
         with stop, view:
-            outcome = train_task(
-                task, registry=reg, model=model, method_cfg=method_cfg, train_cfg=train_cfg, custom=custom,
-                transfer=transfer, max_train=max_train, max_eval=max_eval, train_examples=train_examples,
-                resume=resume, backbone=backbone,
-                description=description, tags=tag, command_line=shlex.join(["eptctl", *sys.argv[1:]]),
-                on_event=view.on_event, should_stop=stop.is_set, trust_remote_code=trust_remote_code,
-            )
+            return train_task(task, registry=reg, method_cfg=method_cfg, train_cfg=train_cfg,
+                              run=RunOptions(resume, view.on_event, stop.is_set), **options)
     except TrainingInterrupted as interrupted:
         if leader:
             err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
         raise typer.Exit(130) from None
-    if not leader:
-        return
+
+
+def _transfer_options(init_from: str | None, mode: str, components: str, top_k: int, probe: int):
+    """``--init-from`` and its options as ``TransferOptions`` (None: a fresh start)."""
+    from eptctl.workflows.transfer import TransferOptions, parse_sources
+
+    return None if init_from is None else TransferOptions(
+        "auto" if init_from == "auto" else parse_sources(init_from), mode, top_k, probe, components)
+
+
+def _model_choice(model: str, precision: str | None, trust_remote_code: bool):
+    """``--model``; with ``--precision`` the command loads the backbone itself in that precision."""
+    from eptctl import backbones
+    from eptctl.workflows.train import ModelChoice
+
+    backbone = None
+    if precision is not None:
+        with distributed.main_first():
+            backbone = backbones.load(model, precision=precision, trust_remote_code=trust_remote_code)
+    return ModelChoice(model, backbone, trust_remote_code)
+
+
+def _report(outcome, as_json: bool, command_started: float) -> None:
+    """The result: one JSON object, or a summary line on stderr and the registered reference on stdout."""
     rec = outcome.record
     if as_json:
         print_json({"ref": rec.ref, "id": rec.id, "task": rec.task, "method": rec.method,

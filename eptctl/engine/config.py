@@ -95,3 +95,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def split_options(options: dict, groups: dict[str, type], caller: str) -> dict:
+    """Sort keyword arguments into frozen option groups (``groups``: keyword -> dataclass), so a function can take
+    its options grouped and still accept them one by one.
+
+    Each group is given whole by its keyword (``run=FitRun(...)``) or field by field (``resume=True``); fields given
+    next to a whole group replace its values, and the group validates again. Returns keyword -> group object.
+    Raises ``TypeError`` for an unknown keyword or a missing required field, as a Python call would, and what the
+    group's own validation raises.
+    """
+    options, built = dict(options), {}
+    for name, cls in groups.items():
+        base = options.pop(name, None)
+        fields = {f.name: options.pop(f.name) for f in dataclasses.fields(cls) if f.name in options}
+        built[name] = cls(**fields) if base is None else dataclasses.replace(base, **fields) if fields else base
+    if options:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {next(iter(options))!r}")
+    return built

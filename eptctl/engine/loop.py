@@ -19,7 +19,7 @@ from eptctl.backbones.base import Backbone, EncodedExample, TaskEncoding
 from eptctl.core import events
 from eptctl.core.errors import EptctlError, TrainingInterrupted
 from eptctl.engine import distributed, training_state
-from eptctl.engine.config import TrainConfig
+from eptctl.engine.config import TrainConfig, split_options
 from eptctl.engine.scoring import TaskKind, evaluate_encoded
 from eptctl.methods import EPTAdapter, EPTConfig, initial_prompt, prompt_length_of
 
@@ -121,6 +121,68 @@ def _check_finite(loss: float, step: int) -> None:
 
 
 # --- the loop -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitTask:
+    """The task as the loop sees it: what it learns and how it is judged.
+
+    ``num_labels``: label count of classification scoring, and the size of an encoder's head (1 for regression);
+    ``metric``: the validation metric that picks the best step (higher is better); ``kind``: how to evaluate
+    (generation decodes, regression parses numbers; None: classification with ``num_labels`` labels); ``test_set``:
+    encoded rows evaluated once at the end (none: no test metrics). Raises ``ValueError`` for a negative
+    ``num_labels`` or an empty ``metric``.
+    """
+
+    num_labels: int
+    metric: str = "accuracy"
+    kind: TaskKind | None = None
+    test_set: Sequence[EncodedExample] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_labels < 0:
+            raise ValueError(f"num_labels must be at least 0, got {self.num_labels}")
+        if not self.metric:
+            raise ValueError("metric must name the validation metric, e.g. 'accuracy'")
+
+    @classmethod
+    def of(cls, spec, max_new_tokens: int, test_set: Sequence[EncodedExample] = ()) -> FitTask:
+        """The ``FitTask`` of a ``data.TaskSpec`` whose generated answers may take ``max_new_tokens`` tokens."""
+        return cls(num_labels=spec.head_size, metric=spec.metric, kind=TaskKind.of(spec, max_new_tokens=max_new_tokens),
+                   test_set=test_set)
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """Where a run of :func:`fit` starts and how it is driven; nothing here changes the numbers of a fresh run.
+
+    Start: ``adapter`` (train this one) or ``init_tensors`` (a fresh adapter loaded with them, e.g. a fused
+    transfer); ``checkpoint_path`` with ``resume=True`` continues from the training state saved there (a missing
+    file starts fresh). Driving: ``on_event`` receives the typed events; the loop stops with a clean checkpoint when
+    ``should_stop()`` turns true. Raises ``ValueError`` for ``resume`` without ``checkpoint_path`` or for both
+    ``adapter`` and ``init_tensors``.
+    """
+
+    init_tensors: dict[str, torch.Tensor] | None = None
+    adapter: EPTAdapter | None = None
+    checkpoint_path: Path | None = None
+    resume: bool = False
+    on_event: events.EventHandler | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.resume and self.checkpoint_path is None:
+            raise ValueError("resume=True needs the checkpoint_path to resume from")
+        if self.adapter is not None and self.init_tensors is not None:
+            raise ValueError("give either an adapter to train or init_tensors for a fresh one, not both")
+
+
+# fit's keyword groups: a group by its name (run=FitRun(...)) or its fields one by one (resume=True).
+FIT_OPTIONS = {"task": FitTask, "run": FitRun}
+
+
+def _copy(adapter: EPTAdapter) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+
+
 def fit(
     backbone: Backbone,
     train_set: Sequence[EncodedExample],
@@ -128,129 +190,157 @@ def fit(
     answers: TaskEncoding,
     method_cfg: EPTConfig,
     train_cfg: TrainConfig = TrainConfig(),
-    *,
-    num_labels: int,
-    test_set: Sequence[EncodedExample] = (),
-    metric: str = "accuracy",
-    kind: TaskKind | None = None,
-    init_tensors: dict[str, torch.Tensor] | None = None,
-    adapter: EPTAdapter | None = None,
-    checkpoint_path: Path | None = None,
-    resume: bool = False,
-    on_event: events.EventHandler | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    **options,
 ) -> TrainResult:
     """Train one adapter on encoded examples; returns the adapter of the last step, or with ``eval_every`` the best one
-    by validation ``metric`` (higher is better) among the evaluated steps.
+    by validation ``task.metric`` (higher is better) among the evaluated steps.
 
-    ``kind`` says how to evaluate (generation decodes, regression parses numbers; default: classification with
-    ``num_labels`` labels). ``num_labels`` also sizes an encoder's head (1 for regression).
+    ``options`` are two keyword groups, each given whole or field by field (``FIT_OPTIONS``): ``task``
+    (:class:`FitTask`, required: what is learned and how it is evaluated: ``num_labels``, ``metric``, ``kind``,
+    ``test_set``) and ``run`` (:class:`FitRun`: where the run starts, where it checkpoints, who watches it:
+    ``init_tensors``, ``adapter``, ``checkpoint_path``, ``resume``, ``on_event``, ``should_stop``). Raises
+    ``TypeError`` for an unknown keyword or without ``num_labels``.
 
     Raises ``EptctlError`` for an empty training set or a diverging loss, and ``TrainingInterrupted`` (after a
-    clean checkpoint at ``checkpoint_path``) when ``should_stop()`` turns true; ``resume=True`` continues from it.
+    clean checkpoint at ``run.checkpoint_path``) when ``run.should_stop()`` turns true; ``run.resume`` continues
+    from it.
     """
+    groups = split_options(options, FIT_OPTIONS, "fit")
+    task: FitTask = groups["task"]
+    run: FitRun = groups["run"]
     if not train_set:
         raise EptctlError("the training set is empty", hint="check the data file and its label column")
-    emit = on_event or events.ignore
     started = time.perf_counter()
-    adapter = adapter or new_adapter(backbone, method_cfg, num_labels, train_cfg.seed, init_tensors)
+    adapter = run.adapter or new_adapter(backbone, method_cfg, task.num_labels, train_cfg.seed, run.init_tensors)
+    kind = task.kind
     objective = train_cfg.objective_for("classification" if kind is None else kind.task_type)
-    total = train_cfg.total_steps(len(train_set))
-    optimizer, scheduler = build_optimizer(adapter, train_cfg, total)
+    loop = _Loop(backbone, adapter, answers, train_cfg, task, run, objective,
+                 total=train_cfg.total_steps(len(train_set)))
     # None: no in-training validation; the last step is kept (the schedule has decayed to 0 there) and validated once
     # at the end. Picking the best of a few 200-row evaluations cost a sixth of a default run and added noise.
-    eval_every = train_cfg.eval_every
-    val_for_training = list(validation_set)
-    if train_cfg.max_eval_examples:
-        val_for_training = val_for_training[: train_cfg.max_eval_examples]
-
-    distributed.broadcast_params(adapter)  # data parallel: every replica starts from rank 0's adapter
-    step, best_step, best_metric, history = 0, 0, None, []
-    best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-    # Only rank 0 writes checkpoints (other nodes may not share its disk), so rank 0 reads and hands it round.
-    saved = distributed.from_rank0(lambda: training_state.load(checkpoint_path) if resume and checkpoint_path
-                                   is not None and checkpoint_path.exists() else None)
-    if saved is not None:
-        adapter.load_state_dict(saved.adapter)
-        optimizer.load_state_dict(saved.optimizer)
-        scheduler.load_state_dict({**saved.scheduler, "lr_lambdas": [None] * len(optimizer.param_groups)})
-        step, best_state, best_step, best_metric = saved.step, saved.best, saved.best_step, saved.best_metric
-        history = saved.history
-        emit(events.Resumed(step=step, total=total))
-    emit(events.TrainingStarted(total=total, step=step, params=adapter.params_by_group(),
-                                batch_size=train_cfg.batch_size, eval_every=eval_every or 0,
-                                eval_rows=len(val_for_training), final_rows=len(validation_set) + len(test_set)))
-
-    lengths = [len(e.input_ids) for e in train_set]
-    per_epoch = math.ceil(len(train_set) / train_cfg.batch_size)
-
-    def state() -> training_state.TrainingState:
-        return training_state.TrainingState(
-            adapter={k: v.detach().cpu().clone() for k, v in adapter.state_dict().items()}, best=best_state,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step, best_step=best_step,
-            best_metric=best_metric, history=history)
-
-    def checkpoint() -> None:
-        if checkpoint_path is not None and distributed.is_main():
-            training_state.save(checkpoint_path, state())
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    adapter.train()
-    while step < total:
-        epoch, within = divmod(step, per_epoch)
-        # The same order on every rank (a function of the seed); each rank then takes its slice of the batch.
-        order = length_bucketed_batches(lengths, train_cfg.batch_size, train_cfg.seed, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss = _forward_backward(backbone, adapter, [train_set[i] for i in order[within]], answers,
-                                 objective, params, step)
-        torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        history.append({"step": step, "loss": round(loss, 6)})
-        emit(events.StepDone(step=step, total=total, loss=loss, lr=scheduler.get_last_lr()[0]))
-        if eval_every and (step % eval_every == 0 or step == total):
-            adapter.eval()
-            val = evaluate_encoded(backbone, adapter, val_for_training, answers, train_cfg.eval_batch_size,
-                                   sharded=True, kind=kind)
-            adapter.train()
-            value = val.get(metric)
-            history.append({"step": step, "validation": val})
-            if value is not None and (best_metric is None or value > best_metric):
-                best_metric, best_step = value, step
-                best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-            emit(events.Evaluated(step=step, total=total, metrics=val, best_step=best_step,
-                                  examples=len(val_for_training)))
-            checkpoint()
-        elif step % train_cfg.checkpoint_every == 0:
-            checkpoint()
-        if should_stop is not None and distributed.any_rank(should_stop()) and step < total:
-            checkpoint()
-            raise TrainingInterrupted(f"stopped at step {step} of {total}; checkpoint saved",
-                                      hint="run the same command with --resume to continue")
-
-    if not eval_every:
-        best_step, best_state = step, {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-    final = state()
-    adapter.load_state_dict(best_state)
-    adapter.eval()
-    emit(events.FinalEvaluation(best_step=best_step))
-    metrics = {"validation": evaluate_encoded(backbone, adapter, validation_set, answers, train_cfg.eval_batch_size,
-                                              sharded=True, kind=kind)}
-    if test_set:
-        metrics["test"] = evaluate_encoded(backbone, adapter, test_set, answers, train_cfg.eval_batch_size,
-                                           sharded=True, kind=kind)
-    if not eval_every:  # the one validation of the run, on every validation row, as the curve's point
-        history.append({"step": step, "validation": metrics["validation"]})
-    emit(events.TrainingDone(metrics=metrics, best_step=best_step))
+    val_for_training = list(validation_set)[: train_cfg.max_eval_examples or None]
+    loop.resume()
+    loop.emit(events.TrainingStarted(total=loop.total, step=loop.step, params=adapter.params_by_group(),
+                                     batch_size=train_cfg.batch_size, eval_every=train_cfg.eval_every or 0,
+                                     eval_rows=len(val_for_training),
+                                     final_rows=len(validation_set) + len(task.test_set)))
+    loop.train(train_set, val_for_training)
+    final, metrics = loop.finish(validation_set)
     return TrainResult(
         adapter=adapter,
-        best_step=best_step,
-        steps=step,
+        best_step=loop.best_step,
+        steps=loop.step,
         metrics=metrics,
-        history=history,
+        history=loop.history,
         state=final,
         duration_s=time.perf_counter() - started,
-        truncated=sum(e.truncated for e in (*train_set, *validation_set, *test_set)),
+        truncated=sum(e.truncated for e in (*train_set, *validation_set, *task.test_set)),
         params_by_group=adapter.params_by_group(),
     )
+
+
+class _Loop:
+    """One run of :func:`fit`: the adapter, its optimiser and schedule, and the bookkeeping a checkpoint stores."""
+
+    def __init__(self, backbone: Backbone, adapter: EPTAdapter, answers: TaskEncoding, cfg: TrainConfig,
+                 task: FitTask, run: FitRun, objective: str, total: int):
+        self.backbone, self.adapter, self.answers, self.cfg, self.task, self.run = (
+            backbone, adapter, answers, cfg, task, run)
+        self.objective, self.total = objective, total
+        self.emit = run.on_event or events.ignore
+        self.optimizer, self.scheduler = build_optimizer(adapter, cfg, total)
+        distributed.broadcast_params(adapter)  # data parallel: every replica starts from rank 0's adapter
+        self.step, self.best_step, self.best_metric, self.history = 0, 0, None, []
+        self.best_state = _copy(adapter)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def resume(self) -> None:
+        """With ``run.resume``, continue from the checkpoint if there is one."""
+        path = self.run.checkpoint_path
+        # Only rank 0 writes checkpoints (other nodes may not share its disk), so rank 0 reads and hands it round.
+        saved = distributed.from_rank0(lambda: training_state.load(path) if self.run.resume and path
+                                       is not None and path.exists() else None)
+        if saved is None:
+            return
+        self.adapter.load_state_dict(saved.adapter)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict({**saved.scheduler, "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        self.step, self.best_state, self.best_step, self.best_metric = (
+            saved.step, saved.best, saved.best_step, saved.best_metric)
+        self.history = saved.history
+        self.emit(events.Resumed(step=self.step, total=self.total))
+
+    def state(self) -> training_state.TrainingState:
+        return training_state.TrainingState(
+            adapter={k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()},
+            best=self.best_state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            step=self.step, best_step=self.best_step, best_metric=self.best_metric, history=self.history)
+
+    def checkpoint(self) -> None:
+        if self.run.checkpoint_path is not None and distributed.is_main():
+            training_state.save(self.run.checkpoint_path, self.state())
+
+    def train(self, train_set: Sequence[EncodedExample], val_rows: list[EncodedExample]) -> None:
+        """Step until ``total``: evaluate every ``eval_every`` steps, checkpoint, stop when asked."""
+        cfg, eval_every, should_stop = self.cfg, self.cfg.eval_every, self.run.should_stop
+        lengths = [len(e.input_ids) for e in train_set]
+        per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        self.adapter.train()
+        while self.step < self.total:
+            epoch, within = divmod(self.step, per_epoch)
+            # The same order on every rank (a function of the seed); each rank then takes its slice of the batch.
+            order = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+            self._step([train_set[i] for i in order[within]])
+            if eval_every and (self.step % eval_every == 0 or self.step == self.total):
+                self._evaluate(val_rows)
+                self.checkpoint()
+            elif self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+            if should_stop is not None and distributed.any_rank(should_stop()) and self.step < self.total:
+                self.checkpoint()
+                raise TrainingInterrupted(f"stopped at step {self.step} of {self.total}; checkpoint saved",
+                                          hint="run the same command with --resume to continue")
+
+    def _step(self, examples: list[EncodedExample]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = _forward_backward(self.backbone, self.adapter, examples, self.answers, self.objective, self.params,
+                                 self.step)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.history.append({"step": self.step, "loss": round(loss, 6)})
+        self.emit(events.StepDone(step=self.step, total=self.total, loss=loss, lr=self.scheduler.get_last_lr()[0]))
+
+    def _score(self, rows: Sequence[EncodedExample]) -> dict[str, float]:
+        return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
+                                sharded=True, kind=self.task.kind)
+
+    def _evaluate(self, val_rows: list[EncodedExample]) -> None:
+        """An in-training validation; keeps the adapter's state when it is the best so far."""
+        self.adapter.eval()
+        val = self._score(val_rows)
+        self.adapter.train()
+        value = val.get(self.task.metric)
+        self.history.append({"step": self.step, "validation": val})
+        if value is not None and (self.best_metric is None or value > self.best_metric):
+            self.best_metric, self.best_step = value, self.step
+            self.best_state = _copy(self.adapter)
+        self.emit(events.Evaluated(step=self.step, total=self.total, metrics=val, best_step=self.best_step,
+                                   examples=len(val_rows)))
+
+    def finish(self, validation_set: Sequence[EncodedExample]) -> tuple[training_state.TrainingState, dict]:
+        """Load the kept step into the adapter and evaluate it; returns the final training state and the metrics."""
+        if not self.cfg.eval_every:
+            self.best_step, self.best_state = self.step, _copy(self.adapter)
+        final = self.state()
+        self.adapter.load_state_dict(self.best_state)
+        self.adapter.eval()
+        self.emit(events.FinalEvaluation(best_step=self.best_step))
+        metrics = {"validation": self._score(validation_set)}
+        if self.task.test_set:
+            metrics["test"] = self._score(self.task.test_set)
+        if not self.cfg.eval_every:  # the one validation of the run, on every validation row, as the curve's point
+            self.history.append({"step": self.step, "validation": metrics["validation"]})
+        self.emit(events.TrainingDone(metrics=metrics, best_step=self.best_step))
+        return final, metrics

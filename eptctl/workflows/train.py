@@ -18,15 +18,15 @@ from pathlib import Path
 
 from eptctl import __version__, backbones, data
 from eptctl.backbones.base import Backbone
+from eptctl.data.spec import TASK_TYPES
 from eptctl.core import events
-from eptctl.core.errors import EptctlError
+from eptctl.core.errors import ConfigError, EptctlError
 from eptctl.core.home import eptctl_home
 from eptctl.engine import distributed, servable
-from eptctl.engine.config import TrainConfig
-from eptctl.engine.encoding import encode_task, new_token_budget
-from eptctl.engine.loop import TrainResult, fit
+from eptctl.engine.config import TrainConfig, split_options
+from eptctl.engine.encoding import EncodedTask, encode_task, new_token_budget
+from eptctl.engine.loop import FitRun, FitTask, TrainResult, fit
 from eptctl.engine.metrics import check_metric
-from eptctl.engine.scoring import TaskKind
 from eptctl.methods import EPTConfig, prompt_length_of
 from eptctl.workflows.tasks import resolve_spec, spec_to_task_record
 from eptctl.workflows.transfer import TransferOptions, TransferStart, prepare_transfer
@@ -91,55 +91,197 @@ def check_task_fits(spec: data.TaskSpec, backbone: Backbone | None, train_cfg: T
                           hint="use --objective lm")
 
 
+# --- grouped options ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataLimits:
+    """Which rows a run uses: at most ``max_train`` training rows, ``max_eval`` validation and test rows each, and
+    (few-shot) ``train_examples`` training rows stratified by label, the same for every seed. None: no limit.
+    Raises ``ConfigError`` naming the flag for a limit below 1."""
+
+    max_train: int | None = None
+    max_eval: int | None = None
+    train_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_train", "max_eval", "train_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}",
+                                  hint="leave it out to use every row")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The frozen backbone: ``model`` (embedded name, local folder or hub id), or an already loaded ``backbone`` (it
+    is used as is; ``model`` then only names it in the run summary); ``trust_remote_code`` allows custom model code
+    from the hub when ``model`` is loaded."""
+
+    model: str = backbones.DEFAULT_MODEL
+    backbone: Backbone | None = None
+    trust_remote_code: bool = False
+
+    def load(self, emit: events.EventHandler) -> Backbone:
+        """The backbone to train on: ``backbone``, or ``model`` loaded (first use converts it once, on rank 0)."""
+        if self.backbone is not None:
+            return self.backbone
+        emit(events.LoadingModel(model=self.model, converting=backbones.needs_conversion(self.model)))
+        with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
+            return backbones.load(self.model, trust_remote_code=self.trust_remote_code)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is driven: ``resume`` continues the interrupted run with the same inputs (``EptctlError`` if there
+    is none), ``on_event`` receives the typed progress events, and the run stops with a clean checkpoint
+    (``TrainingInterrupted``) when ``should_stop()`` turns true."""
+
+    resume: bool = False
+    on_event: events.EventHandler | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """What the registry stores about the run besides its results: free-text ``description``, ``tags``, and the
+    ``command_line`` (default: this process's ``sys.argv``)."""
+
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    command_line: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", tuple(self.tags or ()))  # a list from older callers; None: no tags
+
+
+# train_task's keyword groups: a group by its name (run=RunOptions(...)) or its fields one by one (resume=True).
+TRAIN_OPTIONS = {"limits": DataLimits, "loading": ModelChoice, "run": RunOptions, "record": RecordInfo}
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The data a run asks for, as the "Custom data" options give it: a custom task's file (``path``: ``--data``)
+    with its columns, template, task type, metric and grid, or (``path`` None) nothing beyond a builtin or stored task.
+
+    Checked on construction: the task type exists, the options that describe a file come with ``path``, ``grid``
+    only for regression. Raises ``EptctlError`` (one line naming the flags, and a hint).
+    """
+
+    path: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str | None = None  # None: the task type's default (label, or target)
+    template: str | None = None
+    hub: bool = False
+    task_type: str = data.DataOptions.task_type
+    metric: str | None = None
+    grid: float | None = None
+
+    def __post_init__(self) -> None:
+        task_type, grid = self.task_type, self.grid
+        if task_type not in TASK_TYPES:
+            raise EptctlError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}",
+                              hint="e.g. --task-type generation")
+        given = (("--template", self.template is not None), ("--text-column", self.text_column != "text"),
+                 ("--text-pair-column", self.text_pair_column is not None),
+                 ("--label-column", self.label_column is not None), ("--hub", self.hub))
+        data_flags = [flag for flag, is_given in given if is_given]
+        if self.path is None and data_flags:
+            raise EptctlError(f"{', '.join(data_flags)} describe a custom task's data file and need --data",
+                              hint="a builtin or stored task keeps its columns and template (see `eptctl tasks`)")
+        if self.path is None and (task_type != "classification" or self.metric is not None or grid is not None):
+            raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
+                              hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
+        if grid is not None and task_type != "regression":
+            raise EptctlError(f"--grid applies to regression tasks, not {task_type}", hint="drop --grid")
+
+    def options(self) -> data.DataOptions | None:
+        """The custom task's ``DataOptions`` (the label column defaulted by task type), or None without ``path``."""
+        if self.path is None:
+            return None
+        column, task_type = self.label_column, self.task_type
+        label_column = column or ("label" if task_type == "classification" else "target")
+        return data.DataOptions(self.path, self.text_column, self.text_pair_column, label_column, self.template,
+                                self.hub, task_type, self.metric, self.grid)
+
+
 # --- train ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """A run's inputs once everything a user can get wrong has been checked, before training."""
+
+    spec: data.TaskSpec
+    task_data: data.TaskData
+    backbone: Backbone
+    method_cfg: EPTConfig
+    train_cfg: TrainConfig
+    encoded: EncodedTask
+    new_tokens: int
+    start: TransferStart
+
+
 def train_task(
     task: str,
     *,
     registry,
-    model: str = backbones.DEFAULT_MODEL,
     method_cfg: EPTConfig = EPTConfig(),
     train_cfg: TrainConfig = TrainConfig(),
     custom: data.DataOptions | None = None,
     transfer: TransferOptions | None = None,
-    max_train: int | None = None,
-    max_eval: int | None = None,
-    train_examples: int | None = None,
-    resume: bool = False,
-    backbone: Backbone | None = None,
-    description: str = "",
-    tags: list[str] | None = None,
-    command_line: str | None = None,
-    on_event: events.EventHandler | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    trust_remote_code: bool = False,
+    **options,
 ) -> TrainOutcome:
     """Train an adapter for ``task`` and register it; returns the registry record and the training result.
 
-    ``custom`` defines a new task from the user's data; ``transfer`` starts from stored adapters; ``train_examples``
-    trains on K examples stratified by label, the same for every seed (few-shot; recorded in the summary). Raises
-    ``EptctlError`` for anything a user can get wrong, before the registry is written, and ``TrainingInterrupted``
-    after a clean checkpoint when ``should_stop()`` turns true. Under ``torchrun`` / ``accelerate launch`` every
-    rank calls this: the ranks train data-parallel, rank 0 alone registers, and the other ranks get ``record=None``
-    (docs/distributed.md).
+    ``custom`` defines a new task from the user's data (:meth:`DataChoice.options` builds it from the CLI's
+    options); ``transfer`` starts from stored adapters. ``options`` are the keyword groups of ``TRAIN_OPTIONS``,
+    each given whole or field by field: ``limits`` (:class:`DataLimits`: ``max_train``, ``max_eval``,
+    ``train_examples``, few-shot K examples stratified by label, recorded in the summary), ``loading``
+    (:class:`ModelChoice`: ``model``, ``backbone``, ``trust_remote_code``), ``run`` (:class:`RunOptions`:
+    ``resume``, ``on_event``, ``should_stop``) and ``record`` (:class:`RecordInfo`: ``description``, ``tags``,
+    ``command_line``). Raises ``TypeError`` for an unknown keyword, ``EptctlError`` for anything a user can get
+    wrong, before the registry is written, and ``TrainingInterrupted`` after a clean checkpoint when
+    ``should_stop()`` turns true. Under ``torchrun`` / ``accelerate launch`` every rank calls this: the ranks train
+    data-parallel, rank 0 alone registers, and the other ranks get ``record=None`` (docs/distributed.md).
     """
-    from registry import MetricValue, NewAdapter, ParentLink, RunInfo
-
+    groups = split_options(options, TRAIN_OPTIONS, "train_task")
+    run: RunOptions = groups["run"]
     distributed.init()
-    emit = on_event or events.ignore
+    emit = run.on_event or events.ignore
+    p = _prepare(task, registry, method_cfg, train_cfg, custom, transfer, groups, emit)
+    key = run_key(p.spec.name, p.task_data.fingerprint, p.backbone.fingerprint()["embedding_sha256"], p.method_cfg,
+                  p.train_cfg)
+    ckpt = checkpoint_path(key)
+    if run.resume and not distributed.from_rank0(ckpt.exists):  # rank 0 holds the checkpoint
+        raise EptctlError(f"no checkpoint to resume for this run (key {key})",
+                          hint="resume needs the same task, data, model and options as the interrupted run")
+    result = fit(p.backbone, p.encoded.train, p.encoded.validation, p.encoded.answers, p.method_cfg, p.train_cfg,
+                 task=FitTask.of(p.spec, p.new_tokens, test_set=p.encoded.test),
+                 run=FitRun(init_tensors=p.start.init_tensors, checkpoint_path=ckpt, resume=run.resume,
+                            on_event=run.on_event, should_stop=run.should_stop))
+    if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
+        return TrainOutcome(record=None, result=result, spec=p.spec)
+    materialized = result.adapter.materialize()
+    summary = _summary(p, result, materialized.gate, transfer, groups)
+    record = _register(registry, p, result, materialized, summary, groups["record"])
+    ckpt.unlink(missing_ok=True)  # the run is complete; its final state now lives in the registry
+    return TrainOutcome(record=record, result=result, spec=p.spec)
+
+
+def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig, custom: data.DataOptions | None,
+             transfer: TransferOptions | None, groups: dict, emit: events.EventHandler) -> _Prepared:
+    """Resolve and load the task, load the backbone, encode, prepare the transfer start: every check that can fail
+    on user input, cheapest first, and nothing written."""
+    limits: DataLimits = groups["limits"]
     spec = resolve_spec(task, registry, custom)
     check_task_fits(spec, None, train_cfg)  # before the data and the model: bad options cost nothing
     if transfer is not None and transfer.sources != "auto":
         for source in transfer.sources:  # an unknown --init-from reference fails here, not after the model loads
             registry.resolve(source.ref)
     train_cfg = dataclasses.replace(train_cfg, objective=train_cfg.objective_for(spec.task_type))  # stored resolved
-    task_data = data.load_task(spec, max_train=max_train, max_eval=max_eval, seed=train_cfg.seed,
-                               train_examples=train_examples)
+    task_data = data.load_task(spec, max_train=limits.max_train, max_eval=limits.max_eval, seed=train_cfg.seed,
+                               train_examples=limits.train_examples)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
                            metric=spec.metric, task_type=spec.task_type))
-    if backbone is None:
-        emit(events.LoadingModel(model=model, converting=backbones.needs_conversion(model)))
-        with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
-            backbone = backbones.load(model, trust_remote_code=trust_remote_code)
+    backbone = groups["loading"].load(emit)
     check_task_fits(spec, backbone, train_cfg)
     method_cfg = method_cfg.resolved(backbone.width)
     target_room = train_cfg.max_target_length if spec.task_type != "classification" and backbone.answer_in_input else 0
@@ -152,30 +294,16 @@ def train_task(
         start = prepare_transfer(registry, transfer, backbone, method_cfg, spec, task_data.validation,
                                  train_cfg.seed, emit)
         method_cfg = start.method_cfg
-    key = run_key(spec.name, task_data.fingerprint, backbone.fingerprint()["embedding_sha256"], method_cfg, train_cfg)
-    ckpt = checkpoint_path(key)
-    if resume and not distributed.from_rank0(ckpt.exists):  # rank 0 holds the checkpoint
-        raise EptctlError(f"no checkpoint to resume for this run (key {key})",
-                          hint="resume needs the same task, data, model and options as the interrupted run")
-    result = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
-                 num_labels=spec.head_size, test_set=encoded.test, metric=spec.metric,
-                 kind=TaskKind.of(spec, max_new_tokens=new_tokens),
-                 init_tensors=start.init_tensors, checkpoint_path=ckpt, resume=resume, on_event=on_event,
-                 should_stop=should_stop)
-    if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
-        return TrainOutcome(record=None, result=result, spec=spec)
-    materialized = result.adapter.materialize()
-    parents = list(start.parents)
-    if start.attention_sources:  # lineage weights of an attention mixture are what it learned
-        parents = [ParentLink(rec.id, w, "attention")
-                   for rec, w in zip(start.attention_sources, result.adapter.source_weights())]
-    metrics = [MetricValue(split, name, value) for split, values in result.metrics.items()
-               for name, value in values.items()]
-    metrics += [MetricValue("validation", name, value, step=point["step"]) for point in result.history
-                if "validation" in point for name, value in point["validation"].items()]
-    summary = {
+    return _Prepared(spec, task_data, backbone, method_cfg, train_cfg, encoded, new_tokens, start)
+
+
+def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions | None, groups: dict) -> dict:
+    """The run summary stored with the adapter."""
+    spec, task_data, train_cfg, new_tokens = p.spec, p.task_data, p.train_cfg, p.new_tokens
+    train_examples, model = groups["limits"].train_examples, groups["loading"].model
+    return {
         "source_weights": result.adapter.source_weights(),
-        "space_weights": None if materialized.gate is None else [round(float(g), 6) for g in materialized.gate],
+        "space_weights": None if gate is None else [round(float(g), 6) for g in gate],
         "best_step": result.best_step,
         "steps": result.steps,
         "truncated": result.truncated,
@@ -189,22 +317,35 @@ def train_task(
         "model": model,
         **({"max_new_tokens": new_tokens} if spec.task_type != "classification" else {}),
     }
-    servable_tensors, servable_meta = servable.to_file(materialized, result.adapter.cfg, spec,
+
+
+def _register(registry, p: _Prepared, result: TrainResult, materialized, summary: dict, info: RecordInfo):
+    """Register the trained adapter (files first, then one transaction) with its metrics, lineage and run info."""
+    from registry import MetricValue, NewAdapter, ParentLink, RunInfo
+
+    parents = list(p.start.parents)
+    if p.start.attention_sources:  # lineage weights of an attention mixture are what it learned
+        parents = [ParentLink(rec.id, w, "attention")
+                   for rec, w in zip(p.start.attention_sources, result.adapter.source_weights())]
+    metrics = [MetricValue(split, name, value) for split, values in result.metrics.items()
+               for name, value in values.items()]
+    metrics += [MetricValue("validation", name, value, step=point["step"]) for point in result.history
+                if "validation" in point for name, value in point["validation"].items()]
+    method_cfg, backbone = p.method_cfg, p.backbone
+    servable_tensors, servable_meta = servable.to_file(materialized, result.adapter.cfg, p.spec,
                                                        backbone.fingerprint(method_cfg.max_length))
     state_tensors, state_meta = result.state.to_file()
     new = NewAdapter(
-        task=spec.name, method=method_cfg.method, config=method_cfg.to_dict(),
+        task=p.spec.name, method=method_cfg.method, config=method_cfg.to_dict(),
         params_by_group={k: v for k, v in result.params_by_group.items() if k != "total"},
         backbone=backbone_fingerprint(backbone, method_cfg.max_length),
         servable=servable_tensors, metadata=servable_meta,
         training_state=state_tensors, training_metadata=state_meta,
         metrics=metrics, parents=parents,
-        run=RunInfo(seed=train_cfg.seed, data_fingerprint=task_data.fingerprint, package_versions=package_versions(),
-                    command_line=command_line or " ".join(sys.argv), duration_s=round(result.duration_s, 3),
-                    device=str(backbone.device) + f" ({backbone.precision})"),
-        description=description, tags=list(tags or []), summary=summary,
+        run=RunInfo(seed=p.train_cfg.seed, data_fingerprint=p.task_data.fingerprint,
+                    package_versions=package_versions(), command_line=info.command_line or " ".join(sys.argv),
+                    duration_s=round(result.duration_s, 3), device=str(backbone.device) + f" ({backbone.precision})"),
+        description=info.description, tags=list(info.tags), summary=summary,
     )
-    registry.ensure_task(spec_to_task_record(spec))
-    record = registry.register(new)
-    ckpt.unlink(missing_ok=True)  # the run is complete; its final state now lives in the registry
-    return TrainOutcome(record=record, result=result, spec=spec)
+    registry.ensure_task(spec_to_task_record(p.spec))
+    return registry.register(new)
