@@ -45,12 +45,6 @@ LabelColumnOption = Annotated[str | None, typer.Option(
          "regression; default: target).")]
 
 
-def label_column_for(column: str | None, task_type: str) -> str:
-    """The label/target column: as given, or the default of the task type; ``EptctlError`` for an unknown type."""
-    from eptctl.data.task_types import task_type as task_type_of  # not at start-up: `eptctl --help` stays light
-
-    return column or task_type_of(task_type).answer_column
-
 # Piped output is not cut to 80 columns: tables stay whole for grep and for files.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # data
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # progress, notes

@@ -18,6 +18,7 @@ import torch
 from eptctl.backbones.base import Backbone, EncodedExample, TaskEncoding
 from eptctl.core import events
 from eptctl.core.errors import EptctlError, TrainingInterrupted
+from eptctl.data.task_types import DEFAULT_TASK_TYPE
 from eptctl.engine import distributed, training_state
 from eptctl.engine.config import TrainConfig, split_options
 from eptctl.engine.scoring import TaskKind, evaluate_encoded
@@ -213,7 +214,7 @@ def fit(
     started = time.perf_counter()
     adapter = run.adapter or new_adapter(backbone, method_cfg, task.num_labels, train_cfg.seed, run.init_tensors)
     kind = task.kind
-    objective = train_cfg.objective_for("classification" if kind is None else kind.task_type)
+    objective = train_cfg.objective_for(DEFAULT_TASK_TYPE if kind is None else kind.task_type)
     loop = _Loop(backbone, adapter, answers, train_cfg, task, run, objective,
                  total=train_cfg.total_steps(len(train_set)))
     # None: no in-training validation; the last step is kept (the schedule has decayed to 0 there) and validated once

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from eptctl import __version__, backbones, data
 from eptctl.backbones.base import Backbone
-from eptctl.data.spec import TASK_TYPES
 from eptctl.core import events
 from eptctl.core.errors import ConfigError, EptctlError
 from eptctl.core.home import eptctl_home
+from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
+from eptctl.data.task_types import task_type as task_type_of
 from eptctl.engine import distributed, servable
 from eptctl.engine.config import TrainConfig, split_options
 from eptctl.engine.encoding import EncodedTask, encode_task, new_token_budget
@@ -83,10 +84,10 @@ def check_task_fits(spec: data.TaskSpec, backbone: Backbone | None, train_cfg: T
     ``--objective classify`` without labels, a primary metric the task type does not have. Without a ``backbone``
     (before loading one) only the options are checked."""
     check_metric(spec.task_type, spec.metric)
-    if backbone is not None and spec.task_type == "generation" and not backbone.can_generate:
+    if backbone is not None and spec.strategy.decodes_text and not backbone.can_generate:
         raise EptctlError(f"task '{spec.name}' generates text, but {backbone.name} is an encoder-only model",
                           hint="use a causal or seq2seq backbone (e.g. the default model) for generation tasks")
-    if spec.task_type != "classification" and train_cfg.objective == "classify":
+    if not spec.strategy.has_labels and train_cfg.objective == "classify":
         raise EptctlError(f"--objective classify needs labels; task '{spec.name}' is a {spec.task_type} task",
                           hint="use --objective lm")
 
@@ -188,10 +189,10 @@ class DataChoice:
         if self.path is None and data_flags:
             raise EptctlError(f"{', '.join(data_flags)} describe a custom task's data file and need --data",
                               hint="a builtin or stored task keeps its columns and template (see `eptctl tasks`)")
-        if self.path is None and (task_type != "classification" or self.metric is not None or grid is not None):
+        if self.path is None and (task_type != DEFAULT_TASK_TYPE or self.metric is not None or grid is not None):
             raise EptctlError("--task-type, --metric and --grid define a new task and need --data",
                               hint="a builtin or stored task keeps its type and metric (see `eptctl tasks`)")
-        if grid is not None and task_type != "regression":
+        if grid is not None and not task_type_of(task_type).uses_grid:
             raise EptctlError(f"--grid applies to regression tasks, not {task_type}", hint="drop --grid")
 
     def options(self) -> data.DataOptions | None:
@@ -199,7 +200,7 @@ class DataChoice:
         if self.path is None:
             return None
         column, task_type = self.label_column, self.task_type
-        label_column = column or ("label" if task_type == "classification" else "target")
+        label_column = column or task_type_of(task_type).answer_column
         return data.DataOptions(self.path, self.text_column, self.text_pair_column, label_column, self.template,
                                 self.hub, task_type, self.metric, self.grid)
 
@@ -284,7 +285,7 @@ def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig,
     backbone = groups["loading"].load(emit)
     check_task_fits(spec, backbone, train_cfg)
     method_cfg = method_cfg.resolved(backbone.width)
-    target_room = train_cfg.max_target_length if spec.task_type != "classification" and backbone.answer_in_input else 0
+    target_room = train_cfg.max_target_length if not spec.strategy.has_labels and backbone.answer_in_input else 0
     backbone.check_length(prompt_length_of(method_cfg), method_cfg.max_length + target_room)
     encoded = encode_task(backbone, spec, method_cfg.max_length, task_data=task_data,
                           max_target_length=train_cfg.max_target_length)
@@ -315,7 +316,7 @@ def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions 
            else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
-        **({"max_new_tokens": new_tokens} if spec.task_type != "classification" else {}),
+        **({"max_new_tokens": new_tokens} if not spec.strategy.has_labels else {}),
     }
 
 
