@@ -389,38 +389,16 @@ def test_eval_from_a_file_refuses_tasks_that_rewrite_their_rows(eptctl_home, dat
                "rewrites its rows", notes=True)
 
 
-def test_http_refuses_a_mismatched_input_alone_not_its_batch(eptctl_home, data_dir, fixtures):
-    import socket
-    import time
+def test_http_refuses_a_mismatched_input_alone_not_its_batch(eptctl_home, data_dir, fixtures, eptctl_server):
     from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
 
     wic = json.loads(ok("train", "superglue-wic", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
     cb = json.loads(ok("train", "superglue-cb", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "eptctl", "serve", "--model", "tiny-random-t5", "--port",
-                               str(port), "--max-wait-ms", "200"], env={**os.environ, "EPTCTL_HOME": str(eptctl_home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        bad = {"adapter": wic["ref"], "inputs": [{"text": "a", "text_pair": "b"}]}
-        good = {"adapter": cb["ref"], "inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}
-        with ThreadPoolExecutor(4) as pool:  # sent together, so a batcher would put them in one batch
-            answers = list(pool.map(lambda body: httpx.post(f"{base}/v1/predict", json=body, timeout=60),
-                                    [bad, good, bad, good]))
-        assert [a.status_code for a in answers] == [422, 200, 422, 200], [a.text for a in answers]
-        assert "reads 3 columns" in answers[0].json()["error"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    server = eptctl_server(eptctl_home, "--max-wait-ms", "200", model="tiny-random-t5")
+    bad = {"adapter": wic["ref"], "inputs": [{"text": "a", "text_pair": "b"}]}
+    good = {"adapter": cb["ref"], "inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}
+    with ThreadPoolExecutor(4) as pool:  # sent together, so a batcher would put them in one batch
+        answers = list(pool.map(server.post, [bad, good, bad, good]))
+    assert [a.status_code for a in answers] == [422, 200, 422, 200], [a.text for a in answers]
+    assert "reads 3 columns" in answers[0].json()["error"]
+    assert server.stop() == 0

@@ -51,6 +51,11 @@ async def adapters(state: State):
 async def predict(body: PredictRequest, state: State):
     """One output per input: ``adapter``, ``text``, ``truncated`` and, by task type, ``label`` with every
     label's ``scores``, the generated ``output``, or the ``value``."""
+    with state.metrics.in_flight.track_inprogress():
+        return await _predict(body, state)
+
+
+async def _predict(body: PredictRequest, state: State) -> dict:
     started = time.perf_counter()
     metrics = state.metrics
     label = "unresolved"  # a label per registry adapter, never per string a client sends
