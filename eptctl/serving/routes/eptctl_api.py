@@ -17,6 +17,7 @@ from eptctl.serving.batcher import QueueFull
 from eptctl.serving.config import ServeConfig
 from eptctl.serving.errors import ApiError
 from eptctl.serving.routes import State
+from eptctl.serving.state import ServingState
 
 router = APIRouter()
 
@@ -55,7 +56,7 @@ async def predict(body: PredictRequest, state: State):
         return await _predict(body, state)
 
 
-async def _predict(body: PredictRequest, state: State) -> dict:
+async def _predict(body: PredictRequest, state: ServingState) -> dict:
     started = time.perf_counter()
     metrics = state.metrics
     label = "unresolved"  # a label per registry adapter, never per string a client sends
