@@ -2,6 +2,7 @@
 
     python -m bench paper --model PATH_TO_T5_BASE --tasks all --method pt,dept,ept [--steps N] [--seeds 0,1,2]
                           [--budget F] [--data-dir DIR] [--max-eval N] [--registry URL]
+                          [--batch-size 32 --prompt-length 100 --short-length 60]
 
 Each (method, task, seed) cell trains one adapter with ``eptctl.workflows.train.train_task`` into the benchmark's own
 registry (default ``.bench-out/paper/registry.db``), scores its test split, and is saved to
@@ -48,9 +49,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="registry URL (default: sqlite:///.bench-out/paper/registry.db)")
     parser.add_argument("--cells", type=Path, default=CELLS, help="where finished cells are kept (resume)")
     parser.add_argument("--precision", default=None, help="fp32 | bf16 (default: eptctl's choice)")
+    # Shapes other than the paper's make other cells; they exist so the tests can run the harness in seconds.
+    parser.add_argument("--batch-size", type=int, default=PAPER_BATCH, help="rows per step (the paper: 32)")
+    parser.add_argument("--prompt-length", type=int, default=PAPER_PROMPT_LENGTH, help="PT's l (the paper: 100)")
+    parser.add_argument("--short-length", type=int, default=PAPER_SHORT_LENGTH,
+                        help="DePT's and EPT's s, r by the same budget (the paper: 60)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.budget <= 0:
         parser.error("--steps must be >= 1 and --budget > 0")
+    if min(args.batch_size, args.short_length) < 1 or args.short_length >= args.prompt_length:
+        parser.error("--batch-size and --short-length must be >= 1, and --short-length below --prompt-length")
     return args
 
 
@@ -84,11 +92,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     done = json.loads(args.cells.read_text()) if args.cells.exists() else {}
     # A cell is the same cell only for the same data (its fingerprint), backbone, precision and settings.
     fingerprints = {t: data.load_task(glue.CATALOGUE[t].spec).source_fingerprint[:16] for t in tasks}
-    setting = f"{args.model}|{backbone.precision}|{steps}|{args.max_eval}"
+    setting = f"{args.model}|{backbone.precision}|{steps}|{args.max_eval}" + _shapes(args)
     kept = 0
     for method in methods:
-        method_cfg = EPTConfig(method=method, prompt_length=PAPER_PROMPT_LENGTH,
-                               short_length=None if method == "pt" else PAPER_SHORT_LENGTH)
+        method_cfg = EPTConfig(method=method, prompt_length=args.prompt_length,
+                               short_length=None if method == "pt" else args.short_length)
         for task in tasks:
             for seed in seeds:
                 key = f"{setting}|{method}|{task}|{seed}|{fingerprints[task]}"
@@ -96,7 +104,7 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
                     kept += 1
                     continue
                 # The papers' protocol: the answer tokens' loss, the best of periodic validations kept.
-                train_cfg = TrainConfig(steps=steps, batch_size=PAPER_BATCH, seed=seed, objective="lm",
+                train_cfg = TrainConfig(steps=steps, batch_size=args.batch_size, seed=seed, objective="lm",
                                         eval_every=max(1, steps // 5), max_eval_examples=args.max_eval or 200)
                 outcome = train_task(task, registry=reg, backbone=backbone, method_cfg=method_cfg,
                                      train_cfg=train_cfg, max_eval=args.max_eval,
@@ -117,9 +125,17 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
              and c.get("data") == fingerprints[c["task"]] and c["method"] in methods and c["seed"] in seeds]
     return {"rows": table(cells, methods, tasks), "cells": cells,
             "published_sources": {row.method: row.source for row in glue.PUBLISHED},
-            "setting": {"model": args.model, "steps": steps, "seeds": seeds, "batch_size": PAPER_BATCH,
-                        "prompt_length": PAPER_PROMPT_LENGTH, "short_length": PAPER_SHORT_LENGTH,
+            "setting": {"model": args.model, "steps": steps, "seeds": seeds, "batch_size": args.batch_size,
+                        "prompt_length": args.prompt_length, "short_length": args.short_length,
                         "max_eval": args.max_eval}}
+
+
+def _shapes(args: argparse.Namespace) -> str:
+    """The cell key's part for non-paper shapes; empty for the paper's, so cells kept before these flags resume."""
+    shapes = (args.batch_size, args.prompt_length, args.short_length)
+    if shapes == (PAPER_BATCH, PAPER_PROMPT_LENGTH, PAPER_SHORT_LENGTH):
+        return ""
+    return "|b{}|l{}|s{}".format(*shapes)
 
 
 def table(cells: list[dict], methods: list[str], tasks: list[str]) -> list[dict]:

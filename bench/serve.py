@@ -18,7 +18,6 @@ Environment: BENCH_BACKBONES (tiny, smollm2), BENCH_CONCURRENCY (1,8,32), BENCH_
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,33 +57,6 @@ def _adapters(model: str, workdir: Path) -> tuple[str, list[str]]:
         refs.append(outcome.record.ref)
     reg.close()
     return url, refs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server not ready in 300 s")
 
 
 def _load(base: str, adapters: list[str], texts: list[str], concurrency: int, requests: int) -> dict:
@@ -139,6 +111,7 @@ def pass_ceiling(model: str, texts: list[str], sizes=(1, 4, 8, 16, 32)) -> dict[
 
 def run(quick: bool = False) -> dict:
     from eptctl import data
+    from eptctl.serving.launch import start as start_server
 
     settings = _settings(quick)
     texts = [e.text for e in data.load_task(data.builtin_task("rt-polarity"), max_eval=200).validation]
@@ -160,7 +133,7 @@ def run(quick: bool = False) -> dict:
             servers = {}  # all up at once, idle but one: the modes take turns cell by cell
             try:
                 for name, command in commands.items():
-                    servers[name] = _start(command, env)
+                    servers[name] = start_server(command, env=env, timeout_s=300, stdout=subprocess.DEVNULL)
                 for c in settings["concurrency"]:
                     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
                     for _ in range(settings["rounds"]):  # interleaved: a slow moment of the machine hits every mode

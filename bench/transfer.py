@@ -3,6 +3,7 @@
     python -m bench transfer [--pairs rt-polarity:tweet-sentiment,...] [--shots 16,64,256]
         [--inits random,all,prompt,prompt+low-rank,attention,auto,...] [--seeds 0,1,2] [--steps 30]
         [--test-rows 500] [--home DIR] [--cells PATH] [--plot PATH] [--precision fp32|bf16]
+        [--source-steps N] [--source-max-eval N]
 
 Each cell (pair, K, init, seed) trains the target with the default EPT shape and learning rates on the same K
 training examples (`--train-examples K`: stratified by label, the same for every seed) for an equal budget of
@@ -57,6 +58,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=OUT / "transfer.png")
     parser.add_argument("--source-steps", type=int, default=None,
                         help="steps of a source trained here, validated 5 times, best kept (default: eptctl train's default)")
+    parser.add_argument("--source-max-eval", type=int, default=None,
+                        help="validation and test rows of a source trained here (default: eptctl train's; the "
+                             "tests use a few to run the harness in seconds)")
     parser.add_argument("--model", default=None, help="backbone (default: eptctl's default model)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="backbone precision, sources included (default: eptctl's choice for this CPU: bf16 with "
@@ -144,9 +148,11 @@ class _Lab:
             # docs/transfer.md was measured (N = 150); the objective stays lm for the same reason.
             given = {"steps": steps, "eval_every": max(1, steps // 5)} if steps else {}
             train_cfg = TrainConfig(objective="lm", **given)
+            rows = self.args.source_max_eval
             record = train_task(task, registry=self.reg, model=self.model, backbone=self.backbone, train_cfg=train_cfg,
-                                command_line=f"eptctl train {task} --objective lm" + (
-                                    f" --steps {steps} --eval-every {given['eval_every']}" if steps else "")).record
+                                max_eval=rows, command_line=f"eptctl train {task} --objective lm" + (
+                                    f" --steps {steps} --eval-every {given['eval_every']}" if steps else "") + (
+                                    f" --max-eval {rows}" if rows else "")).record
         device = record.run.device or ""  # "cpu (bf16)"; records from before the precision was named end otherwise
         if device.endswith(")") and not device.endswith(f"({self.backbone.precision})"):
             raise SystemExit(f"source {record.ref} in {self.args.home} was trained on {device}; this run is "

@@ -29,3 +29,22 @@ def _default_data_dir():
     from eptctl.data.glue import set_data_dir
 
     set_data_dir(None)
+
+
+@pytest.fixture(scope="module")
+def eptctl_server():
+    """Start ``eptctl serve``: ``eptctl_server(home, *args, model=..., registry=...)`` returns a ready
+    ``serve_support.Server``. Module-scoped, so a module's shared server (tests/test_serve.py's ``server``) can use
+    it; every server still running when the module ends gets SIGTERM and must exit 0."""
+    from serve_support import Server
+
+    started: list[Server] = []
+
+    def start(home, *args: str, **kw) -> Server:
+        server = Server(home, *args, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    codes = [server.stop() for server in started if server.proc.poll() is None]
+    assert all(code == 0 for code in codes), codes

@@ -4,34 +4,38 @@ auto ranking, the plot; and the task-vector start's arithmetic."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from bench.transfer import summarise, task_vector_start
 
-ROOT = Path(__file__).resolve().parents[1]
 
+def _bench(tmp_path: Path, capsys, *extra: str) -> tuple[int | str, str, str]:
+    """``python -m bench transfer`` on toy sizes, in this process (an interpreter start per run would cost more than
+    its cells): (exit code or SystemExit message, stdout, stderr)."""
+    from bench.__main__ import main
 
-def _bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("EPTCTL_REGISTRY_URL", None)
-    command = [sys.executable, "-m", "bench", "transfer", "--model", "tiny-random-llama",
+    command = ["transfer", "--model", "tiny-random-llama",
                "--pairs", "rt-polarity:tweet-sentiment", "--shots", "8,16", "--inits", "random,all,auto,vector",
-               "--seeds", "0,1", "--steps", "2", "--test-rows", "12", "--source-steps", "2",
+               "--seeds", "0,1", "--steps", "2", "--test-rows", "12", "--source-steps", "2", "--source-max-eval", "12",
                "--auto-candidates", "rt-polarity,rt-subjectivity", "--home", str(tmp_path / "home"),
                "--cells", str(tmp_path / "cells.json"), "--plot", str(tmp_path / "transfer.png"),
                "--json", str(tmp_path / "out.json"), *extra]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        code = main(command)
+    except SystemExit as exit_:  # the bench's refusals
+        code = str(exit_.code)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_bench_transfer_runs_every_cell_once_and_summarises(tmp_path):
-    first = _bench(tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "training source rt-polarity for 2 steps" in first.stdout
+def test_bench_transfer_runs_every_cell_once_and_summarises(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "home"))  # the bench sets it; this restores the test's
+    monkeypatch.delenv("EPTCTL_REGISTRY_URL", raising=False)
+    code, stdout, stderr = _bench(tmp_path, capsys)
+    assert code == 0, stderr[-2000:]
+    assert "training source rt-polarity for 2 steps" in stdout
     out = json.loads((tmp_path / "out.json").read_text())
     cells = out["cells"]
     assert len(cells) == 2 * 4 * 2  # K x inits x seeds
@@ -50,17 +54,17 @@ def test_bench_transfer_runs_every_cell_once_and_summarises(tmp_path):
     assert all(r["gain_vs_random"].endswith(tuple("0123456789")) for r in rows if r["init"] != "random")
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
     stored = (tmp_path / "cells.json").read_text()
-    again = _bench(tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "training source" not in again.stdout and '{"' not in again.stdout.split("|")[0]  # nothing re-run
+    code, stdout, stderr = _bench(tmp_path, capsys)
+    assert code == 0, stderr[-2000:]
+    assert "training source" not in stdout and '{"' not in stdout.split("|")[0]  # nothing re-run
     assert (tmp_path / "cells.json").read_text() == stored
     # The other precision refuses this run's cells and sources (they are looked up by name, not precision).
     (precision,) = {c["precision"] for c in cells}
     other = "bf16" if precision == "fp32" else "fp32"
-    mixed = _bench(tmp_path, "--precision", other)
-    assert mixed.returncode != 0 and f"holds {precision} cells; this run is {other}" in mixed.stderr
-    mixed = _bench(tmp_path, "--precision", other, "--cells", str(tmp_path / "other.json"))
-    assert mixed.returncode != 0 and f"this run is {other}: pass --home" in mixed.stderr
+    code, _, _ = _bench(tmp_path, capsys, "--precision", other)
+    assert f"holds {precision} cells; this run is {other}" in code
+    code, _, _ = _bench(tmp_path, capsys, "--precision", other, "--cells", str(tmp_path / "other.json"))
+    assert f"this run is {other}: pass --home" in code
     assert (tmp_path / "cells.json").read_text() == stored and not (tmp_path / "other.json").exists()
 
 

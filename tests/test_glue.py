@@ -1,6 +1,6 @@
 """The GLUE/SuperGLUE catalogue on fixture files in the hubs' exact column layouts: loading, the paper's split
 protocol, one templated row per task, the metrics each task reports, the data directory and its errors, named-column
-templates for custom tasks, and `python -m bench paper` end to end on a tiny T5."""
+templates for custom tasks, and `python -m bench paper` end to end on a tiny T5 at toy shapes."""
 
 from __future__ import annotations
 
@@ -248,33 +248,57 @@ def test_truncation_shortens_the_longest_column_never_the_template():
     assert len(text) < len(spec.prompt(example)) / 4
 
 
-def test_bench_paper_runs_end_to_end_on_fixtures_and_resumes(fixtures, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EPTCTL_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "bench", "paper", "--model", "tiny-random-t5", "--tasks", "all", "--steps", "5",
-               "--data-dir", str(fixtures)]
-    # 39 cells of 5 steps: about 2 min alone; the bound is a hang guard, loose enough for a machine shared 3 ways.
-    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
-    assert first.returncode == 0, first.stderr[-3000:]
-    header = next(line for line in first.stdout.splitlines() if line.startswith("| method"))
+def test_bench_paper_table_has_the_papers_layout_and_published_averages():
+    from bench.__main__ import markdown
+    from bench.paper import table
+
+    rows = table([], ["pt", "dept", "ept"], glue.select("all"))
+    header = markdown(rows).splitlines()[0]
     for column in ("MNLI", "QQP", "QNLI", "SST-2", "STS-B", "MRPC", "RTE", "CoLA", "GLUE avg", "MultiRC", "BoolQ",
                    "WiC", "WSC", "CB", "SuperGLUE avg", "params"):
         assert f"| {column} |" in header
-    rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
+    assert [r["method"] for r in rows] == ["eptctl pt", "eptctl dept", "eptctl ept", "PT (l=100)", "DePT (s=60, r=30)"]
+    assert rows[-1]["GLUE avg"] == "85.9" and rows[-1]["SuperGLUE avg"] == "76.5"  # the published DePT averages
+
+
+def test_bench_paper_runs_end_to_end_on_fixtures_and_resumes(fixtures, tmp_path, monkeypatch, capsys):
+    """The harness on two GLUE tasks and a SuperGLUE one at toy shapes (one step, two eval rows, batch 2, l = 4): cells,
+    table, JSON, resume, other settings as other cells. Run in-process: three interpreter starts cost more than the
+    cells; the real entry point is exercised by the no-data test below, the paper's sizes by ``python -m bench``."""
+    from bench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "home"))
+    argv = ["paper", "--model", "tiny-random-t5", "--tasks", "cola,stsb,multirc", "--steps", "1", "--max-eval", "2",
+            "--batch-size", "2", "--prompt-length", "4", "--short-length", "2", "--data-dir", str(fixtures)]
+
+    def bench(*extra: str) -> tuple[str, str]:
+        assert main([*argv, *extra]) == 0
+        out = capsys.readouterr()
+        return out.out, out.err
+
+    first, _ = bench()
+    header = next(line for line in first.splitlines() if line.startswith("| method"))
+    for column in ("CoLA", "STS-B", "GLUE avg", "MultiRC", "SuperGLUE avg", "params"):
+        assert f"| {column} |" in header
+    rows = [line for line in first.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == [
         "eptctl pt", "eptctl dept", "eptctl ept", "PT (l=100)", "DePT (s=60, r=30)"]
-    assert "| 85.9 |" in rows[-1] and "| 76.5 |" in rows[-1]  # the published DePT averages
+    dept = next(p for p in glue.PUBLISHED if p.method.startswith("DePT"))  # a subset averages the published rows too
+    assert f"| {dept.scores['superglue-multirc']:.1f} |" in rows[-1]
     report = json.loads((tmp_path / ".bench-out" / "paper.json").read_text())
-    assert len(report["cells"]) == 39 and {c["metric"] for c in report["cells"]} >= {"mcc", "pearson", "f1"}
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and " seed 0: " not in second.stdout  # every cell was kept: nothing retrained
-    assert "kept 39 finished cell(s)" in second.stderr
-    assert [line for line in second.stdout.splitlines() if line.startswith("| eptctl")] == rows[1:4]
+    assert len(report["cells"]) == 9 and {c["metric"] for c in report["cells"]} == {"mcc", "pearson", "f1"}
+    assert report["setting"]["batch_size"] == 2 and report["setting"]["prompt_length"] == 4
+    second, log = bench()
+    assert " seed 0: " not in second  # every cell was kept: nothing retrained
+    assert "kept 9 finished cell(s)" in log
+    assert [line for line in second.splitlines() if line.startswith("| eptctl")] == rows[1:4]
     # Other settings are other cells: they train, and the table shows only theirs.
-    third = subprocess.run([*command[:7], "rte", *command[8:], "--max-eval", "2", "--method", "ept"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and "ept glue-rte seed 0: " in third.stdout, third.stderr[-2000:]
+    argv[4] = "rte"
+    third, _ = bench("--max-eval", "3", "--method", "ept")
+    assert "ept glue-rte seed 0: " in third
     report = json.loads((tmp_path / ".bench-out" / "paper.json").read_text())
-    assert len(report["cells"]) == 1 and report["cells"][0]["setting"].endswith("|5|2")
+    assert len(report["cells"]) == 1 and report["cells"][0]["setting"].endswith("|1|3|b2|l4|s2")
 
 
 def test_bench_paper_without_data_says_where_and_how(tmp_path):
@@ -365,38 +389,16 @@ def test_eval_from_a_file_refuses_tasks_that_rewrite_their_rows(eptctl_home, dat
                "rewrites its rows", notes=True)
 
 
-def test_http_refuses_a_mismatched_input_alone_not_its_batch(eptctl_home, data_dir, fixtures):
-    import socket
-    import time
+def test_http_refuses_a_mismatched_input_alone_not_its_batch(eptctl_home, data_dir, fixtures, eptctl_server):
     from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
 
     wic = json.loads(ok("train", "superglue-wic", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
     cb = json.loads(ok("train", "superglue-cb", "--model", "tiny-random-t5", "--steps", "1", "--json").stdout)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "eptctl", "serve", "--model", "tiny-random-t5", "--port",
-                               str(port), "--max-wait-ms", "200"], env={**os.environ, "EPTCTL_HOME": str(eptctl_home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        bad = {"adapter": wic["ref"], "inputs": [{"text": "a", "text_pair": "b"}]}
-        good = {"adapter": cb["ref"], "inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}
-        with ThreadPoolExecutor(4) as pool:  # sent together, so a batcher would put them in one batch
-            answers = list(pool.map(lambda body: httpx.post(f"{base}/v1/predict", json=body, timeout=60),
-                                    [bad, good, bad, good]))
-        assert [a.status_code for a in answers] == [422, 200, 422, 200], [a.text for a in answers]
-        assert "reads 3 columns" in answers[0].json()["error"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    server = eptctl_server(eptctl_home, "--max-wait-ms", "200", model="tiny-random-t5")
+    bad = {"adapter": wic["ref"], "inputs": [{"text": "a", "text_pair": "b"}]}
+    good = {"adapter": cb["ref"], "inputs": [{"text": "a premise", "text_pair": "a hypothesis"}]}
+    with ThreadPoolExecutor(4) as pool:  # sent together, so a batcher would put them in one batch
+        answers = list(pool.map(server.post, [bad, good, bad, good]))
+    assert [a.status_code for a in answers] == [422, 200, 422, 200], [a.text for a in answers]
+    assert "reads 3 columns" in answers[0].json()["error"]
+    assert server.stop() == 0

@@ -1,4 +1,5 @@
-"""`eptctl serve` as a real server: a subprocess on a free loopback port, talked to over HTTP with httpx.
+"""`eptctl serve` as a real server: a subprocess on a free loopback port (conftest's ``eptctl_server``), talked to
+over HTTP with httpx.
 
 Tiny random backbones and a real SQLite registry. Every load loop here is bounded in count and in time, and
 targets 127.0.0.1 only.
@@ -8,12 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,8 +18,7 @@ import httpx
 import pytest
 
 from registry import Registry
-
-LLAMA = "tiny-random-llama"
+from serve_support import LLAMA
 TEXTS = ["A triumph.", "Dull and overlong.", "The markets fell sharply today.", "Quietly moving, and funny too.",
          "He scored twice in the final.", "A plot you can see coming a mile off."]
 
@@ -52,51 +48,11 @@ def world(tmp_path_factory):
     return {"home": home, "url": url, "refs": refs}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``eptctl serve`` in a subprocess; ``stop()`` sends SIGTERM and returns the exit code."""
-
-    def __init__(self, world, *args: str):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "EPTCTL_HOME": str(world["home"])}
-        env.pop("EPTCTL_SERVE_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eptctl", "serve", "--model", LLAMA, "--port", str(self.port),
-             "--registry", world["url"], *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.proc.kill()
-        raise AssertionError("server did not become ready in 90 s")
-
-    def post(self, body, **kw) -> httpx.Response:
-        return httpx.post(f"{self.base}/v1/predict", json=body, timeout=60, **kw)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="module")
-def server(world):
-    srv = Server(world, "--resolve-ttl", "0.2", "--max-wait-ms", "20")
+def server(world, eptctl_server):
+    """The module's shared server (tests send requests and move aliases in the registry; none changes its
+    settings)."""
+    srv = eptctl_server(world["home"], "--resolve-ttl", "0.2", "--max-wait-ms", "20", registry=world["url"])
     yield srv
     assert srv.stop() == 0
 
@@ -189,8 +145,10 @@ def test_moving_an_alias_changes_answers_without_a_restart(server, world, expect
     reg = _registry(world)
     reg.set_alias(refs["pol2"], "prod")
     reg.close()
-    time.sleep(0.5)  # the server trusts a resolved reference for 0.2 s
-    moved = server.post({"adapter": "rt-polarity@prod", "inputs": TEXTS[:1]}).json()["outputs"][0]
+    deadline = time.monotonic() + 30  # the server trusts a resolved reference for 0.2 s: ask until it moves
+    while (moved := server.post({"adapter": "rt-polarity@prod", "inputs": TEXTS[:1]}).json()["outputs"][0])[
+            "adapter"] != refs["pol2"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert moved["adapter"] == refs["pol2"] and _same(moved["scores"], expected[refs["pol2"]][TEXTS[0]])
 
 
@@ -224,8 +182,9 @@ def test_bad_input_gets_its_status_and_a_json_error(server, world, expected):
     assert httpx.get(f"{server.base}/docs").status_code == 200
 
 
-def test_queue_full_is_503_with_retry_after_and_the_token_guards_routes(world):
-    srv = Server(world, "--max-queue", "1", "--max-wait-ms", "300", "--token", "s3cret")
+def test_queue_full_is_503_with_retry_after_and_the_token_guards_routes(world, eptctl_server):
+    srv = eptctl_server(world["home"], "--max-queue", "1", "--max-wait-ms", "300", "--token", "s3cret",
+                        registry=world["url"])
     try:
         auth = {"Authorization": "Bearer s3cret"}
         assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]}).status_code == 401
@@ -259,8 +218,23 @@ def _healthz(client: httpx.Client, attempts: int = 3) -> int:
     raise AssertionError("unreachable")
 
 
-def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected):
-    srv = Server(world, "--max-wait-ms", "50", "--max-batch-size", "4")
+def _burst_received(srv, n: int, ref: str, least: int = 4, timeout: float = 60) -> float:
+    """Wait until the server has received all ``n`` requests of a burst (in flight + answered, from /metrics);
+    the number still in flight then, which must be at least ``least`` for a SIGTERM to test the drain."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = srv.metrics()
+        waiting = metrics.get("eptctl_requests_in_flight", 0.0)
+        if waiting + metrics.get(f'eptctl_requests_total{{adapter="{ref}",status="200"}}', 0.0) >= n:
+            assert waiting >= least, f"only {waiting:.0f} of {n} requests were still in flight: too short a burst"
+            return waiting
+        time.sleep(0.005)
+    raise AssertionError(f"the server did not receive the {n} requests in {timeout} s")
+
+
+def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected, eptctl_server):
+    # One request per pass, six rows each: the burst lasts many passes, so SIGTERM lands with most still queued.
+    srv = eptctl_server(world["home"], "--max-wait-ms", "50", "--max-batch-size", "1", registry=world["url"])
     ref = world["refs"]["pol1"]
     clients = [httpx.Client(base_url=srv.base, timeout=60) for _ in range(24)]
     for client in clients:  # connections the server has accepted before the burst
@@ -268,19 +242,24 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(world, expected):
     sent = threading.Barrier(len(clients) + 1)
 
     def one(i):
+        texts = TEXTS[i % len(TEXTS):] + TEXTS[:i % len(TEXTS)]
         sent.wait()
-        return i, clients[i].post("/v1/predict", json={"adapter": ref, "inputs": [TEXTS[i % len(TEXTS)]]})
+        response = clients[i].post("/v1/predict", json={"adapter": ref, "inputs": texts})
+        return texts, response, time.monotonic()
 
     with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
         futures = [pool.submit(one, i) for i in range(len(clients))]
         sent.wait(timeout=30)
-        time.sleep(0.1)  # every request is on the wire; the batcher has answered only a few
+        _burst_received(srv, len(clients), ref)
+        signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         results = [f.result(timeout=120) for f in futures]
     assert srv.proc.wait(timeout=60) == 0
-    for i, response in results:
+    for texts, response, _ in results:
         assert response.status_code == 200, response.text
-        assert _same(response.json()["outputs"][0]["scores"], expected[ref][TEXTS[i % len(TEXTS)]])
+        assert all(_same(out["scores"], expected[ref][t]) for out, t in zip(response.json()["outputs"], texts))
+    # Requests in flight at SIGTERM were answered after it: the drain, not a burst already over, answered them.
+    assert sum(answered > signalled for _, _, answered in results) >= 4
     for client in clients:
         client.close()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 class ServeMetrics:
-    """Requests and errors by adapter and status, request latency, rows and adapters per backbone pass, queue depth,
-    loaded adapters. ``render()`` gives the Prometheus text format."""
+    """Requests and errors by adapter and status, request latency, rows and adapters per backbone pass, requests in
+    flight, queue depth, loaded adapters. ``render()`` gives the Prometheus text format."""
 
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +22,8 @@ class ServeMetrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.batch_adapters = Histogram("eptctl_batch_adapters", "Distinct adapters per backbone pass",
                                         registry=self.registry, buckets=(1, 2, 3, 4, 8, 16))
+        self.in_flight = Gauge("eptctl_requests_in_flight", "Prediction requests received and not yet answered",
+                               registry=self.registry)
         self.queue_depth = Gauge("eptctl_queue_depth", "Requests waiting for a backbone pass", registry=self.registry)
         self.loaded_adapters = Gauge("eptctl_loaded_adapters", "Materialized adapters in the cache",
                                      registry=self.registry)

@@ -28,7 +28,7 @@ def build(config: ServeConfig, registry_url: str | None = None):
         backbone = backbones.load(config.model or backbones.DEFAULT_MODEL)
     app = create_app(registry, backbone, config)
     for ref in config.adapters:
-        app.state.cache.get(ref)  # loaded and checked now, not on the first request
+        app.state.serving.cache.get(ref)  # loaded and checked now, not on the first request
     return app, registry, backbone
 
 

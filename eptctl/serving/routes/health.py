@@ -1,0 +1,33 @@
+"""Health and metrics: liveness, readiness and the Prometheus exposition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from eptctl.serving.errors import ApiError
+from eptctl.serving.routes import State
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz():
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: State):
+    """Readiness: the backbone is loaded and the batcher runs."""
+    if not state.batcher.alive:
+        raise ApiError(503, "not ready: the batcher is not running", "wait, or check the server log")
+    return {"status": "ready", "backbone": state.backbone.name}
+
+
+@router.get("/metrics")
+async def prometheus(state: State):
+    """Prometheus text format."""
+    state.metrics.loaded_adapters.set(len(state.cache.loaded()))
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)

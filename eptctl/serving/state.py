@@ -1,0 +1,33 @@
+"""What the routes of one app share: the registry, the backbone, the settings, the adapter cache, the batcher and
+the metrics, kept on ``app.state.serving`` and handed to a route as a FastAPI dependency (``eptctl.serving.routes.State``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eptctl.serving.adapters import AdapterCache
+from eptctl.serving.batcher import Batcher
+from eptctl.serving.config import ServeConfig
+from eptctl.serving.metrics import ServeMetrics
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """One server's moving parts; ``build`` makes them from a registry, a backbone and a ``ServeConfig``."""
+
+    registry: object
+    backbone: object
+    config: ServeConfig
+    cache: AdapterCache
+    batcher: Batcher
+    metrics: ServeMetrics
+
+    @classmethod
+    def build(cls, registry, backbone, config: ServeConfig) -> ServingState:
+        """The cache, batcher and metrics for ``config`` (nothing starts: the app's lifespan starts the batcher)."""
+        metrics = ServeMetrics()
+        cache = AdapterCache(registry, backbone, config.max_adapters, config.resolve_ttl_s)
+        batcher = Batcher(backbone, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                          max_queue=config.max_queue, batching=config.batching, metrics=metrics)
+        return cls(registry, backbone, config, cache, batcher, metrics)
+

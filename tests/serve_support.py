@@ -1,0 +1,45 @@
+"""`eptctl serve` as the tests run it: a subprocess on a free loopback port, ready (``/readyz`` answered 200) when
+constructed, through ``eptctl.serving.launch`` (the helper ``python -m bench serve`` uses too). The fixture that
+starts and always stops these servers is ``eptctl_server`` in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+
+import httpx
+
+from eptctl.serving import launch
+
+LLAMA = "tiny-random-llama"
+
+
+class Server:
+    """``eptctl serve --model MODEL [--registry URL] ARGS`` with ``EPTCTL_HOME=home`` (no token from the
+    environment); ``stop()`` sends SIGTERM and returns the exit code."""
+
+    def __init__(self, home, *args: str, model: str = LLAMA, registry: str | None = None):
+        env = {**os.environ, "EPTCTL_HOME": str(home)}
+        env.pop("EPTCTL_SERVE_TOKEN", None)
+        command = [sys.executable, "-m", "eptctl", "serve", "--model", model,
+                   *(["--registry", registry] if registry else []), *args]
+        self.proc, self.base = launch.start(command, env=env, timeout_s=90)
+
+    def post(self, body, **kw) -> httpx.Response:
+        return httpx.post(f"{self.base}/v1/predict", json=body, timeout=60, **kw)
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as {'name{labels}': value}."""
+        text = httpx.get(f"{self.base}/metrics", timeout=10).text
+        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
