@@ -2,9 +2,9 @@
 the JSON error handlers and the bearer-token check (``errors``), and the server's shared parts (``state``).
 
 Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; OpenAPI at ``/docs``.
-Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request, 404 unknown
-adapter, 409 adapter of another backbone, 413 too many inputs or too long a text, 503 queue full (with
-``Retry-After``) or not ready, 401 missing or wrong bearer token.
+Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request (or not UTF-8
+JSON), 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a text or too large a
+body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or wrong bearer token.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     from fastapi import FastAPI
 
     from eptctl.serving import errors
+    from eptctl.serving.limits import BodyReadTimeout
     from eptctl.serving.routes import eptctl_api, health, openai
     from eptctl.serving.state import ServingState
 
-    app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
+    # max_body_size: Starlette's limit counts the body as it streams in (a Content-Length over it is refused at
+    # the first read, before any byte of the body), so no body over it is read whole or parsed
+    app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan, max_body_size=config.body_limit,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
     errors.install(app)
+    app.add_middleware(BodyReadTimeout, timeout_s=config.timeout_read_s)
     app.include_router(health.router)
     app.include_router(eptctl_api.router)
     app.include_router(openai.router)  # the OpenAI-compatible API: empty until its issue lands
