@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -40,6 +41,8 @@ def serve(
     from eptctl.serving.config import ServeConfig
     from eptctl.serving.server import serve as run_server
 
+    if token is None and os.environ.get("EPTCTL_SERVE_TOKEN") == "":
+        token = ""  # Click reads an empty variable as unset: a token meant to be set is refused, never dropped
     refs = tuple(r.strip() for r in (adapters or "").split(",") if r.strip())
     config = ServeConfig(host=host, port=port, model=model, adapters=refs, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
