@@ -176,9 +176,9 @@ def test_a_body_that_is_not_utf8_json_is_422(server, world):
     ref = world["refs"][0]
     headers = {**server.auth, "content-type": "application/json"}
     for content in (b'{"adapter": "' + ref.encode() + b'", "inputs": ["\xff\xfe caf\xe9"]}', b"\xff",
-                    '{"adapter": "x", "inputs": ["x"]}'.encode("utf-16"), b'{"inputs": '):
+                    b'{"adapter": "x", "inputs": ["\xed\xa0\x80"]}', b'{"inputs": '):  # Latin-1, a lone surrogate
         body = assert_error(httpx.post(f"{server.base}/v1/predict", content=content, headers=headers), 422)
-        assert body["error"].startswith("malformed request")
+        assert body["error"].startswith("malformed request") or "UTF-8" in body["error"]
     still_answers(server, ref)
 
 

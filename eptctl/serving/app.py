@@ -23,17 +23,17 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     from fastapi import FastAPI
 
     from eptctl.serving import errors
-    from eptctl.serving.limits import BodyReadTimeout
+    from eptctl.serving.limits import BodyGuard
     from eptctl.serving.routes import eptctl_api, health, openai
     from eptctl.serving.state import ServingState
 
-    # max_body_size: Starlette's limit counts the body as it streams in (a Content-Length over it is refused at
-    # the first read, before any byte of the body), so no body over it is read whole or parsed
-    app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan, max_body_size=config.body_limit,
+    app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
+    # inside the token check (added after it): a BaseHTTPMiddleware reads through a task group, which would wrap
+    # the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
+    app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)
     errors.install(app)
-    app.add_middleware(BodyReadTimeout, timeout_s=config.timeout_read_s)
     app.include_router(health.router)
     app.include_router(eptctl_api.router)
     app.include_router(openai.router)  # the OpenAI-compatible API: empty until its issue lands

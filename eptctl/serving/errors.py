@@ -55,7 +55,7 @@ def install(app: FastAPI) -> None:
     metrics and the token)."""
     app.add_exception_handler(ApiError, error_response)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
     app.middleware("http")(_auth)
 
 
@@ -70,24 +70,20 @@ async def _invalid(request: Request, err: RequestValidationError) -> JSONRespons
                                             JSON_HINT))
 
 
-async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    """An unknown route, a wrong method, a body too large (Starlette's body limit), too slow or not decodable: the
+async def http_error_response(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    """An unknown route, a wrong method, a body too large (``limits.BodyGuard``), too slow, or not UTF-8 JSON: the
     same shape as every other error."""
     headers = dict(err.headers or {})
-    if err.status_code == 413:  # the rest of the body is not read: the connection cannot carry another request
-        limit = request.app.state.serving.config.body_limit
-        return error_response(request, ApiError(
-            413, f"the request body is larger than the limit of {limit} bytes",
-            "split the request, or start the server with a larger --max-body-bytes", {**headers, "Connection": "close"}))
     if err.status_code == 400 and isinstance(err.__cause__, ValueError):
         # FastAPI parses JSON and answers 400 for what json.JSONDecodeError does not cover (invalid UTF-8)
         return error_response(request, ApiError(422, f"malformed request: the body is not UTF-8 JSON ({err.__cause__})",
                                                 JSON_HINT))
     hint = {404: ROUTES_HINT, 405: ROUTES_HINT,
-            408: "send the whole body without pauses, or start the server with a larger --timeout-read"}.get(
+            408: "send the whole body without pauses, or start the server with a larger --timeout-read",
+            413: "split the request, or start the server with a larger --max-body-bytes"}.get(
         err.status_code, "see /docs")
-    return error_response(request, ApiError(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
-                                            hint, headers))
+    detail = err.detail if err.status_code in (408, 413) else f"{request.method} {request.url.path}: {err.detail}"
+    return error_response(request, ApiError(err.status_code, detail, hint, headers))
 
 
 async def _auth(request: Request, call_next):
