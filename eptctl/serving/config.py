@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eptctl.core.errors import ConfigError
 
@@ -39,7 +39,8 @@ class ServeConfig:
     max_adapters: int = 32  # materialized adapters kept (LRU)
     resolve_ttl_s: float = 1.0  # how long a reference (an alias, @latest) is trusted before it is resolved again
     batching: bool = True  # off: one request per backbone pass (for comparison)
-    token: str | None = None  # bearer token required on every route but the health checks
+    # bearer token required on every route but the health checks; never in a repr (a log line, a traceback)
+    token: str | None = field(default=None, repr=False)
     insecure_no_token: bool = False  # the user's explicit choice to serve off loopback without a token
     max_body_bytes: int | None = None  # request body limit; None: derived from max_inputs and max_text_chars
     timeout_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
