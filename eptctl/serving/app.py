@@ -30,8 +30,8 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
-    # inside the token check (added before it, so it wraps the route, not the check): a BaseHTTPMiddleware reads through a task group, which would wrap
-    # the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
+    # added before the token check, so it sits inside it: a BaseHTTPMiddleware reads through a task group, which
+    # would wrap the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
     app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)
     errors.install(app)
     app.include_router(health.router)

@@ -62,8 +62,8 @@ def bind(config: ServeConfig) -> socket.socket:
 def _bind_error(config: ServeConfig, err: OSError) -> EptctlError:
     where = f"{config.host}:{config.port}"
     if err.errno == errno.EADDRINUSE:
-        return EptctlError(f"cannot listen on {where}: the port is in use",
-                           hint=f"choose another --port, or stop what listens there (ss -ltnp 'sport = :{config.port}')")
+        return EptctlError(f"cannot listen on {where}: the port is in use", hint=f"choose another --port, or stop "
+                           f"what listens there (ss -ltnp 'sport = :{config.port}')")
     if err.errno in (errno.EACCES, errno.EPERM):
         return EptctlError(f"cannot listen on {where}: permission denied",
                            hint="ports below 1024 need root or CAP_NET_BIND_SERVICE: choose --port 1024 or above")
