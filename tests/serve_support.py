@@ -17,22 +17,27 @@ LLAMA = "tiny-random-llama"
 
 
 class Server:
-    """``eptctl serve --model MODEL [--registry URL] ARGS`` with ``EPTCTL_HOME=home`` (no token from the
-    environment); ``stop()`` sends SIGTERM and returns the exit code."""
+    """``eptctl serve --model MODEL [--registry URL] ARGS`` with ``EPTCTL_HOME=home`` and ``EPTCTL_SERVE_TOKEN=token``
+    (none unless given: never the caller's); ``auth`` is the header the token needs (sent by ``post`` unless
+    headers are given, and by ``metrics``); ``stop()`` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, home, *args: str, model: str = LLAMA, registry: str | None = None):
+    def __init__(self, home, *args: str, model: str = LLAMA, registry: str | None = None, token: str | None = None):
         env = {**os.environ, "EPTCTL_HOME": str(home)}
         env.pop("EPTCTL_SERVE_TOKEN", None)
+        if token is not None:
+            env["EPTCTL_SERVE_TOKEN"] = token  # through the environment: a token on a command line is visible in ps
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         command = [sys.executable, "-m", "eptctl", "serve", "--model", model,
                    *(["--registry", registry] if registry else []), *args]
         self.proc, self.base = launch.start(command, env=env, timeout_s=90)
 
     def post(self, body, **kw) -> httpx.Response:
+        kw.setdefault("headers", self.auth)
         return httpx.post(f"{self.base}/v1/predict", json=body, timeout=60, **kw)
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as {'name{labels}': value}."""
-        text = httpx.get(f"{self.base}/metrics", timeout=10).text
+        text = httpx.get(f"{self.base}/metrics", timeout=10, headers=self.auth).text
         return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
     def stop(self) -> int:

@@ -183,10 +183,10 @@ def test_bad_input_gets_its_status_and_a_json_error(server, world, expected):
 
 
 def test_queue_full_is_503_with_retry_after_and_the_token_guards_routes(world, eptctl_server):
-    srv = eptctl_server(world["home"], "--max-queue", "1", "--max-wait-ms", "300", "--token", "s3cret",
+    srv = eptctl_server(world["home"], "--max-queue", "1", "--max-wait-ms", "300", "--token", "s3cret-s3cret-s3cret",
                         registry=world["url"])
     try:
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": "Bearer s3cret-s3cret-s3cret"}
         assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]}).status_code == 401
         assert srv.post({"adapter": "rt-polarity@1", "inputs": ["x"]},
                         headers={"Authorization": "Bearer wrong"}).status_code == 401

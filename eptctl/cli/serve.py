@@ -20,11 +20,12 @@ MaxNewTokens = Annotated[int | None, typer.Option(
     help="Generation: most tokens to write (default: the longest training target and a quarter more).", min=1,
     max=4096,
     rich_help_panel=GEN)]
-Temperature = Annotated[float, typer.Option(help="Generation: 0 decodes greedily; above 0 samples.", min=0.0,
+Temperature = Annotated[float, typer.Option(help="Generation: 0 decodes greedily; above 0 samples.", min=0.0, max=100.0,
                                             rich_help_panel=GEN)]
 TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass in (0, 1] (with --temperature > 0).",
-                                     max=1.0, rich_help_panel=GEN)]
-Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, rich_help_panel=GEN)]
+                                     min=0.0, max=1.0, rich_help_panel=GEN)]
+# seeds reach numpy, whose legacy seeding takes at most 2**32 - 1
+Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, max=2**32 - 1, rich_help_panel=GEN)]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="Generation: stop at this string (repeatable).",
                                                 rich_help_panel=GEN)]
 
@@ -44,7 +45,7 @@ def eval_adapter(
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
     label_column: LabelColumnOption = None,
-    max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.", min=1)] = None,
+    max_eval: Annotated[int | None, typer.Option(help="Evaluate on at most N examples.", min=1, max=100_000_000)] = None,
     max_new_tokens: MaxNewTokens = None,
     model: Annotated[str | None, typer.Option(help="Backbone to run on (default: the adapter's).")] = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not store the metrics in the registry.")] = False,
@@ -84,7 +85,7 @@ def predict(
     task_column: Annotated[str | None, typer.Option(help="Column naming each row's task or adapter (mixed).")] = None,
     text_column: TextColumnOption = "text",
     text_pair_column: TextPairColumnOption = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.", min=1, max=4096)] = 64,
     max_new_tokens: MaxNewTokens = None,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,

@@ -68,6 +68,22 @@ class AdapterCache:
                 f"'{self.backbone.name}'",
                 hint=f"serve it from a server started with --model {record.backbone.name}")
 
+    def servable(self) -> list[ServableAdapter]:
+        """The materialized adapters still in the registry, least recently used first: one lookup by id per cached
+        adapter (at most ``max_adapters``); one removed meanwhile (``eptctl rm``) is evicted, with every reference
+        resolved to it."""
+        gone = []
+        for adapter_id in [s.record.id for s in self.loaded()]:
+            try:
+                self.registry.get(adapter_id)
+            except EptctlError:  # the registry's "no adapter with id"
+                gone.append(adapter_id)
+        with self._lock:
+            for adapter_id in gone:
+                self._loaded.pop(adapter_id, None)
+            self._refs = {ref: entry for ref, entry in self._refs.items() if entry[0] not in gone}
+            return list(self._loaded.values())
+
     def loaded(self) -> list[ServableAdapter]:
         """The materialized adapters in the cache, least recently used first."""
         with self._lock:

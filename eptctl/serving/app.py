@@ -2,9 +2,9 @@
 the JSON error handlers and the bearer-token check (``errors``), and the server's shared parts (``state``).
 
 Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; OpenAPI at ``/docs``.
-Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request, 404 unknown
-adapter, 409 adapter of another backbone, 413 too many inputs or too long a text, 503 queue full (with
-``Retry-After``) or not ready, 401 missing or wrong bearer token.
+Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request (or not UTF-8
+JSON), 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a text or too large a
+body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or wrong bearer token.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     from fastapi import FastAPI
 
     from eptctl.serving import errors
+    from eptctl.serving.limits import BodyGuard
     from eptctl.serving.routes import eptctl_api, health, openai
     from eptctl.serving.state import ServingState
 
     app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
+    # added before the token check, so it sits inside it: a BaseHTTPMiddleware reads through a task group, which
+    # would wrap the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
+    app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(eptctl_api.router)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eptctl.core.errors import ConfigError
+
+MIN_TOKEN_CHARS = 16  # a bearer token is a secret, not a password: 16 random characters are ~95 bits (urlsafe)
+TOKEN_HINT = "generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+# Bytes of a JSON body beyond its texts (keys, quotes, adapter names per input, whitespace).
+BODY_OVERHEAD_BYTES = 1 << 20
+# Upper bounds of the numeric options: past these a value is a typo, not a setting (also the CLI's max=).
+LIMITS = {"--max-batch-size": 4096, "--max-queue": 1_000_000, "--max-inputs": 100_000,
+          "--max-text-chars": 10_000_000, "--max-adapters": 100_000, "--max-body-bytes": 1 << 31,
+          "--max-wait-ms": 60_000.0, "--resolve-ttl": 86_400.0, "--timeout-keep-alive": 3600.0,
+          "--timeout-read": 3600.0}
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How ``eptctl serve`` runs. Times in milliseconds or seconds as named; sizes in rows (inputs)."""
+    """How ``eptctl serve`` runs. Times in milliseconds or seconds as named; sizes in rows (inputs) or bytes.
+
+    Raises ``ConfigError`` (naming the flag) for a value out of range or a token that is not a secret: empty,
+    whitespace, or shorter than ``MIN_TOKEN_CHARS``. Whether the host needs a token is ``server``'s check (it
+    resolves the host name)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -25,15 +39,47 @@ class ServeConfig:
     max_adapters: int = 32  # materialized adapters kept (LRU)
     resolve_ttl_s: float = 1.0  # how long a reference (an alias, @latest) is trusted before it is resolved again
     batching: bool = True  # off: one request per backbone pass (for comparison)
-    token: str | None = None  # bearer token required on every route but the health checks
+    # bearer token required on every route but the health checks; never in a repr (a log line, a traceback)
+    token: str | None = field(default=None, repr=False)
+    insecure_no_token: bool = False  # the user's explicit choice to serve off loopback without a token
+    max_body_bytes: int | None = None  # request body limit; None: derived from max_inputs and max_text_chars
+    timeout_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    timeout_read_s: float = 10.0  # a request's head, and each part of its body, must arrive within this
 
     def __post_init__(self) -> None:
         for flag, value in (("--port", self.port), ("--max-batch-size", self.max_batch_size),
                             ("--max-queue", self.max_queue), ("--max-inputs", self.max_inputs),
-                            ("--max-text-chars", self.max_text_chars), ("--max-adapters", self.max_adapters)):
+                            ("--max-text-chars", self.max_text_chars), ("--max-adapters", self.max_adapters),
+                            ("--max-body-bytes", self.max_body_bytes or 1)):
             if value < 1:
                 raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
         if self.port > 65535:
             raise ConfigError(f"--port must be ≤ 65535, got {self.port}", hint="e.g. --port 8000")
         if self.max_wait_ms < 0 or self.resolve_ttl_s < 0:
             raise ConfigError("--max-wait-ms and --resolve-ttl must be ≥ 0", hint="e.g. --max-wait-ms 5")
+        for flag, value in (("--timeout-keep-alive", self.timeout_keep_alive_s),
+                            ("--timeout-read", self.timeout_read_s)):
+            if not 0 < value <= LIMITS[flag]:
+                raise ConfigError(f"{flag} must be in (0, {LIMITS[flag]:.0f}] seconds, got {value}",
+                                  hint=f"e.g. {flag} 10")
+        if self.token is not None:
+            _check_token(self.token)
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body accepted (bytes): ``max_body_bytes``, else room for ``max_inputs`` inputs of
+        two texts of ``max_text_chars`` characters at 4 UTF-8 bytes each, plus ``BODY_OVERHEAD_BYTES``."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_inputs * self.max_text_chars * 2 * 4 + BODY_OVERHEAD_BYTES
+
+
+def _check_token(token: str) -> None:
+    """Refuse a token that guards nothing (empty: authentication would be off) or little (short)."""
+    if not token.strip():
+        raise ConfigError("--token (EPTCTL_SERVE_TOKEN) is empty: authentication would be off",
+                          hint=f"set a real secret of at least {MIN_TOKEN_CHARS} characters ({TOKEN_HINT}), "
+                               "or unset it to serve on loopback without one")
+    if len(token) < MIN_TOKEN_CHARS or token != token.strip():
+        raise ConfigError(f"--token (EPTCTL_SERVE_TOKEN) must be at least {MIN_TOKEN_CHARS} characters without "
+                          f"surrounding whitespace, got {len(token)}", hint=TOKEN_HINT)

@@ -1,5 +1,7 @@
 """Every error response of the HTTP API, one JSON shape ``{"error": ..., "hint": ...}`` with its status code, counted
-in the ``eptctl_errors`` metric; and the bearer-token check, which answers in the same shape."""
+in the ``eptctl_errors`` metric by route template (``unmatched`` for an unknown path, so a scanner's paths never
+become series) and, for ``/v1/predict``, in ``eptctl_requests`` too; and the bearer-token check, which answers in
+the same shape."""
 
 from __future__ import annotations
 
@@ -9,23 +11,42 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 # Health checks answer without a token: a load balancer or an orchestrator probes them with none.
 OPEN_ROUTES = ("/healthz", "/readyz")
 ROUTES_HINT = "routes: POST /v1/predict, GET /v1/adapters, /healthz, /readyz, /metrics, /docs"
+PREDICT_ROUTE = "/v1/predict"
+UNMATCHED = "unmatched"  # the one metric label of every path no route matches
+JSON_HINT = 'send {"adapter": "TASK@latest", "inputs": ["text", ...]} as UTF-8 JSON (see /docs)'
 
 
 class ApiError(Exception):
-    """An error response: HTTP ``status``, a one-line ``error``, a ``hint``, optional headers."""
+    """An error response: HTTP ``status``, a one-line ``error``, a ``hint``, optional headers; ``adapter`` is the
+    ``eptctl_requests`` label of a prediction request that failed (``unresolved`` before its references were)."""
 
-    def __init__(self, status: int, error: str, hint: str = "", headers: dict | None = None):
+    def __init__(self, status: int, error: str, hint: str = "", headers: dict | None = None,
+                 adapter: str = "unresolved"):
         super().__init__(error)
         self.status, self.error, self.hint, self.headers = status, error, hint, headers or {}
+        self.adapter = adapter
+
+
+def route_template(request: Request) -> str:
+    """The path template of the route ``request`` is for (``/v1/predict``), matched again when the request was
+    answered before routing (by a middleware); ``UNMATCHED`` for a path no route has."""
+    route = request.scope.get("route")
+    if route is None:
+        route = next((r for r in request.app.router.routes if r.matches(request.scope)[0] != Match.NONE), None)
+    return getattr(route, "path", None) or UNMATCHED
 
 
 def error_response(request: Request, err: ApiError) -> JSONResponse:
-    """``err`` as the JSON error body, counted by route and status."""
-    request.app.state.serving.metrics.errors.labels(request.url.path, str(err.status)).inc()
+    """``err`` as the JSON error body, counted by route template and status (and as a prediction request)."""
+    metrics, route = request.app.state.serving.metrics, route_template(request)
+    metrics.errors.labels(route, str(err.status)).inc()
+    if route == PREDICT_ROUTE:  # every answer of the route is a request, whichever layer refused it
+        metrics.requests.labels(err.adapter, str(err.status)).inc()
     return JSONResponse({"error": err.error, "hint": err.hint}, status_code=err.status, headers=err.headers)
 
 
@@ -34,7 +55,7 @@ def install(app: FastAPI) -> None:
     metrics and the token)."""
     app.add_exception_handler(ApiError, error_response)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
     app.middleware("http")(_auth)
 
 
@@ -45,15 +66,24 @@ async def _invalid(request: Request, err: RequestValidationError) -> JSONRespons
             "send the header Content-Type: application/json (curl: -H 'content-type: application/json')"))
     first = err.errors()[0] if err.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return error_response(request, ApiError(
-        422, f"malformed request: {where}: {first.get('msg', 'invalid')}",
-        'send {"adapter": "TASK@latest", "inputs": ["text", ...]} (see /docs)'))
+    return error_response(request, ApiError(422, f"malformed request: {where}: {first.get('msg', 'invalid')}",
+                                            JSON_HINT))
 
 
-async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    """An unknown route or a wrong method: the same shape as every other error."""
-    return error_response(request, ApiError(
-        err.status_code, f"{request.method} {request.url.path}: {err.detail}", ROUTES_HINT, dict(err.headers or {})))
+async def http_error_response(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    """An unknown route, a wrong method, a body too large (``limits.BodyGuard``), too slow, or not UTF-8 JSON: the
+    same shape as every other error."""
+    headers = dict(err.headers or {})
+    if err.status_code == 400 and isinstance(err.__cause__, ValueError):
+        # FastAPI parses JSON and answers 400 for what json.JSONDecodeError does not cover (invalid UTF-8)
+        return error_response(request, ApiError(422, f"malformed request: the body is not UTF-8 JSON ({err.__cause__})",
+                                                JSON_HINT))
+    hint = {404: ROUTES_HINT, 405: ROUTES_HINT,
+            408: "send the whole body without pauses, or start the server with a larger --timeout-read",
+            413: "split the request, or start the server with a larger --max-body-bytes"}.get(
+        err.status_code, "see /docs")
+    detail = err.detail if err.status_code in (408, 413) else f"{request.method} {request.url.path}: {err.detail}"
+    return error_response(request, ApiError(err.status_code, detail, hint, headers))
 
 
 async def _auth(request: Request, call_next):

@@ -33,12 +33,23 @@ def build(config: ServeConfig, registry_url: str | None = None):
 
 
 def serve(config: ServeConfig, registry_url: str | None = None, on_ready=None) -> None:
-    """Serve until SIGTERM or SIGINT; ``on_ready(url)`` is called once the socket listens."""
+    """Serve until SIGTERM or SIGINT; ``on_ready(url)`` is called once the socket listens. Raises ``EptctlError``
+    before anything loads for a host off loopback without a token, or an address or port it cannot bind."""
     import uvicorn
 
-    app, registry, backbone = build(config, registry_url)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                           timeout_graceful_shutdown=60, access_log=False))
+    from eptctl.serving.binding import bind, check_exposure
+    from eptctl.serving.protocol import with_head_timeout
+
+    check_exposure(config)
+    sock = bind(config)  # before the backbone loads: a busy port fails in a second, not after the model
+    try:
+        app, registry, backbone = build(config, registry_url)
+    except BaseException:
+        sock.close()
+        raise
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=60, access_log=False,
+        http=with_head_timeout(config.timeout_read_s), timeout_keep_alive=config.timeout_keep_alive_s))
     if on_ready is not None:
         original = server.startup
 
@@ -52,8 +63,9 @@ def serve(config: ServeConfig, registry_url: str | None = None, on_ready=None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         registry.close()
 
 

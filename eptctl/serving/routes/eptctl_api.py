@@ -44,8 +44,10 @@ class PredictRequest(BaseModel):
 
 @router.get("/v1/adapters")
 async def adapters(state: State):
-    """The loaded (materialized) adapters: reference, task, labels, backbone, metrics."""
-    return {"backbone": state.backbone.name, "adapters": [_describe(s) for s in state.cache.loaded()]}
+    """The loaded (materialized) adapters that are still in the registry: reference, task, labels, backbone,
+    metrics. An adapter removed from the registry (``eptctl rm``) is evicted here, not listed."""
+    servable = await asyncio.to_thread(state.cache.servable)
+    return {"backbone": state.backbone.name, "adapters": [_describe(s) for s in servable]}
 
 
 @router.post("/v1/predict")
@@ -57,8 +59,10 @@ async def predict(body: PredictRequest, state: State):
 
 
 async def _predict(body: PredictRequest, state: ServingState) -> dict:
+    """The answer, counted in ``eptctl_requests`` when it succeeds; an error is raised as ``ApiError`` carrying
+    its adapter label, and counted where it is answered (``errors.error_response``), as are the refusals before
+    this route runs (401, 413 body, 422 shape)."""
     started = time.perf_counter()
-    metrics = state.metrics
     label = "unresolved"  # a label per registry adapter, never per string a client sends
     try:
         rows = await _rows(body, state.cache, state.config)
@@ -66,16 +70,14 @@ async def _predict(body: PredictRequest, state: ServingState) -> dict:
         label = refs.pop() if len(refs) == 1 else "mixed"
         outputs = await state.batcher.submit(rows)
     except QueueFull as err:
-        metrics.requests.labels(label, "503").inc()
-        raise ApiError(503, err.message, err.hint, {"Retry-After": "1"}) from None
+        raise ApiError(503, err.message, err.hint, {"Retry-After": "1"}, adapter=label) from None
     except ApiError as err:
-        metrics.requests.labels(label, str(err.status)).inc()
+        err.adapter = label
         raise
     except EptctlError as err:  # e.g. an empty text after normalisation
-        metrics.requests.labels(label, "422").inc()
-        raise ApiError(422, err.message, err.hint or "") from None
-    metrics.requests.labels(label, "200").inc()
-    metrics.latency.observe(time.perf_counter() - started)
+        raise ApiError(422, err.message, err.hint or "", adapter=label) from None
+    state.metrics.requests.labels(label, "200").inc()
+    state.metrics.latency.observe(time.perf_counter() - started)
     return {"outputs": outputs}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -27,7 +29,7 @@ async def readyz(state: State):
 
 @router.get("/metrics")
 async def prometheus(state: State):
-    """Prometheus text format."""
-    state.metrics.loaded_adapters.set(len(state.cache.loaded()))
+    """Prometheus text format; ``eptctl_loaded_adapters`` counts what ``/v1/adapters`` lists (removed ones evicted)."""
+    state.metrics.loaded_adapters.set(len(await asyncio.to_thread(state.cache.servable)))
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
