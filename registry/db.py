@@ -17,9 +17,10 @@ from eptctl.core.errors import EptctlError
 from eptctl.core.home import eptctl_home
 
 URL_ENV = "EPTCTL_REGISTRY_URL"
-BUSY_TIMEOUT_MS = 30_000
+TIMEOUT_ENV = "EPTCTL_REGISTRY_TIMEOUT"
+BUSY_TIMEOUT_MS = 30_000  # the longest one SQLite statement waits for a lock; the retries below go on past it
 PG_CONNECT_TIMEOUT_S = 10
-WRITE_RETRY_SECONDS = 60.0  # give up on a write that kept meeting locks for this long
+WRITE_RETRY_SECONDS = 60.0  # default: give up on a write that kept meeting locks for this long
 
 T = TypeVar("T")
 
@@ -46,6 +47,32 @@ def mask_url(url: str) -> str:
         return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
+def lock_timeout() -> float:
+    """Seconds a write waits for another process's lock before giving up: ``$EPTCTL_REGISTRY_TIMEOUT``, else 60.
+
+    Raises ``RegistryError`` if the variable is not a positive number.
+    """
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return WRITE_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:  # also refuses nan
+        raise RegistryError(f"${TIMEOUT_ENV} must be a number of seconds in (0, 86400], got {raw!r}",
+                            hint=f"e.g. export {TIMEOUT_ENV}=60, or unset it")
+    return value
+
+
+def locked(display_url: str, timeout: float) -> RegistryError:
+    """The error of a write that waited ``timeout`` seconds for a lock another process holds."""
+    return RegistryError(
+        f"another process holds the registry {display_url} (a write lock, held for more than {timeout:g} s)",
+        hint=f"wait for the other eptctl command (train, import, db upgrade...) to finish and run this again, or "
+             f"wait longer: ${TIMEOUT_ENV}=SECONDS (now {timeout:g})")
+
+
 def upgrade_hint(url: str | None) -> str:
     """The exact command that upgrades this database (password masked)."""
     explicit = url or os.environ.get(URL_ENV)
@@ -56,11 +83,13 @@ def is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, timeout: float = WRITE_RETRY_SECONDS) -> Engine:
+    """A SQLAlchemy engine for ``url``; on SQLite one statement waits at most ``timeout`` s (and 30 s) for a lock."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = sa.create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        _sqlite_events(engine)
+        busy_ms = int(min(timeout * 1000, BUSY_TIMEOUT_MS))
+        engine = sa.create_engine(parsed, connect_args={"timeout": busy_ms / 1000})
+        _sqlite_events(engine, busy_ms)
         return engine
     connect_args = {}
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
@@ -68,14 +97,14 @@ def create_engine(url: str) -> Engine:
     return sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
 
-def _sqlite_events(engine: Engine) -> None:
+def _sqlite_events(engine: Engine, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         # We emit BEGIN ourselves (below): pysqlite's implicit BEGIN is DEFERRED, and a deferred transaction that
         # later writes fails at once with "database is locked" instead of waiting for busy_timeout.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the next pragma may wait for a lock
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")  # first: the next pragma may wait for a lock
         cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -92,7 +121,8 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.display_url = mask_url(url)
-        self.engine = create_engine(url)
+        self.timeout = lock_timeout()
+        self.engine = create_engine(url, self.timeout)
 
     @property
     def sqlite(self) -> bool:
@@ -102,6 +132,8 @@ class Database:
         try:
             return self.engine.connect()
         except sa.exc.OperationalError as exc:
+            if _transient(exc):  # the connection's own pragmas met another process's lock: not a dead server
+                raise locked(self.display_url, self.timeout) from None
             raise unreachable(self.url, exc) from None
 
     @contextmanager
@@ -120,8 +152,11 @@ class Database:
         ``schema_change``: on SQLite, foreign keys are off during the transaction (a batch migration drops and
         re-creates tables, and with them on, dropping a parent table would cascade into its children) and checked
         in full before the commit.
+
+        Raises ``RegistryError`` (another process holds the registry) when locks kept it waiting for
+        ``$EPTCTL_REGISTRY_TIMEOUT`` seconds.
         """
-        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        deadline = time.monotonic() + self.timeout
         delay = 0.01
         while True:
             try:
@@ -135,8 +170,10 @@ class Database:
                                 raise RegistryError(f"a migration broke {len(broken)} foreign key(s): {broken[:3]}")
                         return result
             except sa.exc.DBAPIError as exc:
-                if not _transient(exc) or time.monotonic() > deadline:
+                if not _transient(exc):
                     raise
+                if time.monotonic() > deadline:
+                    raise locked(self.display_url, self.timeout) from None
             time.sleep(delay * (1 + random.random()))  # jitter: writers that collided do not collide again in step
             delay = min(delay * 2, 1.0)
 
