@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eptctl.core.home import eptctl_home
+from eptctl.core.secrets import mask_secrets
 from registry import refs
 from registry.checks import check_metrics, check_new, file_metadata
 from registry.db import RegistryError
@@ -295,6 +296,13 @@ class Registry:
             elif self._remove_if_unreferenced(sha):
                 removed.append(path)
         return removed
+
+    def scrub_secrets(self, dry_run: bool = False) -> list[AdapterRecord]:
+        """Mask the secrets (URL passwords, ``--token`` values...; ``eptctl.core.secrets``) in the run command lines
+        stored before eptctl masked them on the way in. Returns the adapters whose command line held one (with
+        ``dry_run``: would be rewritten; nothing is written). Idempotent: a second run finds none."""
+        ids = self._rows.scrub_command_lines(mask_secrets, dry_run)
+        return [self.get(adapter_id) for adapter_id in ids]
 
     def _remove_if_unreferenced(self, sha256: str) -> Path | None:
         """Unlink the file of ``sha256`` if no row references it, under the same lock ``register`` takes."""

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from eptctl.core import secrets
 from eptctl.core.errors import EptctlError
 from eptctl.core.home import eptctl_home
 
@@ -40,11 +41,7 @@ def resolve_url(url: str | None) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***``: the only form of a URL eptctl ever prints."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not parseable: hide everything between "://" and "@"
-        scheme, sep, rest = url.partition("://")
-        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+    return secrets.mask_url(url)
 
 
 def lock_timeout() -> float:

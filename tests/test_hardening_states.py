@@ -3,6 +3,7 @@ registry unchanged. Real processes hold real locks; real read-only and full file
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import time
 import pytest
 from cli_support import ok, run
 from cli_support import user_error as refused
-from registry_fixtures import TASK, new_adapter
+from registry_fixtures import TASK, fresh_pg_database, new_adapter, require_postgres
+from sqlalchemy.engine import make_url
 
-from registry import Registry, TaskRecord
+from registry import Registry, RunInfo, TaskRecord
 
 
 def dump(db_file) -> str:
@@ -65,3 +67,87 @@ def test_a_write_lock_held_by_another_process_ends_in_one_line(stored, eptctl_ho
 def test_a_bad_registry_timeout_is_refused(stored, monkeypatch):
     monkeypatch.setenv("EPTCTL_REGISTRY_TIMEOUT", "soon")
     refused(run("list"), "EPTCTL_REGISTRY_TIMEOUT")
+
+
+# 3: secrets in recorded command lines ----------------------------------------------------------------------------
+SECRET = "S3cr3tPassw0rd"
+TINY = ["--model", "tiny-random-llama", "--steps", "2", "--batch-size", "8", "--max-train", "16", "--max-eval", "8",
+        "--max-length", "48"]
+
+
+def pg_dump(url: str) -> str:
+    """Every row of every table of the PostgreSQL registry at ``url``, as text."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            meta = sa.MetaData()
+            meta.reflect(conn)
+            return "\n".join(f"{t.name}: {row}" for t in meta.sorted_tables
+                              for row in conn.execute(sa.select(t)).all())
+    finally:
+        engine.dispose()
+
+
+def _no_secret_anywhere(ref: str, url: str, tmp_path) -> None:
+    assert SECRET not in pg_dump(url)
+    for extra in ([], ["--json"], ["--card"]):
+        assert SECRET not in ok("show", ref, *extra, "--registry", url).stdout
+    bundle = tmp_path / f"bundle-{len(list(tmp_path.iterdir()))}"
+    ok("export", ref, bundle, "--registry", url)
+    for f in bundle.rglob("*"):
+        assert not f.is_file() or SECRET.encode() not in f.read_bytes(), f
+
+
+def test_a_password_in_the_registry_url_reaches_no_row_output_or_bundle(eptctl_home, tmp_path, monkeypatch):
+    require_postgres()
+    with fresh_pg_database() as plain:
+        url = make_url(plain).set(password=SECRET).render_as_string(hide_password=False)  # trust auth: any password
+        args = ["train", "rt-polarity", *TINY, "--registry", url, "--json"]
+        # what the command records is sys.argv (the test runs it in-process), here with a token flag as well
+        monkeypatch.setattr(sys, "argv", ["eptctl", *args, "--token", SECRET])
+        ref = json.loads(ok(*args).stdout)["ref"]
+        shown = json.loads(ok("show", ref, "--json", "--registry", url).stdout)
+        assert "--registry postgresql+psycopg://postgres:***@127.0.0.1" in shown["run"]["command_line"]
+        assert "--token ***" in shown["run"]["command_line"]
+        _no_secret_anywhere(ref, url, tmp_path)
+
+
+def test_scrub_secrets_rewrites_rows_stored_with_a_secret(eptctl_home, tmp_path):
+    require_postgres()
+    with fresh_pg_database() as url:
+        reg = Registry(url)
+        reg.ensure_task(TaskRecord(TASK, "polarity", ["rotten", "fresh"]))
+        rec = reg.register(new_adapter(seed=1, run=RunInfo(1, None, {}, "eptctl train x", 1.0, "cpu")))
+        reg.close()
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        with engine.begin() as conn:  # a row from before masking: written behind the registry's back
+            conn.execute(sa.text("UPDATE runs SET command_line = :c"),
+                         {"c": f"eptctl train x --registry postgresql://me:{SECRET}@db/x --hf-token={SECRET}"})
+        engine.dispose()
+        assert SECRET in pg_dump(url)
+        for extra in ([], ["--json"], ["--card"]):  # masked on the way out already
+            assert SECRET not in ok("show", rec.ref, *extra, "--registry", url).stdout
+        before = pg_dump(url)
+        listed = ok("db", "scrub-secrets", "--dry-run", "--registry", url).stdout
+        assert rec.ref in listed and "would mask the secrets in 1 stored command line(s)" in listed
+        assert pg_dump(url) == before
+        assert "masked the secrets in 1 stored" in ok("db", "scrub-secrets", "--registry", url).stdout
+        assert SECRET not in pg_dump(url)
+        assert "--registry postgresql://me:***@db/x --hf-token=***" in pg_dump(url)
+        assert json.loads(ok("db", "scrub-secrets", "--json", "--registry", url).stdout)["adapters"] == []
+        _no_secret_anywhere(rec.ref, url, tmp_path)
+
+
+def test_mask_secrets_keeps_everything_but_the_secret():
+    from eptctl.core.secrets import mask_secrets
+
+    assert mask_secrets("eptctl list --sort accuracy") == "eptctl list --sort accuracy"
+    assert mask_secrets(f"eptctl x --registry=sqlite:///a.db --api-key {SECRET} EPTCTL_SERVE_TOKEN={SECRET}") == (
+        "eptctl x --registry=sqlite:///a.db --api-key *** EPTCTL_SERVE_TOKEN=***")
+    assert mask_secrets(f"eptctl x --registry 'postgresql://h/db?password={SECRET}&sslmode=require'") == (
+        "eptctl x --registry 'postgresql://h/db?password=***&sslmode=require'")
+    assert SECRET not in mask_secrets(f"eptctl 'unbalanced --token {SECRET}")

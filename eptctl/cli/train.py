@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 import time
@@ -20,6 +19,7 @@ from eptctl.cli.options import with_config_options
 from eptctl.core import events
 from eptctl.core.errors import TrainingInterrupted
 from eptctl.core.limits import ROWS_MAX, SCALE_MAX
+from eptctl.core.secrets import recorded_command_line
 from eptctl.engine import distributed
 from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
@@ -113,7 +113,7 @@ def train(
         task, open_registry(registry), method_cfg, train_cfg, quiet=as_json, resume=resume, custom=custom,
         transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
         loading=_model_choice(model, precision, trust_remote_code),
-        record=RecordInfo(description, tuple(tag or ()), shlex.join(["eptctl", *sys.argv[1:]])))
+        record=RecordInfo(description, tuple(tag or ()), recorded_command_line(sys.argv)))
     if distributed.is_main():
         _report(outcome, as_json, command_started)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from eptctl.backbones import DEFAULT_MODEL
 from eptctl.core import events
 from eptctl.core.errors import EptctlError
 from eptctl.core.limits import BATCH_MAX, ROWS_MAX, SEED_MAX, STEPS_MAX
+from eptctl.core.secrets import recorded_command_line
 
 
 def _ancestry(reg, rec, seen: set) -> dict:
@@ -166,7 +166,7 @@ def continual(
         reg, tasks, model=model, method_cfg=EPTConfig(method=method),
         train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
         baseline=not no_baseline, max_train=max_train, max_eval=max_eval, on_event=on_event,
-        command_line=shlex.join(["eptctl", *sys.argv[1:]]), train_examples=train_examples)
+        command_line=recorded_command_line(sys.argv), train_examples=train_examples)
     if as_json:
         print_json(report)
         return
