@@ -4,10 +4,12 @@ registry unchanged. Real processes hold real locks; real read-only and full file
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from cli_support import ok, run
@@ -19,9 +21,31 @@ from registry import Registry, RunInfo, TaskRecord
 
 
 def dump(db_file) -> str:
-    """The registry's content as SQL text (a file compare would see SQLite's WAL checkpoints, not changes)."""
-    with sqlite3.connect(db_file) as conn:
+    """The registry's content as SQL text (a file compare would see SQLite's WAL checkpoints, not changes); opened
+    read-only, so it also reads a database on a read-only file system."""
+    conn = sqlite3.connect(f"{db_file.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
         return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
+@contextmanager
+def tmpfs(path, size: str):
+    """A real tmpfs of ``size`` mounted at ``path`` (unmounted after); skips the test where mount is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount_read_only(path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
 
 
 @pytest.fixture
@@ -151,3 +175,60 @@ def test_mask_secrets_keeps_everything_but_the_secret():
     assert mask_secrets(f"eptctl x --registry 'postgresql://h/db?password={SECRET}&sslmode=require'") == (
         "eptctl x --registry 'postgresql://h/db?password=***&sslmode=require'")
     assert SECRET not in mask_secrets(f"eptctl 'unbalanced --token {SECRET}")
+
+
+# 11: a read-only registry ---------------------------------------------------------------------------------------
+def test_a_read_only_home_reads_and_refuses_writes_before_any_work(tmp_path, monkeypatch):
+    with tmpfs(tmp_path / "ro", "4m") as mount:
+        home = mount / "home"
+        monkeypatch.setenv("EPTCTL_HOME", str(home))
+        reg = Registry()
+        reg.ensure_task(TaskRecord(TASK, "polarity", ["rotten", "fresh"]))
+        ref = reg.register(new_adapter(seed=1)).ref
+        reg.close()
+        remount_read_only(mount)
+        before = dump(home / "registry.db")
+        assert ref in ok("list").stdout and ref in ok("show", ref).stdout  # reads work
+        assert json.loads(ok("show", ref, "--json").stdout)["ref"] == ref
+        for write in (["tag", ref, "prod"], ["alias", ref, "prod"], ["archive", ref], ["rm", ref]):
+            refused(run(*write), "is read-only", "read-only file system")
+        started = time.monotonic()
+        refused(run("train", "rt-polarity", *TINY), "is read-only", "read-only file system", notes=True)
+        assert time.monotonic() - started < 20  # refused before loading data or model, not after training
+        assert dump(home / "registry.db") == before
+        monkeypatch.setenv("EPTCTL_HOME", str(mount / "missing"))
+        refused(run("list"), "cannot create the eptctl home", "Read-only file system")
+
+
+# 13: a full disk at the end of training -------------------------------------------------------------------------
+def _fill(folder) -> None:
+    """Fill the file system of ``folder`` to the last byte (a real ENOSPC for the next write)."""
+    with open(folder / "filler", "wb", buffering=0) as f:  # unbuffered: no write left over for close()
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"x" * size)
+            except OSError:
+                continue
+
+
+def test_a_full_artifact_root_keeps_the_trained_weights_for_resume(eptctl_home, tmp_path, monkeypatch):
+    from eptctl.workflows.tasks import resolve_spec, spec_to_task_record
+
+    with tmpfs(tmp_path / "full", "64k") as root:
+        monkeypatch.setenv("EPTCTL_ARTIFACTS", str(root))
+        reg = Registry()  # the task is known already: the failed run must change nothing at all
+        reg.ensure_task(spec_to_task_record(resolve_spec("rt-polarity", reg, None)))
+        reg.close()
+        _fill(root)
+        before = dump(eptctl_home / "registry.db")
+        args = ["train", "rt-polarity", *TINY]
+        monkeypatch.setattr(sys, "argv", ["eptctl", *args])  # the command the hint repeats
+        line = refused(run(*args), "No space left on device", str(root), "bytes needed", notes=True)
+        assert f"run `eptctl {' '.join(args)} --resume`" in line and "without training again" in line
+        assert dump(eptctl_home / "registry.db") == before
+        (root / "filler").unlink()  # the user frees space, then resumes: registered, no step trained again
+        resumed = ok(*args, "--resume")
+        assert "resumed at step 2 of 2" in resumed.stderr  # nothing trained again
+        assert [a["ref"] for a in json.loads(ok("list", "--json").stdout)] == ["rt-polarity@1"]
+        assert not list((eptctl_home / "runs").glob("*.safetensors"))  # the checkpoint went into the registry
