@@ -45,7 +45,8 @@ class ArtifactWriteError(RegistryError):
             self.free = None
         self.path, self.needed = path, needed
         free = "" if self.free is None else f", {self.free:,} free"
-        super().__init__(f"cannot write the artifact file {path}: {err.strerror or err} ({needed:,} bytes needed{free})",
+        super().__init__(f"cannot write the artifact file {path}: {err.strerror or err} "
+                         f"({needed:,} bytes needed{free})",
                          hint="free space there, or point $EPTCTL_ARTIFACTS at a folder with room; nothing was stored")
 
 

@@ -252,7 +252,8 @@ def _numeric_options():
 
 
 # The numeric options of serve, predict and eval live in cli/serve.py and cli/server.py (another change owns them):
-# each lacks a maximum (and some let nan or inf through) until that change fixes it. Shrink this set, never grow it.
+# each lacks a maximum (and some let nan or inf through) until that change fixes it. Shrink this set, never
+# grow it.
 _RANGE_PENDING = {("eval", "--max-eval"), ("predict", "--batch-size"), ("predict", "--temperature"),
                   ("predict", "--top-p"), ("predict", "--seed"), ("serve", "--max-batch-size"),
                   ("serve", "--max-wait-ms"), ("serve", "--max-queue"), ("serve", "--max-inputs"),

@@ -9,7 +9,8 @@ import typer
 
 from eptctl.cli.common import RegistryUrl, open_registry
 
-db_app = typer.Typer(help="The registry database: schema revision, upgrades and secret scrubbing.", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database: schema revision, upgrades and secret scrubbing.",
+                     no_args_is_help=True)
 
 
 @db_app.command()

@@ -20,9 +20,11 @@ class TrainConfig:
     """
 
     steps: int | None = field(default=75, metadata={"min": 1, "max": STEPS_MAX, "help": "Optimiser steps."})
-    epochs: float | None = field(default=None, metadata={"min": 0.0, "max": EPOCHS_MAX, "help": "Epochs (overrides --steps)."})
+    epochs: float | None = field(default=None, metadata={
+        "min": 0.0, "max": EPOCHS_MAX, "help": "Epochs (overrides --steps)."})
     batch_size: int = field(default=16, metadata={"min": 1, "max": BATCH_MAX, "help": "Examples per step."})
-    eval_batch_size: int = field(default=64, metadata={"min": 1, "max": BATCH_MAX, "help": "Examples per scoring batch in evaluations."})
+    eval_batch_size: int = field(default=64, metadata={
+        "min": 1, "max": BATCH_MAX, "help": "Examples per scoring batch in evaluations."})
     lr_prompt: float = field(default=0.1, metadata={"min": 0.0, "max": LR_MAX, "help": "Learning rate of the prompt."})
     lr_low_rank: float = field(default=3e-3, metadata={"min": 0.0, "max": LR_MAX, "help": "Learning rate of A and B."})
     lr_fusion: float = field(default=1e-2, metadata={
@@ -36,7 +38,8 @@ class TrainConfig:
         "min": 0.0, "max": SCALE_MAX, "help": "Clip the adapter's gradient norm to this."})
     eval_every: int | None = field(default=None, metadata={"min": 1, "max": STEPS_MAX,
         "help": "Validate every N steps and keep the best step (default: keep the last step, validate once)."})
-    checkpoint_every: int = field(default=10, metadata={"min": 1, "max": STEPS_MAX, "help": "Save a resumable checkpoint every N steps."})
+    checkpoint_every: int = field(default=10, metadata={
+        "min": 1, "max": STEPS_MAX, "help": "Save a resumable checkpoint every N steps."})
     max_eval_examples: int | None = field(default=200, metadata={"min": 1, "max": ROWS_MAX,
         "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
     max_target_length: int = field(default=64, metadata={"min": 2, "max": 4096,

@@ -37,7 +37,8 @@ class EPTConfig:
         "min": 0.0, "max": 1.0, "help": "s = round(fraction * l) when --short-length is not given."})
     max_length: int = field(default=256, metadata={
         "min": 1, "max": TOKENS_MAX, "help": "n: max input tokens (longer inputs are truncated); rows of the offset."})
-    alpha: float = field(default=1.0, metadata={"min": 0.0, "max": SCALE_MAX, "help": "Offset scale: H = alpha/sqrt(r) * A@B."})
+    alpha: float = field(default=1.0, metadata={
+        "min": 0.0, "max": SCALE_MAX, "help": "Offset scale: H = alpha/sqrt(r) * A@B."})
     fusion: bool = field(default=True, metadata={
         "help": "Prompt fusion (ept): the prompt attends over the offset rows."})
     fusion_dim: int = field(default=2, metadata={

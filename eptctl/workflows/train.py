@@ -380,7 +380,8 @@ def _register(registry, p: _Prepared, result: TrainResult, materialized, summary
         training_state=state_tensors, training_metadata=state_meta,
         metrics=metrics, parents=parents,
         run=RunInfo(seed=p.train_cfg.seed, data_fingerprint=p.task_data.fingerprint,
-                    package_versions=package_versions(), command_line=mask_secrets(info.command_line or " ".join(sys.argv)),
+                    package_versions=package_versions(),
+                    command_line=mask_secrets(info.command_line or " ".join(sys.argv)),
                     duration_s=round(result.duration_s, 3), device=str(backbone.device) + f" ({backbone.precision})"),
         description=info.description, tags=list(info.tags), summary=summary,
     )
