@@ -5,7 +5,7 @@
 """
 
 from registry.api import Registry
-from registry.db import URL_ENV, RegistryError, default_url, mask_url, resolve_url
+from registry.db import URL_ENV, ArtifactWriteError, RegistryError, default_url, mask_url, resolve_url
 from registry.migrate import current_revision, downgrade, head_revision, upgrade
 from registry.records import (
     AdapterQuery,
@@ -23,6 +23,7 @@ __all__ = [
     "AdapterQuery",
     "AdapterRecord",
     "ArtifactRecord",
+    "ArtifactWriteError",
     "BackboneFingerprint",
     "MetricValue",
     "NewAdapter",

@@ -17,14 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eptctl.core.files import read_only_reason
 from eptctl.core.home import eptctl_home
+from eptctl.core.secrets import mask_secrets
 from registry import refs
 from registry.checks import check_metrics, check_new, file_metadata
-from registry.db import RegistryError
+from registry.db import ArtifactWriteError, RegistryError, read_only_error
 from registry.interface import BlobVanished, Insertion, Ref, RegistryStore
 from registry.records import AdapterQuery, AdapterRecord, MetricValue, NewAdapter, TaskRecord
 from registry.sql_store import SqlAlchemyStore
-from registry.store import ARTIFACTS_ENV, ArtifactError, Blob, open_store, serialize
+from registry.store import ARTIFACTS_ENV, ArtifactError, ArtifactStore, Blob, open_store, serialize
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +69,17 @@ class Registry:
         """Release the database connections."""
         self._rows.close()
 
+    def check_writable(self) -> None:
+        """Raise ``RegistryError`` now if ``register`` would fail for want of write access: the database or the
+        local artifact root is read-only. ``train`` calls it before loading data or a model, so no work is lost."""
+        if self._db.read_only:
+            raise read_only_error(self.display_url, self._db.read_only)
+        reason = read_only_reason(self.store.root) if isinstance(self.store, ArtifactStore) else None
+        if reason:
+            raise RegistryError(f"the artifact root {self.store.root} is read-only: {reason}",
+                                hint=f"make it writable, or point ${ARTIFACTS_ENV} at a writable folder (reads "
+                                     "work as they are)")
+
     # -- schema -------------------------------------------------------------------------------------------------
 
     def upgrade(self) -> tuple[str | None, str | None]:
@@ -104,6 +117,7 @@ class Registry:
         """
         check_new(new)
         self.get_task(new.task)  # an unknown task fails before any file is written
+        self.check_writable()
         blobs = {"servable": serialize(new.servable, file_metadata(new, "servable", new.metadata))}
         if new.training_state is not None:
             meta = file_metadata(new, "training_state", new.training_metadata)
@@ -136,6 +150,7 @@ class Registry:
             refs.check_alias(name)
         created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
         self.get_task(new.task)
+        self.check_writable()
         blobs = {kind: Blob(hashlib.sha256(data).hexdigest(), data) for kind, data in files.items()}
         added = [b for b in blobs.values() if not self._present(b)]
         insertion = Insertion(adapter_id, created_at, tuple(alias_names), imported=True)
@@ -150,8 +165,9 @@ class Registry:
     def _write_then_insert(self, new: NewAdapter, blobs: dict[str, Blob], insertion: Insertion) -> None:
         """Files first (atomic, fsynced), then the rows; no file is written inside the transaction."""
         for _ in range(WRITE_ATTEMPTS):
+            needed = sum(blob.size for blob in blobs.values())
             for blob in blobs.values():
-                self.store.put(blob)
+                self._put(blob, needed)
             try:
                 self._rows.insert_adapter(new, blobs, insertion, present=self._present)
                 return
@@ -159,6 +175,13 @@ class Registry:
                 continue  # a concurrent delete or gc removed identical bytes before our lock: write them again
         raise RegistryError(f"the artifact files of {new.task} kept vanishing from {self.store.root}",
                             hint="is another process removing files from the artifact root?")
+
+    def _put(self, blob: Blob, needed: int) -> None:
+        """Write one file; ``needed``: the bytes of all of the adapter's files, for the error message."""
+        try:
+            self.store.put(blob)
+        except OSError as err:  # a full disk (ENOSPC, EDQUOT), a read-only root: one line that names the path
+            raise ArtifactWriteError(self.store.path(blob.relpath), needed, err) from None
 
     def _present(self, blob: Blob) -> bool:
         return self.store.path(blob.relpath).exists()
@@ -295,6 +318,13 @@ class Registry:
             elif self._remove_if_unreferenced(sha):
                 removed.append(path)
         return removed
+
+    def scrub_secrets(self, dry_run: bool = False) -> list[AdapterRecord]:
+        """Mask the secrets (URL passwords, ``--token`` values...; ``eptctl.core.secrets``) in the run command lines
+        stored before eptctl masked them on the way in. Returns the adapters whose command line held one (with
+        ``dry_run``: would be rewritten; nothing is written). Idempotent: a second run finds none."""
+        ids = self._rows.scrub_command_lines(mask_secrets, dry_run)
+        return [self.get(adapter_id) for adapter_id in ids]
 
     def _remove_if_unreferenced(self, sha256: str) -> Path | None:
         """Unlink the file of ``sha256`` if no row references it, under the same lock ``register`` takes."""

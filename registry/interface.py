@@ -144,6 +144,11 @@ class RegistryMaintenance(ABC):
     def upgrade(self) -> tuple[str | None, str | None]:
         """Migrate the schema to head; (revision before, revision after)."""
 
+    @abstractmethod
+    def scrub_command_lines(self, mask: Callable[[str], str], dry_run: bool) -> list[str]:
+        """In one write transaction, replace each stored run command line by ``mask(command_line)`` where that
+        differs (unless ``dry_run``); the ids of the adapters whose command line differs."""
+
 
 class RegistryStore(RegistryReads, RegistryWrites, RegistryMaintenance):
     """Everything ``Registry`` needs from a database."""

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from eptctl.core.secrets import mask_secrets
 from registry import ranking
 from registry.db import RegistryError, is_sqlite, lock_blob
 from registry.interface import BlobVanished, Insertion
@@ -104,7 +105,9 @@ def _insert_adapter(conn: Connection, task_id: int, version: int, new: NewAdapte
     if new.tags:
         conn.execute(tags.insert(), [{"adapter_id": adapter_id, "tag": t} for t in sorted(set(new.tags))])
     if new.run is not None:
-        conn.execute(runs.insert().values(adapter_id=adapter_id, **asdict(new.run)))
+        # secrets never reach a row, whoever built the RunInfo (a library caller, an imported bundle)
+        run = {**asdict(new.run), "command_line": mask_secrets(new.run.command_line)}
+        conn.execute(runs.insert().values(adapter_id=adapter_id, **run))
 
 
 def _backbone_id(conn: Connection, fp: BackboneFingerprint) -> int:

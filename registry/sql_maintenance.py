@@ -12,7 +12,7 @@ from registry import migrate
 from registry.db import Database, RegistryError, lock_blob
 from registry.interface import RegistryMaintenance
 from registry.records import AdapterRecord
-from registry.schema import adapters, artifacts
+from registry.schema import adapters, artifacts, runs
 from registry.sql_reads import child_ids
 
 
@@ -45,6 +45,17 @@ class SqlMaintenance(RegistryMaintenance):
             return remove()
 
         return self.db.write(check_and_remove)
+
+    def scrub_command_lines(self, mask: Callable[[str], str], dry_run: bool) -> list[str]:
+        def scrub(conn: Connection) -> list[str]:
+            rows = conn.execute(sa.select(runs.c.adapter_id, runs.c.command_line)
+                                .where(runs.c.command_line.is_not(None)).order_by(runs.c.adapter_id)).all()
+            changed = [(adapter_id, mask(line)) for adapter_id, line in rows if mask(line) != line]
+            for adapter_id, masked in [] if dry_run else changed:
+                conn.execute(runs.update().where(runs.c.adapter_id == adapter_id).values(command_line=masked))
+            return [adapter_id for adapter_id, _ in changed]
+
+        return self.db.write(scrub)
 
     def upgrade(self) -> tuple[str | None, str | None]:
         return migrate.upgrade(self.db.url)

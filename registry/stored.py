@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from eptctl.core.secrets import mask_secrets
 from registry.records import AdapterRecord, RunInfo
 
 _LAZY = ("config", "params_by_group", "summary", "run")
@@ -21,7 +22,9 @@ def _decode_run(raw: tuple | None) -> RunInfo | None:
     if raw is None:
         return None
     seed, data_fingerprint, package_versions, command_line, duration_s, device = raw
-    return RunInfo(seed, data_fingerprint, json.loads(package_versions), command_line, duration_s, device)
+    # a row written before masking existed (until `eptctl db scrub-secrets`) never shows its secret
+    return RunInfo(seed, data_fingerprint, json.loads(package_versions), mask_secrets(command_line), duration_s,
+                   device)
 
 
 _DECODERS = {"config": json.loads, "params_by_group": json.loads, "summary": json.loads, "run": _decode_run}

@@ -251,15 +251,42 @@ def _numeric_options():
     return list(walk(root, []))
 
 
+# The numeric options of serve, predict and eval live in cli/serve.py and cli/server.py (another change owns them):
+# each lacks a maximum (and some let nan or inf through) until that change fixes it. Shrink this set, never
+# grow it.
+_RANGE_PENDING = {("eval", "--max-eval"), ("predict", "--batch-size"), ("predict", "--temperature"),
+                  ("predict", "--top-p"), ("predict", "--seed"), ("serve", "--max-batch-size"),
+                  ("serve", "--max-wait-ms"), ("serve", "--max-queue"), ("serve", "--max-inputs"),
+                  ("serve", "--max-text-chars"), ("serve", "--max-adapters"), ("serve", "--resolve-ttl")}
+
+
+def _out_of_range(param) -> list:
+    """Values just outside each bound; for floats also nan and inf (nan compares false with both bounds)."""
+    bad = [bound + step for bound, step in ((param.min, -1), (param.max, 1)) if bound is not None]
+    return bad + (["nan", "inf", "-inf"] if param.type_descriptor.annotation is float else [])
+
+
 def test_every_numeric_option_declares_its_range_and_refuses_values_outside_it(home):
     options = _numeric_options()
     assert len(options) > 30
     before = dump(home)
     for path, cmd, param in options:
-        assert param.min is not None or param.max is not None, f"{' '.join(path)} {param.opts[0]} has no range"
-        bad = param.min - 1 if param.min is not None else param.max + 1
+        name = f"{' '.join(path)} {param.opts[0]}"
+        if (" ".join(path), param.opts[0]) not in _RANGE_PENDING:
+            assert param.min is not None and param.max is not None, f"{name} lacks a minimum or a maximum"
         args = ["x"] * sum(1 for p in cmd.params if p.param_type_name == "argument" and p.required)
-        refused(run(*path, *args, param.opts[0], bad), param.opts[0])
+        for bad in _out_of_range(param):
+            if (" ".join(path), param.opts[0]) in _RANGE_PENDING and isinstance(bad, str):
+                continue
+            refused(run(*path, *args, param.opts[0], bad), param.opts[0])
+    assert dump(home) == before
+
+
+def test_huge_numbers_are_refused_with_one_line(home):
+    before = dump(home)
+    refused(run("list", "--limit", 2**63), "--limit", "9223372036854775807")
+    refused(run("train", "rt-polarity", "--seed", 2**64), "--seed", "4294967295")
+    refused(run("train", "rt-polarity", "--epochs", "nan"), "--epochs")
     assert dump(home) == before
 
 

@@ -9,6 +9,7 @@ import typer
 from eptctl.cli.common import (
     JsonFlag, RegistryUrl, err, fmt_count, fmt_metric, fmt_time, make_table, open_registry, out, print_json,
 )
+from eptctl.core.limits import SECONDS_MAX, SQL_BIGINT_MAX
 
 
 def _key_metric(rec, split: str = "test") -> float | None:
@@ -54,7 +55,7 @@ def list_adapters(
     sort: Annotated[str, typer.Option(help="created, or a metric such as accuracy or test:accuracy.")] = "created",
     ascending: Annotated[bool, typer.Option("--ascending", help="Smallest first.")] = False,
     min_accuracy: Annotated[float | None, typer.Option(help="Keep adapters with accuracy ≥ this.", min=0.0, max=1.0)] = None,
-    limit: Annotated[int | None, typer.Option(help="Show at most N adapters.", min=1)] = None,
+    limit: Annotated[int | None, typer.Option(help="Show at most N adapters.", min=1, max=SQL_BIGINT_MAX)] = None,
     archived: Annotated[bool, typer.Option("--archived", help="Include archived adapters.")] = False,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
@@ -268,7 +269,7 @@ def rm(
 
 
 def gc(
-    grace: Annotated[float, typer.Option(help="Keep files younger than this many seconds (running writers).", min=0.0)] = 3600,
+    grace: Annotated[float, typer.Option(help="Keep files younger than this many seconds (running writers).", min=0.0, max=SECONDS_MAX)] = 3600,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     registry: RegistryUrl = None,
 ) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl
+from eptctl.cli.common import RegistryUrl, open_registry
 
-db_app = typer.Typer(help="The registry database: schema revision and upgrades.", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database: schema revision, upgrades and secret scrubbing.",
+                     no_args_is_help=True)
 
 
 @db_app.command()
@@ -52,3 +53,28 @@ def current(
     else:
         state = f"(out of date; head is {head}: run `eptctl db upgrade`)"
     typer.echo(f"{reg.mask_url(url)}: {revision or 'no schema'} {state}")
+
+
+@db_app.command("scrub-secrets")
+def scrub_secrets(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the adapters; change nothing.")] = False,
+    registry: RegistryUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of lines.")] = False,
+) -> None:
+    """Mask passwords and tokens in the command lines stored with earlier runs (eptctl masks new ones itself).
+
+    Example: eptctl db scrub-secrets --dry-run
+    """
+    reg = open_registry(registry)
+    try:
+        found = reg.scrub_secrets(dry_run=dry_run)
+    finally:
+        reg.close()
+    if as_json:
+        typer.echo(json.dumps({"dry_run": dry_run, "adapters": [{"ref": r.ref, "id": r.id} for r in found]}))
+        return
+    for rec in found:
+        typer.echo(f"{rec.ref} ({rec.id[:12]})")
+    verb = "would mask" if dry_run else "masked"
+    typer.echo(f"{verb} the secrets in {len(found)} stored command line(s)"
+               + (" (run it without --dry-run to rewrite them)" if dry_run and found else ""))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 import time
@@ -19,6 +18,8 @@ from eptctl.cli.common import (
 from eptctl.cli.options import with_config_options
 from eptctl.core import events
 from eptctl.core.errors import TrainingInterrupted
+from eptctl.core.limits import ROWS_MAX, SCALE_MAX
+from eptctl.core.secrets import recorded_command_line
 from eptctl.engine import distributed
 from eptctl.engine.config import TrainConfig
 from eptctl.methods.config import EPTConfig
@@ -32,12 +33,12 @@ _Task = Annotated[str, typer.Argument(
     help="Builtin task (see `eptctl tasks`), a stored task, or a new name with --data.")]
 _Model = Annotated[str, typer.Option(help="Backbone: embedded name, local folder or hub id.")]
 _MaxTrain = Annotated[int | None, typer.Option(
-    help="Use at most N training examples.", min=1, rich_help_panel="Optimisation")]
+    help="Use at most N training examples.", min=1, max=ROWS_MAX, rich_help_panel="Optimisation")]
 _MaxEval = Annotated[int | None, typer.Option(
-    help="Use at most N validation and N test examples.", min=1, rich_help_panel="Optimisation")]
+    help="Use at most N validation and N test examples.", min=1, max=ROWS_MAX, rich_help_panel="Optimisation")]
 _TrainExamples = Annotated[int | None, typer.Option(
     help="Few-shot: train on K examples, stratified by label and the same for every seed (recorded with the run).",
-    min=1, rich_help_panel="Optimisation")]
+    min=1, max=ROWS_MAX, rich_help_panel="Optimisation")]
 _Data = Annotated[str | None, typer.Option(
     "--data", help="CSV/TSV/JSONL/Parquet file or folder: defines a custom task.", rich_help_panel=DATA)]
 _Template = Annotated[str | None, typer.Option(
@@ -46,7 +47,7 @@ _Template = Annotated[str | None, typer.Option(
 _Hub = Annotated[bool, typer.Option(
     "--hub", help="Allow --data to name a hub dataset (needs network).", rich_help_panel=DATA)]
 _Grid = Annotated[float | None, typer.Option(
-    help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6,
+    help="Regression on decoder backbones: round targets to multiples of this (default 0.2).", min=1e-6, max=SCALE_MAX,
     rich_help_panel=DATA)]
 _Metric = Annotated[str | None, typer.Option(
     help="Primary metric of a new task (picks the best step, @best, list --sort); default by task type: accuracy, "
@@ -60,10 +61,10 @@ _TransferComponents = Annotated[str, typer.Option(
     help="weighted mode: what to take from the sources: prompt | prompt+low-rank | all (the rest starts fresh).",
     rich_help_panel=TRANSFER)]
 _TopK = Annotated[int, typer.Option(
-    help="With --init-from auto: fuse the K best sources.", min=1, rich_help_panel=TRANSFER)]
+    help="With --init-from auto: fuse the K best sources.", min=1, max=ROWS_MAX, rich_help_panel=TRANSFER)]
 _Probe = Annotated[int, typer.Option(
     help="With --init-from auto: rank sources by shared answer words, then by zero-step score on N validation "
-         "examples.", min=1, rich_help_panel=TRANSFER)]
+         "examples.", min=1, max=ROWS_MAX, rich_help_panel=TRANSFER)]
 _Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with the same options.")]
 _Description = Annotated[str, typer.Option(help="Free text stored with the adapter.")]
 _Tag = Annotated[list[str] | None, typer.Option("--tag", help="Tag the adapter (repeatable).")]
@@ -112,7 +113,7 @@ def train(
         task, open_registry(registry), method_cfg, train_cfg, quiet=as_json, resume=resume, custom=custom,
         transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
         loading=_model_choice(model, precision, trust_remote_code),
-        record=RecordInfo(description, tuple(tag or ()), shlex.join(["eptctl", *sys.argv[1:]])))
+        record=RecordInfo(description, tuple(tag or ()), recorded_command_line(sys.argv)))
     if distributed.is_main():
         _report(outcome, as_json, command_started)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Annotated
 
@@ -13,6 +12,8 @@ from eptctl.cli.common import DataDirOption, JsonFlag, RegistryUrl, err, fmt_met
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.core import events
 from eptctl.core.errors import EptctlError
+from eptctl.core.limits import BATCH_MAX, ROWS_MAX, SEED_MAX, STEPS_MAX
+from eptctl.core.secrets import recorded_command_line
 
 
 def _ancestry(reg, rec, seen: set) -> dict:
@@ -69,8 +70,8 @@ def lineage(
 
 def similar(
     target: Annotated[str, typer.Argument(help="Adapter reference, or a task name (then --probe is needed).")],
-    top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.", min=1)] = 5,
-    probe: Annotated[int | None, typer.Option(help="Also rank as sources for the target: shared answer words, then zero-step score on N of its examples.", min=1)] = None,
+    top_k: Annotated[int, typer.Option(help="Show the K most similar adapters.", min=1, max=ROWS_MAX)] = 5,
+    probe: Annotated[int | None, typer.Option(help="Also rank as sources for the target: shared answer words, then zero-step score on N of its examples.", min=1, max=ROWS_MAX)] = None,
     model: Annotated[str | None, typer.Option(help="Backbone for --probe on a task with no adapter yet.")] = None,
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
@@ -126,12 +127,12 @@ def continual(
     tasks: Annotated[list[str], typer.Argument(help="Tasks in the order to learn them.")],
     model: Annotated[str, typer.Option(help="Backbone.")] = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="pt | dept | ept")] = "ept",
-    steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).", min=1)] = 50,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.", min=1)] = 16,
-    max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.", min=1)] = None,
-    max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.", min=1)] = None,
-    train_examples: Annotated[int | None, typer.Option(help="Few-shot: K training examples per task, stratified by label, the same for every seed.", min=1)] = None,
-    seed: Annotated[int, typer.Option(help="Seed.", min=0)] = 0,
+    steps: Annotated[int, typer.Option(help="Steps per task (a small budget shows transfer best).", min=1, max=STEPS_MAX)] = 50,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.", min=1, max=BATCH_MAX)] = 16,
+    max_train: Annotated[int | None, typer.Option(help="At most N training examples per task.", min=1, max=ROWS_MAX)] = None,
+    max_eval: Annotated[int | None, typer.Option(help="At most N validation/test examples per task.", min=1, max=ROWS_MAX)] = None,
+    train_examples: Annotated[int | None, typer.Option(help="Few-shot: K training examples per task, stratified by label, the same for every seed.", min=1, max=ROWS_MAX)] = None,
+    seed: Annotated[int, typer.Option(help="Seed.", min=0, max=SEED_MAX)] = 0,
     no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Random init for every task (the baseline).")] = False,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Skip the random-init runs (no forward transfer figure).")] = False,
     data_dir: DataDirOption = None,
@@ -165,7 +166,7 @@ def continual(
         reg, tasks, model=model, method_cfg=EPTConfig(method=method),
         train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
         baseline=not no_baseline, max_train=max_train, max_eval=max_eval, on_event=on_event,
-        command_line=shlex.join(["eptctl", *sys.argv[1:]]), train_examples=train_examples)
+        command_line=recorded_command_line(sys.argv), train_examples=train_examples)
     if as_json:
         print_json(report)
         return

@@ -92,6 +92,26 @@ def staged_folder(path: str | Path, *, replace: bool = False, mode: int = 0o755)
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_only_reason(path: str | Path) -> str | None:
+    """Why ``path`` (a file or a folder; if missing, the nearest folder that would hold it) cannot be written, as a
+    phrase for an error message, or None if it can. ``os.access`` sees a read-only file system even for root."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK):
+        return None
+    return f"{probe} is on a read-only file system" if on_read_only_fs(probe) else \
+        f"{probe} is not writable (permission denied)"
+
+
+def on_read_only_fs(path: str | Path) -> bool:
+    """True if ``path`` (which exists) lies on a file system mounted read-only: no process can change it."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 # --- files and folders a user names (plots, reports, exports) -----------------------------------------------------
 def check_writable(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
     """The output file path, resolved, or a one-line error; called before the (slow) rendering starts.

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 
 from eptctl.core.errors import ConfigError
+from eptctl.core.limits import (BATCH_MAX, EPOCHS_MAX, LR_MAX, ROWS_MAX, SCALE_MAX, SEED_MAX,
+                                 STEPS_MAX)
 
 
 @dataclass(frozen=True)
@@ -17,25 +19,28 @@ class TrainConfig:
     naming the flag for an invalid value.
     """
 
-    steps: int | None = field(default=75, metadata={"min": 1, "help": "Optimiser steps."})
-    epochs: float | None = field(default=None, metadata={"min": 0.0, "help": "Epochs (overrides --steps)."})
-    batch_size: int = field(default=16, metadata={"min": 1, "help": "Examples per step."})
-    eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Examples per scoring batch in evaluations."})
-    lr_prompt: float = field(default=0.1, metadata={"min": 0.0, "help": "Learning rate of the prompt."})
-    lr_low_rank: float = field(default=3e-3, metadata={"min": 0.0, "help": "Learning rate of A and B."})
+    steps: int | None = field(default=75, metadata={"min": 1, "max": STEPS_MAX, "help": "Optimiser steps."})
+    epochs: float | None = field(default=None, metadata={
+        "min": 0.0, "max": EPOCHS_MAX, "help": "Epochs (overrides --steps)."})
+    batch_size: int = field(default=16, metadata={"min": 1, "max": BATCH_MAX, "help": "Examples per step."})
+    eval_batch_size: int = field(default=64, metadata={
+        "min": 1, "max": BATCH_MAX, "help": "Examples per scoring batch in evaluations."})
+    lr_prompt: float = field(default=0.1, metadata={"min": 0.0, "max": LR_MAX, "help": "Learning rate of the prompt."})
+    lr_low_rank: float = field(default=3e-3, metadata={"min": 0.0, "max": LR_MAX, "help": "Learning rate of A and B."})
     lr_fusion: float = field(default=1e-2, metadata={
-        "min": 0.0, "help": "Learning rate of fusion, projection and gate."})
+        "min": 0.0, "max": LR_MAX, "help": "Learning rate of fusion, projection and gate."})
     lr_head: float = field(default=1e-2, metadata={
-        "min": 0.0, "help": "Learning rate of the head (encoder backbones)."})
+        "min": 0.0, "max": LR_MAX, "help": "Learning rate of the head (encoder backbones)."})
     warmup_steps: int | None = field(default=None, metadata={
-        "min": 0, "help": "Linear warmup steps (default: 10% of the steps)."})
-    weight_decay: float = field(default=0.0, metadata={"min": 0.0, "help": "AdamW weight decay."})
+        "min": 0, "max": STEPS_MAX, "help": "Linear warmup steps (default: 10% of the steps)."})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": SCALE_MAX, "help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={
-        "min": 0.0, "help": "Clip the adapter's gradient norm to this."})
-    eval_every: int | None = field(default=None, metadata={"min": 1,
+        "min": 0.0, "max": SCALE_MAX, "help": "Clip the adapter's gradient norm to this."})
+    eval_every: int | None = field(default=None, metadata={"min": 1, "max": STEPS_MAX,
         "help": "Validate every N steps and keep the best step (default: keep the last step, validate once)."})
-    checkpoint_every: int = field(default=10, metadata={"min": 1, "help": "Save a resumable checkpoint every N steps."})
-    max_eval_examples: int | None = field(default=200, metadata={"min": 1,
+    checkpoint_every: int = field(default=10, metadata={
+        "min": 1, "max": STEPS_MAX, "help": "Save a resumable checkpoint every N steps."})
+    max_eval_examples: int | None = field(default=200, metadata={"min": 1, "max": ROWS_MAX,
         "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
     max_target_length: int = field(default=64, metadata={"min": 2, "max": 4096,
         "help": "Generation and regression: target tokens kept per example (eos included); also the default "
@@ -43,7 +48,7 @@ class TrainConfig:
     objective: str = field(default="auto", metadata={
         "help": "auto (classify for classification tasks, lm otherwise) | lm (answer tokens) | classify (label "
                 "scores)."})
-    seed: int = field(default=0, metadata={"min": 0, "help": "Seed for init and data order."})
+    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "Seed for init and data order."})
 
     def objective_for(self, task_type: str) -> str:
         """The loss this run trains with: ``objective``, where ``auto`` is ``classify`` for classification (the

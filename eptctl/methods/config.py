@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from eptctl.core.errors import ConfigError
+from eptctl.core.limits import HEADS_MAX, SCALE_MAX, TOKENS_MAX
 
 SCHEMA_VERSION = 1
 METHODS = ("pt", "dept", "ept")
@@ -27,25 +28,26 @@ class EPTConfig:
 
     method: str = field(default="ept", metadata={"help": "pt | dept | ept"})
     prompt_length: int = field(default=40, metadata={
-        "min": 1, "help": "l: PT prompt length, and the parameter budget l*d."})
+        "min": 1, "max": TOKENS_MAX, "help": "l: PT prompt length, and the parameter budget l*d."})
     short_length: int | None = field(default=None, metadata={
-        "min": 1, "help": "s: short prompt length (dept/ept) (default: by the budget rule)."})
+        "min": 1, "max": TOKENS_MAX, "help": "s: short prompt length (dept/ept) (default: by the budget rule)."})
     rank: int | None = field(default=None, metadata={
-        "min": 1, "help": "r: rank of the embedding offset A@B (default: by the budget rule)."})
+        "min": 1, "max": TOKENS_MAX, "help": "r: rank of the embedding offset A@B (default: by the budget rule)."})
     short_fraction: float = field(default=0.3, metadata={
         "min": 0.0, "max": 1.0, "help": "s = round(fraction * l) when --short-length is not given."})
     max_length: int = field(default=256, metadata={
-        "min": 1, "help": "n: max input tokens (longer inputs are truncated); rows of the offset."})
-    alpha: float = field(default=1.0, metadata={"min": 0.0, "help": "Offset scale: H = alpha/sqrt(r) * A@B."})
+        "min": 1, "max": TOKENS_MAX, "help": "n: max input tokens (longer inputs are truncated); rows of the offset."})
+    alpha: float = field(default=1.0, metadata={
+        "min": 0.0, "max": SCALE_MAX, "help": "Offset scale: H = alpha/sqrt(r) * A@B."})
     fusion: bool = field(default=True, metadata={
         "help": "Prompt fusion (ept): the prompt attends over the offset rows."})
     fusion_dim: int = field(default=2, metadata={
-        "min": 0, "help": "d_a: attention width of fusion; 0 = parameter-free."})
+        "min": 0, "max": TOKENS_MAX, "help": "d_a: attention width of fusion; 0 = parameter-free."})
     fusion_heads: int = field(default=1, metadata={
-        "min": 1, "help": "Attention heads of fusion (must divide --fusion-dim)."})
+        "min": 1, "max": HEADS_MAX, "help": "Attention heads of fusion (must divide --fusion-dim)."})
     projection: bool = field(default=True, metadata={"help": "Multi-space projection with a gate (ept)."})
-    spaces: int = field(default=3, metadata={"min": 0, "help": "k: number of gated subspaces."})
-    space_rank: int = field(default=1, metadata={"min": 1, "help": "m: rank of each subspace map."})
+    spaces: int = field(default=3, metadata={"min": 0, "max": HEADS_MAX, "help": "k: number of gated subspaces."})
+    space_rank: int = field(default=1, metadata={"min": 1, "max": TOKENS_MAX, "help": "m: rank of each subspace map."})
     source_prompts: int = field(default=0, metadata={
         "help": "t: frozen source prompts mixed by attention (set by --transfer-mode attention)", "cli": False})
     prompt_init: str = field(default="vocab", metadata={

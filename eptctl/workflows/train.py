@@ -20,10 +20,12 @@ from eptctl import __version__, backbones, data
 from eptctl.backbones.base import Backbone
 from eptctl.core import events
 from eptctl.core.errors import ConfigError, EptctlError
+from eptctl.core.files import read_only_reason
 from eptctl.core.home import eptctl_home
+from eptctl.core.secrets import mask_secrets
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 from eptctl.data.task_types import task_type as task_type_of
-from eptctl.engine import distributed, servable
+from eptctl.engine import distributed, servable, training_state
 from eptctl.engine.config import TrainConfig, split_options
 from eptctl.engine.encoding import EncodedTask, encode_task, new_token_budget
 from eptctl.engine.loop import FitRun, FitTask, TrainResult, fit
@@ -243,10 +245,14 @@ def train_task(
     ``should_stop()`` turns true. Under ``torchrun`` / ``accelerate launch`` every rank calls this: the ranks train
     data-parallel, rank 0 alone registers, and the other ranks get ``record=None`` (docs/distributed.md).
     """
+    from registry import ArtifactWriteError
+
     groups = split_options(options, TRAIN_OPTIONS, "train_task")
     run: RunOptions = groups["run"]
     distributed.init()
     emit = run.on_event or events.ignore
+    if distributed.is_main():
+        _check_can_store(registry)  # a read-only registry or home fails now, not after the whole training budget
     p = _prepare(task, registry, method_cfg, train_cfg, custom, transfer, groups, emit)
     key = run_key(p.spec.name, p.task_data.fingerprint, p.backbone.fingerprint()["embedding_sha256"], p.method_cfg,
                   p.train_cfg)
@@ -262,9 +268,39 @@ def train_task(
         return TrainOutcome(record=None, result=result, spec=p.spec)
     materialized = result.adapter.materialize()
     summary = _summary(p, result, materialized.gate, transfer, groups)
-    record = _register(registry, p, result, materialized, summary, groups["record"])
+    try:
+        record = _register(registry, p, result, materialized, summary, groups["record"])
+    except ArtifactWriteError as err:  # a full disk: keep the trained weights where --resume finds them
+        raise _kept_for_resume(err, ckpt, result, groups["record"]) from None
     ckpt.unlink(missing_ok=True)  # the run is complete; its final state now lives in the registry
     return TrainOutcome(record=record, result=result, spec=p.spec)
+
+
+def _check_can_store(registry) -> None:
+    """Raise ``EptctlError`` if this run could not store its result: the registry (database or artifact root) or
+    the folder of the run's checkpoints is read-only."""
+    registry.check_writable()
+    runs = checkpoint_path("probe").parent
+    reason = read_only_reason(runs)
+    if reason:
+        raise EptctlError(f"cannot keep this run's checkpoints in {runs}: {reason}",
+                          hint="set $EPTCTL_HOME to a writable folder (reads of a read-only registry work as they are)")
+
+
+def _kept_for_resume(err: EptctlError, ckpt: Path, result: TrainResult, info: RecordInfo) -> EptctlError:
+    """The error of a registration that could not write its files: the final training state is saved as the run's
+    checkpoint, so that ``--resume`` registers it without training again; the hint names that command."""
+    try:
+        training_state.save(ckpt, result.state)
+    except OSError as save_err:
+        return EptctlError(f"{err.message}; the trained weights are lost: their checkpoint {ckpt} could not be "
+                           f"written either ({save_err.strerror})", hint=err.hint)
+    line = info.command_line
+    again = (f"`{line}`" if line and "--resume" in line.split() else f"`{line} --resume`" if line
+             else "the same train_task call with resume=True")
+    return EptctlError(err.message, hint=f"free space there (or point $EPTCTL_ARTIFACTS at a folder with room), then "
+                                         f"run {again}: it registers the trained weights kept in {ckpt} without "
+                                         "training again")
 
 
 def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig, custom: data.DataOptions | None,
@@ -344,7 +380,8 @@ def _register(registry, p: _Prepared, result: TrainResult, materialized, summary
         training_state=state_tensors, training_metadata=state_meta,
         metrics=metrics, parents=parents,
         run=RunInfo(seed=p.train_cfg.seed, data_fingerprint=p.task_data.fingerprint,
-                    package_versions=package_versions(), command_line=info.command_line or " ".join(sys.argv),
+                    package_versions=package_versions(),
+                    command_line=mask_secrets(info.command_line or " ".join(sys.argv)),
                     duration_s=round(result.duration_s, 3), device=str(backbone.device) + f" ({backbone.precision})"),
         description=info.description, tags=list(info.tags), summary=summary,
     )
