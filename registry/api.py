@@ -69,12 +69,13 @@ class Registry:
         """Release the database connections."""
         self._rows.close()
 
-    def check_writable(self) -> None:
-        """Raise ``RegistryError`` now if ``register`` would fail for want of write access: the database or the
-        local artifact root is read-only. ``train`` calls it before loading data or a model, so no work is lost."""
+    def check_writable(self, artifacts: bool = True) -> None:
+        """Raise ``RegistryError`` now if ``register`` would fail for want of write access: the database or (with
+        ``artifacts``) the local artifact root is read-only. ``train`` calls it before loading data or a model, and
+        ``eval`` (which stores rows only, ``artifacts=False``) before evaluating, so no work is lost."""
         if self._db.read_only:
             raise read_only_error(self.display_url, self._db.read_only)
-        reason = read_only_reason(self.store.root) if isinstance(self.store, ArtifactStore) else None
+        reason = read_only_reason(self.store.root) if artifacts and isinstance(self.store, ArtifactStore) else None
         if reason:
             raise RegistryError(f"the artifact root {self.store.root} is read-only: {reason}",
                                 hint=f"make it writable, or point ${ARTIFACTS_ENV} at a writable folder (reads "

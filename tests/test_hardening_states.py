@@ -190,7 +190,7 @@ def test_a_read_only_home_reads_and_refuses_writes_before_any_work(tmp_path, mon
         before = dump(home / "registry.db")
         assert ref in ok("list").stdout and ref in ok("show", ref).stdout  # reads work
         assert json.loads(ok("show", ref, "--json").stdout)["ref"] == ref
-        for write in (["tag", ref, "prod"], ["alias", ref, "prod"], ["archive", ref], ["rm", ref]):
+        for write in (["tag", ref, "prod"], ["alias", ref, "prod"], ["archive", ref], ["rm", ref], ["eval", ref]):
             refused(run(*write), "is read-only", "read-only file system")
         started = time.monotonic()
         refused(run("train", "rt-polarity", *TINY), "is read-only", "read-only file system", notes=True)

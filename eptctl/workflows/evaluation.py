@@ -54,6 +54,8 @@ def evaluate_stored(registry, ref: str, options: EvalOptions | None = None, *, b
     from registry import MetricValue
 
     options = options or EvalOptions(**fields)
+    if options.store:
+        registry.check_writable(artifacts=False)  # before the evaluation, not after it
     servable = load_adapter(registry, ref)
     if options.data_path is not None:
         examples = _file_examples(servable, options)
