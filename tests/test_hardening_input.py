@@ -77,3 +77,92 @@ def test_a_trained_task_with_markup_in_its_file_template_and_labels_has_an_escap
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.csv" in card and "| &lt;i&gt;x&lt;/i&gt; |" in card
     ok("export", "xss@latest", tmp_path / "b")
     assert_no_live_markup((tmp_path / "b" / "README.md").read_text())
+
+
+# 7 -----------------------------------------------------------------------------------------------------------------
+def _set(path: str, value):
+    """An edit of the card: set the field at a dotted ``path`` (list items by index) to ``value``."""
+    def edit(card):
+        *parents, last = path.split(".")
+        node = card
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return edit
+
+
+def _rename_task(name: str):
+    def edit(card):
+        card["task"]["name"] = card["adapter"]["task"] = name
+    return edit
+
+
+CRAFTED = {
+    "bad id": (_set("adapter.id", "../../x"), "32 lowercase hex"),
+    "reserved alias": (_set("adapter.aliases", ["latest"]), "reserved"),
+    "malformed alias": (_set("adapter.aliases", ["v3"]), "invalid alias"),
+    "alias not a string": (_set("adapter.aliases", [["prod"]]), "adapter.aliases"),
+    "malformed tag": (_set("adapter.tags", ["<b>x</b>"]), "invalid tag"),
+    "tags not a list": (_set("adapter.tags", "baseline"), "adapter.tags"),
+    "version not a number": (_set("adapter.version", "3"), "adapter.version"),
+    "version zero": (_set("adapter.version", 0), "adapter.version"),
+    "empty method": (_set("adapter.method", ""), "method"),
+    "metric not finite": (_set("metrics.0.value", float("nan")), "not finite"),
+    "metric step not an integer": (_set("metrics.0.step", 1.5), "step"),
+    "metric split not a string": (_set("metrics.0.split", ["test"]), "split"),
+    "parent id": (_set("lineage.parents", [{"id": "../y", "ref": None, "weight": 1.0, "how": "x"}]), "parent id"),
+    "parent weight infinite": (_set("lineage.parents.0.weight", float("inf")), "not finite"),
+    "task name": (_rename_task("a b"), "invalid task name"),
+    "task type": (_set("task.task_type", "poem"), "task type"),
+    "labels not strings": (_set("task.labels", [0, 1]), "task.labels"),
+    "empty task metric": (_set("task.metric", ""), "task.metric"),
+    "backbone width a string": (_set("backbone.width", "16"), "backbone.width"),
+    "params not counts": (_set("adapter.params_by_group.prompt", "64"), "params_by_group"),
+    "created_at not a date": (_set("adapter.created_at", "yesterday"), "created_at"),
+}
+
+
+@pytest.fixture
+def bundles(tmp_path, monkeypatch):
+    """A bundle of a child adapter (with a parent, an alias and a tag), and a target registry that already holds
+    another task and adapter, so that "unchanged" means something."""
+    from eptctl.interop.bundle import export_bundle
+
+    src = Registry(f"sqlite:///{tmp_path / 'src.db'}")
+    src.ensure_task(TaskRecord("rt", "polarity", ["neg", "pos"], template="{text} ="))
+    parent = src.register(new_adapter("rt", seed=1))
+    child = src.register(new_adapter("rt", seed=2, parents=[ParentLink(parent.id, 1.0, "init-weighted")],
+                                     metrics=[MetricValue("test", "accuracy", 0.5, 1)], tags=["baseline"]))
+    src.set_alias(child, "prod")
+    export_bundle(src, child.ref, tmp_path / "bundle")
+    export_bundle(src, parent.ref, tmp_path / "parent")
+    src.close()
+    target = tmp_path / "target"
+    target.mkdir()
+    monkeypatch.setenv("EPTCTL_HOME", str(target))  # the target registry's artifact store
+    url = f"sqlite:///{target / 'registry.db'}"
+    ok("import", tmp_path / "parent", "--registry", url)
+    return tmp_path / "bundle", target, url
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_card_is_refused_before_any_write(bundles, case):
+    from eptctl.interop.bundle import CARD_NAME, _card_checksum
+
+    bundle, target, url = bundles
+    edit, needle = CRAFTED[case]
+    card = json.loads((bundle / CARD_NAME).read_text())
+    edit(card)
+    card["card_sha256"] = _card_checksum(card)  # as a careful forger would
+    (bundle / CARD_NAME).write_text(json.dumps(card))
+    before, files = dump(target / "registry.db"), files_under(target)
+    refused(run("import", bundle, "--registry", url), CARD_NAME, "malformed", needle)
+    assert dump(target / "registry.db") == before and files_under(target) == files
+
+
+def test_the_untouched_bundle_imports(bundles):
+    bundle, target, url = bundles
+    done = json.loads(ok("import", bundle, "--registry", url, "--json").stdout)
+    assert done["ref"] == "rt@2" and done["skipped_parents"] == [] and done["skipped_aliases"] == []
+    rec = Registry(url).get(done["id"])
+    assert rec.tags == ["baseline"] and rec.aliases == ["prod"] and rec.parents[0].how == "init-weighted"
