@@ -166,3 +166,69 @@ def test_the_untouched_bundle_imports(bundles):
     assert done["ref"] == "rt@2" and done["skipped_parents"] == [] and done["skipped_aliases"] == []
     rec = Registry(url).get(done["id"])
     assert rec.tags == ["baseline"] and rec.aliases == ["prod"] and rec.parents[0].how == "init-weighted"
+
+
+# 16 ----------------------------------------------------------------------------------------------------------------
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _labelled(n: int = 40) -> list[dict]:
+    return [{"text": "ab" * (i % 4 + 1) if i % 2 else "yz" * (i % 3 + 1), "label": "xy"[i % 2]} for i in range(n)]
+
+
+def test_column_wise_json_is_read_as_rows_everywhere(tmp_path):
+    columns = {key: [row[key] for row in _labelled()] for key in ("text", "label")}
+    (tmp_path / "cols.json").write_text(json.dumps(columns, indent=1))  # a pretty-printed document
+    (tmp_path / "cols1.json").write_text(json.dumps({"text": ["a", "b"], "task": ["cw", "cw"]}))  # one line
+    ok("train", "cw", "--data", tmp_path / "cols.json", *TINY)
+    rows = [json.loads(line) for line in ok("predict", "cw@latest", "--file", tmp_path / "cols1.json").stdout.splitlines()]
+    as_args = [json.loads(line) for line in ok("predict", "cw@latest", "a", "b").stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["a", "b"] and rows == as_args
+    mixed = ok("predict", "--adapters", "cw@latest", "--task-column", "task", tmp_path / "cols1.json").stdout
+    assert len(mixed.splitlines()) == 2
+    assert json.loads(ok("eval", "cw@latest", "--data", tmp_path / "cols.json", "--json").stdout)["examples"] == 40
+    (tmp_path / "ragged.json").write_text(json.dumps({"text": ["a", "b"], "label": ["x"]}))
+    refused(run("predict", "cw@latest", "--file", tmp_path / "ragged.json"), "column-wise", "text 2, label 1")
+
+
+NOT_TEXT = {"an object": {"nested": 1}, "a list": ["a", "b"], "a number": 12, "a boolean": True}
+
+
+@pytest.mark.parametrize("kind", list(NOT_TEXT))
+def test_a_text_field_that_is_not_a_string_is_refused_in_training_evaluation_and_prediction(tmp_path, kind):
+    value = NOT_TEXT[kind]
+    home = tmp_path / "home"
+    ok("train", "good", "--data", _jsonl(tmp_path / "good.jsonl", _labelled()), *TINY)
+    bad_rows = _labelled()
+    bad_rows[2] = {**bad_rows[2], "text": value, "task": "good"}
+    bad = _jsonl(tmp_path / "bad.jsonl", bad_rows)
+    before = dump(home / "registry.db")
+    refused(run("train", "bad", "--data", bad, *TINY), "row 3", "column 'text'", f"holds {kind}")
+    refused(run("eval", "good@latest", "--data", bad), "row 3", "column 'text'", f"holds {kind}")
+    refused(run("predict", "good@latest", "--file", bad), "row 3", "column 'text'", f"holds {kind}")
+    tasks = _jsonl(tmp_path / "tasks.jsonl", [{**row, "task": "good"} for row in bad_rows])
+    refused(run("predict", "--adapters", "good@latest", "--task-column", "task", tasks), "row 3", "column 'text'")
+    assert dump(home / "registry.db") == before
+
+
+def test_pairs_named_columns_and_generation_targets_are_checked_too(tmp_path):
+    pair = [{"a": f"x{i}", "b": {"deep": i} if i == 4 else f"y{i}", "label": "pq"[i % 2]} for i in range(20)]
+    refused(run("train", "p", "--data", _jsonl(tmp_path / "p.jsonl", pair), "--text-column", "a",
+                "--text-pair-column", "b", *TINY), "row 5", "column 'b'", "an object")
+    refused(run("train", "n", "--data", tmp_path / "p.jsonl", "--template", "{a} / {b} =", *TINY),
+            "row 5", "column 'b'")
+    gen = [{"input": f"w{i}", "output": [f"w{i}"] if i == 7 else f"w{i} w{i}"} for i in range(20)]
+    refused(run("train", "g", "--data", _jsonl(tmp_path / "g.jsonl", gen), "--task-type", "generation",
+                "--text-column", "input", "--target-column", "output", *TINY), "row 8", "column 'output'", "a list")
+
+
+def test_numbers_in_a_csv_text_column_stay_text_and_int_labels_still_work(tmp_path):
+    (tmp_path / "n.csv").write_text("text,label\n" + "".join(f"{i * 7},{i % 2}\n" for i in range(40)))
+    ok("train", "nums", "--data", tmp_path / "n.csv", *TINY)
+    assert Registry().get_task("nums").labels == ["0", "1"]
+    out = json.loads(ok("predict", "nums@latest", "--file", tmp_path / "n.csv").stdout.splitlines()[1])
+    assert out["text"] == "7"
+    labels = _jsonl(tmp_path / "ints.jsonl", [{"text": row["text"], "label": i % 2} for i, row in enumerate(_labelled())])
+    ok("train", "ints", "--data", labels, *TINY)
