@@ -232,3 +232,48 @@ def test_numbers_in_a_csv_text_column_stay_text_and_int_labels_still_work(tmp_pa
     assert out["text"] == "7"
     labels = _jsonl(tmp_path / "ints.jsonl", [{"text": row["text"], "label": i % 2} for i, row in enumerate(_labelled())])
     ok("train", "ints", "--data", labels, *TINY)
+
+
+# 15 ----------------------------------------------------------------------------------------------------------------
+def test_few_shot_k_larger_than_the_data_records_and_says_what_was_used(tmp_path):
+    from eptctl import data
+    from eptctl.core import events
+    from eptctl.engine.config import TrainConfig
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.train import train_task
+
+    rows = _jsonl(tmp_path / "d.jsonl", _labelled(48))
+    spec = data.custom_task("fs", rows)
+    loaded = data.load_task(spec, train_examples=1000)
+    assert loaded.train_examples == len(loaded.train) == 38
+    assert loaded.notes == ("--train-examples 1000: the training split has 38 examples; training on 38 "
+                            "(recorded as train_examples = 38)",)
+    exact = data.load_task(spec, train_examples=10)
+    assert exact.train_examples == 10 and exact.notes == ()
+    assert data.load_task(spec).train_examples is None
+    capped = data.load_task(spec, train_examples=20, max_train=5)
+    assert capped.train_examples == 5 and "--max-train 5" in capped.notes[0]
+    seen: list[events.Event] = []
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    record = train_task("fs", registry=reg, model="tiny-random-llama", custom=data.DataOptions(str(rows)),
+                        method_cfg=EPTConfig(method="pt", prompt_length=4, max_length=32),
+                        train_cfg=TrainConfig(steps=1, batch_size=8), train_examples=1000, max_eval=8,
+                        on_event=seen.append).record
+    assert record.summary["train_examples"] == 38 == record.summary["data_sizes"]["train"]
+    assert [e.text for e in seen if isinstance(e, events.Note)] == list(loaded.notes)
+    reg.close()
+
+
+def test_few_shot_k_below_the_number_of_labels_is_refused_before_any_work(tmp_path):
+    rows = _jsonl(tmp_path / "d.jsonl", _labelled(48))
+    home = tmp_path / "home"
+    Registry().close()  # the registry exists (empty): the refusals must leave it so
+    before = dump(home / "registry.db")
+    refused(run("train", "fs", "--data", rows, "--train-examples", "1", *TINY), "--train-examples 1",
+            "2 labels", "--train-examples 2")
+    refused(run("train", "tweet-sentiment", "--train-examples", "2", *TINY), "3 labels")
+    assert dump(home / "registry.db") == before
+    gen = _jsonl(tmp_path / "g.jsonl", [{"input": f"w{i}", "target": f"w{i} w{i}"} for i in range(20)])
+    trained = json.loads(ok("train", "g", "--data", gen, "--task-type", "generation", "--text-column", "input",
+                            "--train-examples", "1", *TINY, "--json").stdout)  # no labels: one example is fine
+    assert Registry().resolve(trained["ref"]).summary["train_examples"] == 1

@@ -136,6 +136,8 @@ def train_task(
                                train_examples=train_examples)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
                            metric=spec.metric, task_type=spec.task_type))
+    for note in task_data.notes:  # e.g. fewer few-shot examples than --train-examples asked for
+        emit(events.Note(note))
     if backbone is None:
         emit(events.LoadingModel(model=model, converting=backbones.needs_conversion(model)))
         with distributed.main_first():  # a first use converts the model into a shared cache: once, by rank 0
@@ -182,7 +184,7 @@ def train_task(
         "history": result.history,
         "train_config": train_cfg.to_dict(),
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},
-        **({"train_examples": train_examples} if train_examples else {}),
+        **({"train_examples": task_data.train_examples} if train_examples else {}),  # the K actually used
         **({"transfer_components": transfer.components} if transfer is not None and transfer.mode == "weighted"
            else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
