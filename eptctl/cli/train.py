@@ -264,6 +264,8 @@ class _ProgressView:
             sizes = event.sizes
             self.note(f"task {event.task}: {sizes['train']} train / {sizes['validation']} validation / "
                       f"{sizes['test']} test examples")
+        elif isinstance(event, events.Note):
+            self.note(f"note: {event.text}")
         elif isinstance(event, events.LoadingModel):
             self.note(f"loading {event.model}" + (" (first use: converting it once, about 20 s)…" if event.converting
                                                   else "…"))

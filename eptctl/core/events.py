@@ -28,6 +28,14 @@ class DataLoaded(Event):
 
 
 @dataclass(frozen=True)
+class Note(Event):
+    """One line for the user about what a workflow did differently from what was asked (e.g. fewer few-shot
+    examples than ``--train-examples`` because the data has fewer)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class LoadingModel(Event):
     model: str
     converting: bool = False  # a first use that converts the packaged model into its cache

@@ -11,6 +11,7 @@ from eptctl.data.task_types import DEFAULT_TASK_TYPE, task_type as _task_type
 from eptctl.data.task_types.classification import INTEGER as _INTEGER
 from eptctl.data.task_types.classification import canonical_label
 from eptctl.data.task_types.regression import target_number
+from eptctl.data.text import cell as _cell
 from eptctl.data.text import clean as _clean_text
 
 __all__ = ["RawRow", "canonical_label", "checked_fields", "checked_texts", "infer_label_names", "readable",
@@ -39,12 +40,13 @@ def readable(label: str) -> str:
 
 
 def checked_fields(rows: Sequence[RawRow], *, where: str) -> list[tuple[tuple[str, str], ...]]:
-    """Each row's further named columns, stripped; an empty one is an error naming the column and the row."""
+    """Each row's further named columns, stripped; an empty one, or one that is not text, is an error naming the
+    column and the row."""
     out = []
     for raw in rows:
         cleaned = []
         for column, value in raw.fields:
-            value = _clean_text(value)
+            value = _cell(value, _place(raw, column, where))
             if value is None:
                 raise EptctlError(f"row {raw.row} of {where} has empty text in column '{column}'",
                                   hint="fill in or drop that row")
@@ -56,17 +58,18 @@ def checked_fields(rows: Sequence[RawRow], *, where: str) -> list[tuple[tuple[st
 def checked_texts(
     rows: Sequence[RawRow], *, where: str, text_column: str = "text", text_pair_column: str | None = None
 ) -> list[tuple[str, str | None]]:
-    """(text, text_pair) per row, stripped; an empty text (or pair, when there is a pair column) is an error."""
+    """(text, text_pair) per row, stripped; an empty text (or pair, when there is a pair column) is an error, and so
+    is a value that is not a string (a list or an object read from JSON, a JSON number), naming the row and column."""
     if not rows:
         raise EptctlError(f"{where} has no rows", hint="check the file, or the split it names")
     texts = []
     for raw in rows:
-        text = _clean_text(raw.text)
+        text = _cell(raw.text, _place(raw, text_column, where))
         if text is None:
             _raise_empty(rows, "text", text_column, where)
         pair = None
         if text_pair_column is not None:
-            pair = _clean_text(raw.text_pair)
+            pair = _cell(raw.text_pair, _place(raw, text_pair_column, where))
             if pair is None:
                 _raise_empty(rows, "text_pair", text_pair_column, where)
         texts.append((text, pair))
@@ -84,6 +87,10 @@ def to_examples(
     answers = _task_type(task_type).read_answers(rows, labels, where, label_column)
     return [Example(text=text, text_pair=pair, fields=f, **answer)
             for (text, pair), f, answer in zip(texts, extra, answers)]
+
+
+def _place(raw: RawRow, column: str, where: str) -> str:
+    return f"row {raw.row} of {where}: column '{column}'"
 
 
 def _raise_empty(rows: Sequence[RawRow], field: str, column: str, where: str):

@@ -210,6 +210,10 @@ class TaskData:
     test: list[Example]
     fingerprint: str  # of the splits as loaded (after --max-train / --max-eval sampling)
     source_fingerprint: str = ""  # of the full splits: changes only when the task's data changes
+    # Few-shot (--train-examples K): the number of training examples actually used, which is fewer than K when the
+    # split (or --max-train) is smaller; None when no K was asked for. What the registry records.
+    train_examples: int | None = None
+    notes: tuple[str, ...] = ()  # one-line notes on what loading changed from what was asked, for the caller to show
 
     def split(self, name: str) -> list[Example]:
         if name not in SPLITS:

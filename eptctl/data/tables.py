@@ -43,6 +43,7 @@ SPLIT_NAMES = {
     "test": "test",
     "testing": "test",
 }
+UNTYPED_FORMATS = ("csv", "tsv")  # every cell is text in the file; the reader infers numbers
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -141,11 +142,12 @@ def _has_no_rows(file: Path, fmt: str) -> bool:
     return lines <= (0 if fmt == "json" else 1)
 
 
-def _check_text_file(file: Path, fmt: str) -> None:
+def _check_text_file(file: Path, fmt: str) -> dict[str, list] | None:
     """What ``datasets`` would get wrong or report badly: bytes that are not UTF-8 (named by line), and a column
-    named twice (pandas renames the second ``label`` to ``label.1`` and training would silently use the first)."""
+    named twice (pandas renames the second ``label`` to ``label.1`` and training would silently use the first).
+    Returns the columns of a column-wise JSON file (see :func:`_columnwise`), None for any other file."""
     if fmt == "parquet" or file.suffix.lower() in COMPRESSION_SUFFIXES:
-        return
+        return None
     data = file.read_bytes()
     content = text.decode(data, str(file))
     if fmt in ("csv", "tsv"):
@@ -156,7 +158,7 @@ def _check_text_file(file: Path, fmt: str) -> None:
                 raise EptctlError(f"column '{name}' appears twice in the header of {file}",
                                   hint="rename or drop one of the two columns")
             seen.add(name)
-        return
+        return None
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -166,7 +168,29 @@ def _check_text_file(file: Path, fmt: str) -> None:
             raise EptctlError(f"key '{dup.key}' appears twice in line {number} of {file}",
                               hint="keep one value per key") from None
         except ValueError:
-            return  # not JSON Lines (a JSON document, or broken): datasets reads it or reports the error
+            break  # not JSON Lines: one JSON document (maybe column-wise), or broken
+    return _columnwise(content, file)
+
+
+def _columnwise(content: str, file: Path) -> dict[str, list] | None:
+    """The columns of a column-wise JSON file, one object whose every value is a list (``{"text": ["a", "b"],
+    "label": [...]}``), to be read as rows; None for rows (one object per line, or an array of objects) and for what
+    does not parse (``datasets`` reads it or reports the error). Lists of different lengths are an ``EptctlError``:
+    ``datasets`` would read the object as one row of lists."""
+    try:
+        doc = json.loads(content, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as dup:
+        raise EptctlError(f"key '{dup.key}' appears twice in {file}", hint="keep one value per key") from None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not doc or not all(isinstance(v, list) for v in doc.values()):
+        return None
+    lengths = {key: len(values) for key, values in doc.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{key} {n}" for key, n in lengths.items())
+        raise EptctlError(f"{file} is column-wise JSON (an object of lists) with lists of different lengths ({shown})",
+                          hint="give every column one value per row, or write one JSON object per line")
+    return doc
 
 
 class _DuplicateKey(ValueError):
@@ -185,7 +209,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 def _read_file(datasets, file: Path):
     fmt = file_format(file)
-    _check_text_file(file, fmt)
+    columns = _check_text_file(file, fmt)
+    if columns is not None:
+        try:
+            return datasets.Dataset.from_dict(columns)
+        except Exception as err:  # noqa: BLE001  (pyarrow raises several types for a column of mixed values)
+            raise EptctlError(f"could not read the columns of {file}: {_root_cause(err)}",
+                              hint="give each column values of one type (strings for text)") from err
     options: dict[str, Any] = {}
     if fmt in ("csv", "tsv"):
         # Keep "NA", "null", "None" as text: they are words in a corpus, not missing values.
@@ -261,7 +291,8 @@ def read_split_files(files: list[Path], columns: list[str], where: str, label_co
             except Exception as err:  # noqa: BLE001  (as in _read_file)
                 raise EptctlError(f"could not read {where}: {_root_cause(err)}",
                                   hint=f"check that the shards are valid {fmt}") from err
-        values = {column: _column_values(table, column, "input", where) for column in columns}
+        values = {column: _as_text(_column_values(table, column, "input", where), fmt in UNTYPED_FORMATS)
+                  for column in columns}
         if label_column is not None:
             values[label_column] = _column_values(table, label_column, "label", where)
     return [dict(zip(values, row)) for row in zip(*values.values())]
@@ -281,6 +312,24 @@ def _column_values(table, column: str, role: str, where: str) -> list:
     return values
 
 
+def _untyped_splits(source: dict) -> set[str]:
+    """The splits of ``source`` read from CSV or TSV, whose cells are all text in the file."""
+    if source["kind"] != "file":
+        return set()
+    path = Path(source["path"])
+    files = split_files(path) if path.is_dir() else {"all": path}
+    return {split for split, file in files.items() if file_format(file) in UNTYPED_FORMATS}
+
+
+def _as_text(values: list, untyped: bool) -> list:
+    """An input column's values; from an untyped format (CSV, TSV), the numbers and booleans pandas inferred from the
+    file's text are text again. Typed formats keep their values: a number there is refused as text later
+    (``text.cell``), as a likely wrong column."""
+    if not untyped:
+        return values
+    return [v if v is None or isinstance(v, str) or (isinstance(v, float) and v != v) else str(v) for v in values]
+
+
 def describe(source: dict) -> str:
     """Where a file or hub source's data lives, for messages."""
     return source.get("path") or f"hub dataset {source.get('name')}"
@@ -295,14 +344,18 @@ def read_rows(
     ``extra_columns`` are further named input columns, read into each row's ``fields``."""
     tables, layout_splits = read_tables(source)
     where_base = describe(source)
+    untyped = _untyped_splits(source)
     rows: dict[str, list[RawRow]] = {}
     for split, table in tables.items():
         where = where_base if split == "all" else f"{where_base} ({split})"
-        texts = _column_values(table, text_column, "text", where)
-        pairs = _column_values(table, text_pair_column, "text pair", where) if text_pair_column else [None] * len(texts)
+
+        def inputs(column: str, role: str) -> list:
+            return _as_text(_column_values(table, column, role, where), split in untyped)
+
+        texts = inputs(text_column, "text")
+        pairs = inputs(text_pair_column, "text pair") if text_pair_column else [None] * len(texts)
         labels = _column_values(table, label_column, label_role, where) if label_column else [None] * len(texts)
-        extra = [[(column, value) for value in _column_values(table, column, "input", where)]
-                 for column in extra_columns]
+        extra = [[(column, value) for value in inputs(column, "input")] for column in extra_columns]
         fields = list(zip(*extra)) if extra else [()] * len(texts)
         rows[split] = [RawRow(*values, row, tuple(f))
                        for row, (*values, f) in enumerate(zip(texts, pairs, labels, fields), start=1)]

@@ -196,7 +196,12 @@ def load_task(
     by label and the same for every seed (``splits.stratified_sample``); ``max_train`` draws a ``seed``-dependent
     sample of train; ``max_eval`` keeps the first examples of validation and of test, the same for every seed, so
     evaluations stay comparable.
+
+    With ``train_examples``, the result's ``train_examples`` is the number of training examples actually used and
+    ``notes`` says so when it is not K. Raises ``EptctlError`` for unreadable data, and for a K below the number of
+    labels of a classification task (a label would have no example).
     """
+    _check_few_shot(spec, train_examples)
     kind = spec.source.get("kind")
     if kind == "builtin":
         task = BUILTINS.get(spec.name)
@@ -223,12 +228,32 @@ def load_task(
     splits = make_splits(given, policy, where=_where(spec))
     source = fingerprint(spec, splits)
     by_label = (lambda e: e.label) if spec.strategy.has_labels else None
+    available = len(splits["train"])
     splits = {
         "train": subsample(stratified_sample(splits["train"], train_examples, by_label), max_train, seed=seed),
         "validation": subsample(splits["validation"], max_eval, seed=None),
         "test": subsample(splits["test"], max_eval, seed=None),
     }
-    return TaskData(spec=spec, fingerprint=fingerprint(spec, splits), source_fingerprint=source, **splits)
+    used = None if train_examples is None else len(splits["train"])
+    return TaskData(spec=spec, fingerprint=fingerprint(spec, splits), source_fingerprint=source, **splits,
+                    train_examples=used, notes=_few_shot_notes(train_examples, used, available, max_train))
+
+
+def _check_few_shot(spec: TaskSpec, k: int | None) -> None:
+    """A K-shot sample of a classification task needs one example per label at least: with fewer, some label is
+    never seen in training, silently."""
+    if k is not None and spec.strategy.has_labels and k < spec.num_labels:
+        raise EptctlError(f"--train-examples {k} is fewer than the {spec.num_labels} labels of task '{spec.name}': "
+                          "some label would have no training example",
+                          hint=f"use --train-examples {spec.num_labels} or more (one example per label at least)")
+
+
+def _few_shot_notes(k: int | None, used: int | None, available: int, max_train: int | None) -> tuple[str, ...]:
+    if k is None or used == k:
+        return ()
+    why = (f"the training split has {available} examples" if available < k
+           else f"--max-train {max_train} keeps {used}")
+    return (f"--train-examples {k}: {why}; training on {used} (recorded as train_examples = {used})",)
 
 
 def read_texts(

@@ -25,6 +25,21 @@ def clean(value: Any) -> str | None:
     return text or None
 
 
+def cell(value: Any, where: str) -> str | None:
+    """The normalised text of a data cell or an input (as :func:`clean`), or None when there is none. A value that is
+    not a string (a list, an object, a number or a boolean from a typed format such as JSON) is refused with an
+    ``EptctlError`` naming ``where`` (the row and column): written as text it would be a Python repr (``"['a',
+    'b']"``) trained on or scored without a word. CSV readers infer numbers from text; they turn them back first."""
+    if value is not None and not isinstance(value, str) and not (isinstance(value, float) and math.isnan(value)):
+        kind = {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), "a number" if isinstance(
+            value, (int, float)) else f"a {type(value).__name__}")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise EptctlError(f"{where} holds {kind} ({shown}), not text",
+                          hint="a text column holds strings: write the value as a JSON string, or name the right "
+                               "column")
+    return clean(value)
+
+
 def first_bad_line(data: bytes) -> int | None:
     """1-based line of the first byte sequence that is not UTF-8, or None when all of ``data`` decodes."""
     try:
@@ -57,13 +72,13 @@ def _valid(text: str, where: str) -> str:
 
 def clean_inputs(inputs: Sequence[tuple[Any, Any]], where: str = "input") -> list[tuple[str, str | None]]:
     """Normalised ``(text, text_pair)`` inputs for scoring; raises ``EptctlError`` for an empty text (naming
-    ``where`` and its 1-based position) or for text that is not valid UTF-8."""
+    ``where`` and its 1-based position), a value that is not a string, or text that is not valid UTF-8."""
     out = []
     for number, (text, pair) in enumerate(inputs, start=1):
-        cleaned = clean(text)
+        cleaned = cell(text, f"{where} {number}")
         if cleaned is None:
             raise EptctlError(f"{where} {number} is empty", hint="give every input some text")
-        cleaned_pair = None if pair is None else clean(pair)
+        cleaned_pair = None if pair is None else cell(pair, f"the second text of {where} {number}")
         if pair is not None and cleaned_pair is None:
             raise EptctlError(f"the second text of {where} {number} is empty", hint="give every pair two texts")
         out.append((_valid(cleaned, f"{where} {number}"),

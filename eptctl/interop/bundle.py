@@ -35,6 +35,7 @@ ARTIFACT_KINDS = ("servable", "training_state")
 CARD_KEYS = ("format", "format_version", "eptctl_version", "exported_at", "adapter", "task", "backbone", "metrics",
              "run", "lineage", "files", "card_sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_ADAPTER_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,13 @@ def _check_safetensors(path: Path, data: bytes) -> None:
 # --- import -----------------------------------------------------------------------------------------------------------
 def import_bundle(registry, directory: str | Path) -> ImportResult:
     """Register the bundle's adapter in ``registry`` under its own id. Importing it again is a no-op
-    (``already_present``); lineage links go to the parents that exist here, the others are reported."""
+    (``already_present``); lineage links go to the parents that exist here, the others are reported.
+
+    The whole card is checked before the first write (the task's creation included): the shape and type of every
+    field, then the registry's own rules (id, task name, tags, aliases, metrics, task type). Raises ``EptctlError``
+    (one line, a hint) for a damaged, tampered or crafted bundle; the registry and its artifact store are then left
+    exactly as they were.
+    """
     from registry import RegistryError
 
     bundle = read_bundle(directory)
@@ -212,9 +219,11 @@ def import_bundle(registry, directory: str | Path) -> ImportResult:
     ignored: list[str] = []
     try:
         new, adapter_id, created_at, alias_names, task = _records(card, ignored)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise EptctlError(f"bundle card {card_path} is malformed: {type(err).__name__}: {err}",
-                          hint="the bundle is damaged: re-export it") from None
+        _check_importable(new, adapter_id, alias_names, task)
+    except (EptctlError, KeyError, TypeError, ValueError, AttributeError) as err:
+        what = err.message if isinstance(err, EptctlError) else f"{type(err).__name__}: {err}"
+        raise EptctlError(f"bundle card {card_path} is malformed: {what}",
+                          hint="the bundle is damaged or was edited: re-export it from its registry") from None
     source_ref = str(card["adapter"].get("ref") or adapter_id)
     existing = _get(registry, adapter_id, RegistryError)
     if existing is not None:
@@ -227,7 +236,7 @@ def import_bundle(registry, directory: str | Path) -> ImportResult:
         else:
             skipped.append({"id": link.parent_id, "ref": entry.get("ref")})
     new = replace(new, parents=kept)
-    registry.ensure_task(task)
+    registry.ensure_task(task)  # the first write: everything it and import_adapter check was checked above
     files = {kind: bundle.files[kind] for kind in ARTIFACT_KINDS if kind in bundle.files}
     rec = registry.import_adapter(new, adapter_id=adapter_id, created_at=created_at, files=files,
                                   alias_names=alias_names)
@@ -242,37 +251,112 @@ def _known(cls, values: dict, where: str, ignored: list[str]) -> dict:
     return {k: v for k, v in values.items() if k in names}
 
 
+# The JSON type of each card field a reader uses (None: null allowed). A value of another type is refused rather
+# than coerced: str() of a list would make a tag "['a']", int() of 1.5 a step 1.
+_NUMBER = (int, float)
+_SHAPES = {
+    "adapter": {"id": str, "ref": (str, None), "task": str, "version": int, "method": str, "created_at": str,
+                "description": (str, None), "config": dict, "params_by_group": dict, "summary": (dict, None),
+                "tags": list, "aliases": list},
+    "task": {"name": str, "description": (str, None), "labels": list, "metric": str, "source": dict, "template": str,
+             "task_type": (str, None)},
+    "backbone": {"name": str, "revision": (str, None), "embedding_sha256": str, "tokenizer_sha256": str,
+                 "width": int, "max_length": int},
+    "run": {"seed": (int, None), "data_fingerprint": (str, None), "package_versions": dict,
+            "command_line": (str, None), "duration_s": (*_NUMBER, None), "device": (str, None)},
+    "metrics[]": {"split": str, "name": str, "value": _NUMBER, "step": (int, None)},
+    "lineage.parents[]": {"id": str, "ref": (str, None), "weight": _NUMBER, "how": str},
+}
+
+
+def _shaped(values, where: str) -> dict:
+    """``values`` (a card object) if each field ``_SHAPES[where]`` lists has its JSON type; ``TypeError`` naming
+    the field otherwise. Booleans are not numbers here."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{where} is a {type(values).__name__}, not an object")
+    for key, types in _SHAPES[where].items():
+        allowed = tuple(type(None) if t is None else t for t in (types if isinstance(types, tuple) else (types,)))
+        value = values.get(key)
+        if key in values and (not isinstance(value, allowed) or isinstance(value, bool)):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise TypeError(f"{where}.{key} is {json.dumps(value)[:40]}, not {names}")
+    return values
+
+
+def _strings(values, where: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{where} must be a list of strings")
+    return list(values)
+
+
 def _records(card: dict, ignored: list[str] | None = None):
-    """(NewAdapter, id, created_at, aliases, TaskRecord) from a card; KeyError/TypeError/ValueError if malformed.
-    Keys this eptctl does not know are skipped and listed in ``ignored``."""
+    """(NewAdapter, id, created_at, aliases, TaskRecord) from a card; KeyError/TypeError/ValueError if malformed
+    (a field missing or of the wrong type). Keys this eptctl does not know are skipped and listed in ``ignored``."""
     from registry import BackboneFingerprint, MetricValue, NewAdapter, ParentLink, RunInfo, TaskRecord
 
     ignored = [] if ignored is None else ignored
     ignored.extend(k for k in card if k not in CARD_KEYS)
-    a, t = card["adapter"], card["task"]
-    metrics = [MetricValue(str(m["split"]), str(m["name"]), _finite(m["value"]),
-                           None if m["step"] is None else int(m["step"])) for m in card["metrics"]]
-    parents = [ParentLink(str(p["id"]), float(p["weight"]), str(p["how"])) for p in card["lineage"]["parents"]]
-    run = None if card.get("run") is None else RunInfo(**_known(RunInfo, card["run"], "run", ignored))
-    params = {str(k): int(v) for k, v in a["params_by_group"].items()}
-    new = NewAdapter(task=str(t["name"]), method=str(a["method"]), config=dict(a["config"]), params_by_group=params,
-                     backbone=BackboneFingerprint(**_known(BackboneFingerprint, card["backbone"], "backbone", ignored)),
-                     servable={}, metrics=metrics, parents=parents,
-                     run=run, description=str(a.get("description") or ""), tags=[str(x) for x in a.get("tags", [])],
+    a, t = _shaped(card["adapter"], "adapter"), _shaped(card["task"], "task")
+    metrics = [MetricValue(m["split"], m["name"], _finite(m["value"]), m["step"])
+               for m in (_shaped(m, "metrics[]") for m in card["metrics"])]
+    parents = [ParentLink(p["id"], _finite(p["weight"]), p["how"])
+               for p in (_shaped(p, "lineage.parents[]") for p in card["lineage"]["parents"])]
+    run = None if card.get("run") is None else RunInfo(**_known(RunInfo, _shaped(card["run"], "run"), "run", ignored))
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in a["params_by_group"].values()):
+        raise TypeError("adapter.params_by_group must map group names to integer counts")
+    backbone = _known(BackboneFingerprint, _shaped(card["backbone"], "backbone"), "backbone", ignored)
+    new = NewAdapter(task=t["name"], method=a["method"], config=a["config"], params_by_group=a["params_by_group"],
+                     backbone=BackboneFingerprint(**backbone), servable={}, metrics=metrics, parents=parents,
+                     run=run, description=a.get("description") or "", tags=_strings(a.get("tags", []), "adapter.tags"),
                      summary=dict(a.get("summary") or {}))
     if a["task"] != t["name"]:
         raise ValueError(f"adapter task {a['task']!r} is not the task {t['name']!r}")
-    task = TaskRecord(name=str(t["name"]), description=str(t["description"]), labels=[str(x) for x in t["labels"]],
-                      metric=str(t["metric"]), source=dict(t["source"]), template=str(t["template"]),
-                      task_type=str(t.get("task_type") or DEFAULT_TASK_TYPE))
-    created = datetime.fromisoformat(a["created_at"])
-    return new, str(a["id"]), created, [str(x) for x in a.get("aliases", [])], task
+    if a.get("version", 1) < 1:  # not used here (the target gives the next version), but a sign of a forged card
+        raise ValueError(f"adapter.version {a['version']} is not a positive integer")
+    task = TaskRecord(name=t["name"], description=t["description"] or "", labels=_strings(t["labels"], "task.labels"),
+                      metric=t["metric"], source=t["source"], template=t["template"],
+                      task_type=t.get("task_type") or DEFAULT_TASK_TYPE)
+    return new, a["id"], _timestamp(a["created_at"]), _strings(a.get("aliases", []), "adapter.aliases"), task
+
+
+def _check_importable(new, adapter_id: str, alias_names: list[str], task) -> None:
+    """The registry's rules for what the card would write, checked before anything is: ``ensure_task`` and
+    ``import_adapter`` check the same, but only after the task exists. Raises ``EptctlError`` (the registry's
+    ``RegistryError``), ``ValueError`` or ``TypeError``."""
+    from registry.checks import check_new
+    from registry.refs import check_alias, check_tag, check_task_name
+
+    from eptctl.data.task_types import TASK_TYPES
+
+    if not _ADAPTER_ID.fullmatch(adapter_id):
+        raise ValueError(f"adapter id {adapter_id[:40]!r} is not 32 lowercase hex digits")
+    for link in new.parents:
+        if not _ADAPTER_ID.fullmatch(link.parent_id):
+            raise ValueError(f"parent id {link.parent_id[:40]!r} is not 32 lowercase hex digits")
+    check_task_name(task.name)
+    if task.task_type not in TASK_TYPES:
+        raise ValueError(f"task type {task.task_type!r} is not one of {', '.join(TASK_TYPES)}")
+    if not task.metric:
+        raise ValueError("task.metric is empty")
+    for name in alias_names:
+        check_alias(name)
+    for tag in new.tags:
+        check_tag(tag)
+    check_new(new, tensors=False)
+    json.dumps([task.labels, task.source])
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"adapter.created_at {text[:40]!r} is not an ISO 8601 time") from None
 
 
 def _finite(value) -> float:
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"metric value {value} is not finite")
+        raise ValueError(f"value {value} is not finite")
     return value
 
 

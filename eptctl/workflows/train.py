@@ -318,6 +318,8 @@ def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig,
                                train_examples=limits.train_examples)
     emit(events.DataLoaded(task=spec.name, sizes={k: len(task_data.split(k)) for k in data.SPLITS},
                            metric=spec.metric, task_type=spec.task_type))
+    for note in task_data.notes:  # e.g. fewer few-shot examples than --train-examples asked for
+        emit(events.Note(note))
     backbone = groups["loading"].load(emit)
     check_task_fits(spec, backbone, train_cfg)
     method_cfg = method_cfg.resolved(backbone.width)
@@ -347,7 +349,7 @@ def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions 
         "history": result.history,
         "train_config": train_cfg.to_dict(),
         "data_sizes": {k: len(task_data.split(k)) for k in data.SPLITS},
-        **({"train_examples": train_examples} if train_examples else {}),
+        **({"train_examples": task_data.train_examples} if train_examples else {}),  # the K actually used
         **({"transfer_components": transfer.components} if transfer is not None and transfer.mode == "weighted"
            else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from eptctl.core.errors import EptctlError
 from eptctl.data.task_types.base import TaskType
-from eptctl.data.text import clean
+from eptctl.data.text import cell
 
 
 def target_text(raw, where: str, column: str) -> str:
-    """A generation row's target, normalised; ``EptctlError`` naming the row for an empty one."""
-    target = clean(raw.label)
+    """A generation row's target, normalised; ``EptctlError`` naming the row for an empty one or one that is not
+    text."""
+    target = cell(raw.label, f"row {raw.row} of {where}: column '{column}'")
     if target is None:
         raise EptctlError(f"row {raw.row} of {where} has an empty target in column '{column}'",
                           hint="fill in or drop rows without a target, or name the column with --target-column")
