@@ -135,12 +135,14 @@ class Registry:
         created_at: datetime,
         files: dict[str, bytes],
         alias_names: Sequence[str] = (),
+        task: TaskRecord | None = None,
     ) -> AdapterRecord:
         """Register an adapter exported from another registry, keeping its id, its creation time and the exact bytes
         of its files (``files[kind]``, so the sha256 survives; ``new.servable`` and ``new.training_state`` are not
         used). It gets the task's next version here. Each of ``alias_names`` still free in this task is set; the
         others are left as they are. An id already present is refused (``RegistryError``), and on any failure the
-        files this call added are removed again.
+        files this call added are removed again. With ``task`` (named ``new.task``), a missing task is created in the
+        adapter's own transaction, so a refused import leaves no task behind either.
         """
         check_new(new, tensors=False)
         if not re.fullmatch(r"[0-9a-f]{32}", adapter_id):
@@ -150,11 +152,17 @@ class Registry:
         for name in alias_names:
             refs.check_alias(name)
         created_at = created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
-        self.get_task(new.task)
+        if task is None:
+            self.get_task(new.task)
+        else:
+            if task.name != new.task:
+                raise ValueError(f"task {task.name!r} is not the adapter's task {new.task!r}")
+            refs.check_task_name(task.name)
+            json.dumps([task.labels, task.source])  # fail here, not halfway through the transaction
         self.check_writable()
         blobs = {kind: Blob(hashlib.sha256(data).hexdigest(), data) for kind, data in files.items()}
         added = [b for b in blobs.values() if not self._present(b)]
-        insertion = Insertion(adapter_id, created_at, tuple(alias_names), imported=True)
+        insertion = Insertion(adapter_id, created_at, tuple(alias_names), imported=True, task=task)
         try:
             self._write_then_insert(new, blobs, insertion)
         except Exception:

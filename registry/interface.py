@@ -40,6 +40,7 @@ class Insertion:
     created_at: datetime | None = None
     alias_names: tuple[str, ...] = ()
     imported: bool = False  # an import keeps the exporter's id, so an id already present is refused
+    task: TaskRecord | None = None  # created in the same transaction when missing (an import into a new registry)
 
 
 class RegistryReads(ABC):

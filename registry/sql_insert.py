@@ -17,7 +17,7 @@ from eptctl.core.secrets import mask_secrets
 from registry import ranking
 from registry.db import RegistryError, is_sqlite, lock_blob
 from registry.interface import BlobVanished, Insertion
-from registry.records import BackboneFingerprint, NewAdapter
+from registry.records import BackboneFingerprint, NewAdapter, TaskRecord
 from registry.schema import adapters, aliases, artifacts, backbones, lineage, runs, tags, tasks
 from registry.store import Blob
 
@@ -31,6 +31,8 @@ def insert_adapter_rows(conn: Connection, new: NewAdapter, blobs: dict[str, Blob
         raise already_present(adapter_id)
     # The version counter lives on the task row: the UPDATE locks that row (PostgreSQL) inside the write
     # lock (SQLite), and a rollback hands the number back, so versions stay gapless under any concurrency.
+    if insertion.task is not None:
+        create_task_if_missing(conn, insertion.task)
     task_id = conn.execute(sa.select(tasks.c.id).where(tasks.c.name == new.task)).scalar_one()
     conn.execute(tasks.update().where(tasks.c.id == task_id).values(last_version=tasks.c.last_version + 1))
     version = conn.execute(sa.select(tasks.c.last_version).where(tasks.c.id == task_id)).scalar_one()
@@ -117,3 +119,10 @@ def _backbone_id(conn: Connection, fp: BackboneFingerprint) -> int:
     insert = sqlite_insert if is_sqlite(conn) else pg_insert
     conn.execute(insert(backbones).values(key=key, **fields).on_conflict_do_nothing(index_elements=["key"]))
     return conn.execute(sa.select(backbones.c.id).where(backbones.c.key == key)).scalar_one()
+
+
+def create_task_if_missing(conn: Connection, task: TaskRecord) -> None:
+    """Insert ``task`` unless a task of that name exists (an existing task is never changed)."""
+    if conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).first() is None:
+        conn.execute(tasks.insert().values({**asdict(task), "created_at": datetime.now(timezone.utc),
+                                            "last_version": 0}))

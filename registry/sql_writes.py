@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -13,7 +11,7 @@ from registry import ranking, refs, sql_insert
 from registry.db import Database, RegistryError
 from registry.interface import Insertion, RegistryWrites
 from registry.records import MetricValue, NewAdapter, TaskRecord
-from registry.schema import adapters, aliases, tags, tasks
+from registry.schema import adapters, aliases, tags
 from registry.store import Blob
 
 
@@ -24,12 +22,8 @@ class SqlWrites(RegistryWrites):
     db: Database
 
     def ensure_task(self, task: TaskRecord) -> None:
-        def create(conn: Connection) -> None:
-            if conn.execute(sa.select(tasks.c.id).where(tasks.c.name == task.name)).first() is None:
-                conn.execute(tasks.insert().values({**asdict(task), "created_at": _now(), "last_version": 0}))
-
         try:
-            self.db.write(create)
+            self.db.write(lambda conn: sql_insert.create_task_if_missing(conn, task))
         except sa.exc.IntegrityError:
             pass  # PostgreSQL: another process created it between our check and our insert
 
@@ -102,7 +96,3 @@ def _still_there(conn: Connection, adapter_id: str, name: str, doing: str, lost:
         raise RegistryError(f"{name} was deleted while it was being {doing}; {lost}",
                             hint="see `eptctl list`; nothing was written")
     return task_id
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)

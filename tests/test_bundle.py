@@ -271,6 +271,7 @@ def test_a_failed_import_transaction_leaves_no_files(source, tmp_path, monkeypat
     with pytest.raises(EptctlError, match="simulated"):
         import_bundle(tgt, bundle)
     assert tgt.list_adapters() == [] and store_files(tmp_path / "t") == []
+    assert tgt.list_tasks() == []  # the task was created in the failed transaction: rolled back with it
 
 
 def test_export_refuses_a_non_empty_folder_unless_force_and_never_leaves_half_a_bundle(source, tmp_path, monkeypatch):

@@ -126,6 +126,12 @@ def show(
                     "training": training_settings(rec),
                     "history": rec.summary.get("history", [])})
         return
+    _print_header_and_tables(rec, task, final)
+    _print_details(rec, lineage)
+
+
+def _print_header_and_tables(rec, task, final) -> None:
+    """``show``'s first lines: the reference, the task, the metrics and the trainable parameters."""
     out.print(f"[bold]{rec.ref}[/]  id {rec.id}  ({rec.status})" + (f"  {rec.description}" if rec.description else ""))
     out.print(f"task {rec.task} ({task.task_type}, primary metric {task.metric}) · method {rec.method} · created "
               f"{fmt_time(rec.created_at)}"
@@ -141,6 +147,12 @@ def show(
             params.add_row(group, f"{count:,}")
     params.add_row("[bold]total", f"[bold]{rec.trainable_params:,}")
     out.print(params)
+
+
+def _print_details(rec, lineage: dict) -> None:
+    """``show``'s remaining lines: gate and source weights, config, training, backbone, lineage, run, artifacts."""
+    from eptctl.workflows.compare import training_settings
+
     gate = rec.summary.get("space_weights")
     if gate:
         out.print("space weights (gate): " + "  ".join(f"{i}:{w:.3f}" for i, w in enumerate(gate)))

@@ -236,10 +236,10 @@ def import_bundle(registry, directory: str | Path) -> ImportResult:
         else:
             skipped.append({"id": link.parent_id, "ref": entry.get("ref")})
     new = replace(new, parents=kept)
-    registry.ensure_task(task)  # the first write: everything it and import_adapter check was checked above
     files = {kind: bundle.files[kind] for kind in ARTIFACT_KINDS if kind in bundle.files}
+    # one transaction creates the task (when missing) and the adapter: a refusal at any point leaves neither
     rec = registry.import_adapter(new, adapter_id=adapter_id, created_at=created_at, files=files,
-                                  alias_names=alias_names)
+                                  alias_names=alias_names, task=task)
     return ImportResult(rec, source_ref, False, skipped, [a for a in alias_names if a not in rec.aliases], ignored)
 
 
