@@ -48,3 +48,28 @@ class Server:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+
+
+def tiny_adapters(home, adapters, prepare=None) -> dict:
+    """Train one tiny EPT adapter per ``(name, task, model, seed)`` of ``adapters`` (2 steps, prompt length 6) into a
+    registry under ``home``; ``prepare(registry, refs)`` may then move aliases. Returns ``{"home", "url", "refs"}``
+    with ``refs[name]`` each adapter's reference."""
+    import pytest
+
+    from eptctl.engine.config import TrainConfig
+    from eptctl.methods import EPTConfig
+    from eptctl.workflows.train import train_task
+    from registry import Registry
+
+    url = f"sqlite:///{home / 'registry.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EPTCTL_HOME", str(home))
+        reg = Registry(url)
+        refs = {name: train_task(task, registry=reg, model=model, max_train=16, max_eval=8,
+                                 method_cfg=EPTConfig(method="ept", prompt_length=6, max_length=64),
+                                 train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1, seed=seed)).record.ref
+                for name, task, model, seed in adapters}
+        if prepare is not None:
+            prepare(reg, refs)
+        reg.close()
+    return {"home": home, "url": url, "refs": refs}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from registry import Registry
-from serve_support import LLAMA
+from serve_support import LLAMA, tiny_adapters
 TEXTS = ["A triumph.", "Dull and overlong.", "The markets fell sharply today.", "Quietly moving, and funny too.",
          "He scored twice in the final.", "A plot you can see coming a mile off."]
 
@@ -26,26 +26,11 @@ TEXTS = ["A triumph.", "Dull and overlong.", "The markets fell sharply today.", 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A registry with adapters of three tasks on the tiny Llama (two of rt-polarity) and one on tiny BERT."""
-    from eptctl.engine.config import TrainConfig
-    from eptctl.methods import EPTConfig
-    from eptctl.workflows.train import train_task
-
-    home = tmp_path_factory.mktemp("serve-home")
-    url = f"sqlite:///{home / 'registry.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EPTCTL_HOME", str(home))
-        reg = Registry(url)
-        small = dict(registry=reg, max_train=16, max_eval=8, train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1))
-        refs = {}
-        for name, task, model, seed in (("pol1", "rt-polarity", LLAMA, 0), ("pol2", "rt-polarity", LLAMA, 1),
-                                        ("subj", "rt-subjectivity", LLAMA, 0), ("topic", "bbc-topic", LLAMA, 0),
-                                        ("bert", "rt-polarity", "tiny-random-bert", 0)):
-            cfg = EPTConfig(method="ept", prompt_length=6, max_length=64)
-            small["train_cfg"] = TrainConfig(steps=2, batch_size=8, eval_every=1, seed=seed)
-            refs[name] = train_task(task, model=model, method_cfg=cfg, **small).record.ref
-        reg.set_alias(refs["pol1"], "prod")
-        reg.close()
-    return {"home": home, "url": url, "refs": refs}
+    adapters = (("pol1", "rt-polarity", LLAMA, 0), ("pol2", "rt-polarity", LLAMA, 1),
+                ("subj", "rt-subjectivity", LLAMA, 0), ("topic", "bbc-topic", LLAMA, 0),
+                ("bert", "rt-polarity", "tiny-random-bert", 0))
+    return tiny_adapters(tmp_path_factory.mktemp("serve-home"), adapters,
+                         prepare=lambda reg, refs: reg.set_alias(refs["pol1"], "prod"))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from eptctl.serving import binding
 from eptctl.serving.config import ServeConfig
 from eptctl.serving.launch import free_port
 from registry import Registry
-from serve_support import LLAMA
+from serve_support import LLAMA, tiny_adapters
 
 TOKEN = "t0ken-t0ken-t0ken-t0ken"  # 23 characters: a real secret by the server's rule
 BODY_LIMIT = 4096
@@ -109,22 +109,10 @@ def test_the_default_body_limit_fits_the_largest_valid_request():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A registry with two rt-polarity adapters on the tiny Llama."""
-    from eptctl.engine.config import TrainConfig
-    from eptctl.methods import EPTConfig
-    from eptctl.workflows.train import train_task
-
-    home = tmp_path_factory.mktemp("serve-hardening")
-    url = f"sqlite:///{home / 'registry.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EPTCTL_HOME", str(home))
-        reg = Registry(url)
-        refs = [train_task("rt-polarity", registry=reg, model=LLAMA, max_train=16, max_eval=8,
-                           method_cfg=EPTConfig(method="ept", prompt_length=6, max_length=64),
-                           train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1, seed=seed)).record.ref
-                for seed in (0, 1)]
-        reg.close()
-    return {"home": home, "url": url, "refs": refs}
+    """A registry with two rt-polarity adapters on the tiny Llama (``refs`` a list)."""
+    world = tiny_adapters(tmp_path_factory.mktemp("serve-hardening"),
+                          [(seed, "rt-polarity", LLAMA, seed) for seed in (0, 1)])
+    return {**world, "refs": [world["refs"][0], world["refs"][1]]}
 
 
 @pytest.fixture(scope="module")
