@@ -18,8 +18,10 @@ def build_app(model: str, adapters: int, virtual_tokens: int):
     from fastapi import FastAPI
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
+    from bench.ondevice import build_on_gpu_if_present
     from eptctl import backbones, data
 
+    build_on_gpu_if_present()  # a random shape is born on the GPU, as the eptctl servers' are (same weights)
     backbone = backbones.load(model)
     spec = data.builtin_task("rt-polarity")
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual_tokens)
@@ -39,7 +41,7 @@ def build_app(model: str, adapters: int, virtual_tokens: int):
     @app.post("/v1/predict")
     def predict(body: dict):  # a plain def: FastAPI runs it in its thread pool, off the event loop
         texts = [spec.template.format(text=t, text_pair="") for t in body["inputs"]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(backbone.device)  # where the model is
         with lock, torch.no_grad():  # one adapter active at a time: requests take turns
             peft_model.set_adapter(body["adapter"])
             logits = peft_model(**batch).logits[:, -1].float()

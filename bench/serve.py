@@ -11,7 +11,9 @@ Adapters: four eptctl EPT adapters of three tasks (rt-polarity twice, rt-subject
 step (serving cost does not depend on training) in a temporary registry. Inputs: rt-polarity validation texts.
 All servers run at once and the modes take turns cell by cell, BENCH_ROUNDS times (the median round is reported), so
 a slow moment of the shared machine hits every mode alike.
-Environment: BENCH_BACKBONES (tiny, smollm2), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (x concurrency, at least
+With CUDA every process (this one, the servers) builds a random backbone directly on the GPU (bench/ondevice.py)
+and the servers start in parallel.
+Environment: BENCH_BACKBONES (tiny, smollm2, llama-1b), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (x concurrency, at least
 16, per cell), BENCH_ROUNDS.
 """
 
@@ -109,49 +111,90 @@ def pass_ceiling(model: str, texts: list[str], sizes=(1, 4, 8, 16, 32)) -> dict[
     return out
 
 
-def run(quick: bool = False) -> dict:
-    from eptctl import data
+def _start_servers(commands: dict[str, list[str]], env: dict) -> dict:
+    """Start every server at once (each loads its backbone: a 1B shape takes a while): name -> (process, base URL).
+    A server that fails to start stops the others before the error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from eptctl.serving.launch import start as start_server
 
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {name: pool.submit(start_server, command, env=env, timeout_s=300, stdout=subprocess.DEVNULL)
+                   for name, command in commands.items()}
+    servers, errors = {}, []
+    for name, future in futures.items():
+        try:
+            servers[name] = future.result()
+        except Exception as err:  # noqa: BLE001 - reported after the others are stopped
+            errors.append(err)
+    if errors:
+        _stop(servers)
+        raise errors[0]
+    for name, (proc, _) in servers.items():  # nobody reads the stderr pipe now: a full one would stall the server
+        threading.Thread(target=_forward, args=(name, proc.stderr), daemon=True).start()
+    return servers
+
+
+def _forward(name: str, stream) -> None:
+    for line in stream:
+        print(f"[{name}] {line.decode(errors='replace').rstrip()}", file=sys.stderr, flush=True)
+
+
+def _stop(servers: dict) -> None:
+    for proc, _ in servers.values():
+        proc.terminate()
+        proc.wait(timeout=120)
+
+
+def _measure(short: str, model: str, servers: dict, refs: list[str], texts: list[str], settings: dict) -> list[dict]:
+    """The table's rows of one backbone: every mode at every concurrency, rounds interleaved cell by cell."""
+    rows = []
+    for c in settings["concurrency"]:
+        results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for _ in range(settings["rounds"]):  # interleaved: a slow moment of the machine hits every mode
+            for mode in MODES:
+                name = mode.split(",")[0]
+                adapters = [f"a{i}" for i in range(4)] if name == "peft" else \
+                    [refs[0]] if "1 adapter" in mode else refs
+                n = max(16, settings["requests"] * c)
+                results[mode].append(_load(servers[name][1], adapters, texts, c, n))
+        for mode, cells in results.items():
+            best = sorted(cells, key=lambda r: r["inputs_per_s"])[len(cells) // 2]  # the median round
+            rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **best,
+                         "rounds": len(cells)})
+            print(f"{short} {mode} c={c}: {best}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run(quick: bool = False) -> dict:
+    from bench.ondevice import build_on_gpu_if_present
+    from eptctl import data
+
     settings = _settings(quick)
+    # With CUDA, every process builds the random backbone on the GPU: seconds instead of tens of seconds for the 1B
+    # shape, and the same weights (the fingerprint) in the trainer here and in the servers.
+    settings["built_on_gpu"] = build_on_gpu_if_present()
     texts = [e.text for e in data.load_task(data.builtin_task("rt-polarity"), max_eval=200).validation]
     rows, ceiling = [], {}
     for short in settings["backbones"]:
         model = BACKBONES[short]
         ceiling[short] = pass_ceiling(model, texts)
-        print(f"{short} in-process inputs/s by rows per pass: {ceiling[short]}", file=sys.stderr)
+        print(f"{short} in-process inputs/s by rows per pass: {ceiling[short]}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             url, refs = _adapters(model, Path(tmp))
             env = {**os.environ, "EPTCTL_ARTIFACTS": str(Path(tmp) / "artifacts")}
-            serve = [sys.executable, "-m", "eptctl", "serve", "--model", model, "--registry", url,
+            serve = [sys.executable, "-m", "bench.ondevice", "eptctl", "serve", "--model", model, "--registry", url,
                      "--adapters", ",".join(refs)]
             commands = {
                 "eptctl batched": serve,
                 "eptctl unbatched": [*serve, "--no-batching"],
                 "peft": [sys.executable, "-m", "bench.peft_server", "--model", model, "--adapters", "4"],
             }
-            servers = {}  # all up at once, idle but one: the modes take turns cell by cell
+            servers = _start_servers(commands, env)  # all up at once, idle but one: the modes take turns
             try:
-                for name, command in commands.items():
-                    servers[name] = start_server(command, env=env, timeout_s=300, stdout=subprocess.DEVNULL)
-                for c in settings["concurrency"]:
-                    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
-                    for _ in range(settings["rounds"]):  # interleaved: a slow moment of the machine hits every mode
-                        for mode in MODES:
-                            name = mode.split(",")[0]
-                            adapters = [f"a{i}" for i in range(4)] if name == "peft" else \
-                                [refs[0]] if "1 adapter" in mode else refs
-                            n = max(16, settings["requests"] * c)
-                            results[mode].append(_load(servers[name][1], adapters, texts, c, n))
-                    for mode, cells in results.items():
-                        best = sorted(cells, key=lambda r: r["inputs_per_s"])[len(cells) // 2]  # the median round
-                        rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **best,
-                                     "rounds": len(cells)})
-                        print(f"{short} {mode} c={c}: {best}", file=sys.stderr)
+                rows += _measure(short, model, servers, refs, texts, settings)
             finally:
-                for proc, _ in servers.values():
-                    proc.terminate()
-                    proc.wait(timeout=120)
+                _stop(servers)
     return {"rows": rows, "ratios": _ratios(rows), "pass_ceiling": ceiling, "settings": settings}
 
 

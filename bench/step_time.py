@@ -12,9 +12,10 @@ reports the median of the timed rounds after one warm-up step. Peak memory: on C
 the rise of the process's peak resident set during one step (high-water mark reset through /proc/self/clear_refs),
 measured in a fresh subprocess per variant so earlier variants cannot hide it.
 
-Environment: BENCH_BACKBONES (comma list of tiny,t5-small,smollm2,t5-base,llama-1b), BENCH_ROUNDS, BENCH_BATCH,
+Environment: BENCH_BACKBONES (comma list of tiny,tiny-t5,t5-small,smollm2,t5-base,llama-1b), BENCH_ROUNDS, BENCH_BATCH,
 BENCH_DEVICE (cpu|cuda), BENCH_MEMORY=0 to skip the memory subprocesses, BENCH_PADDINGS=dynamic to time one regime
-(then only the ratios that need no other regime are reported).
+(then only the ratios that need no other regime are reported), BENCH_VARIANTS (comma list of the variant names
+below; "peft pt-100" is always kept, the baseline of the ratios).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 
-BACKBONES = {"tiny": "tiny-random-llama", "t5-small": "random-t5-small", "smollm2": "smollm2-135m",
+BACKBONES = {"tiny": "tiny-random-llama", "tiny-t5": "tiny-random-t5", "t5-small": "random-t5-small", "smollm2": "smollm2-135m",
              "t5-base": "random-t5-base", "llama-1b": "random-llama-1b"}
 VARIANTS = ("eptctl pt l=100", "eptctl dept s=60", "eptctl ept s=60", "peft pt-100", "peft pt-60", "floor s=60")
 PADDINGS = ("fixed", "dynamic")
@@ -44,6 +45,7 @@ def _settings(quick: bool) -> dict:
         "device": os.environ.get("BENCH_DEVICE", "cuda" if _cuda() else "cpu"),
         "memory": os.environ.get("BENCH_MEMORY", "1") == "1",
         "paddings": os.environ.get("BENCH_PADDINGS", ",".join(PADDINGS)).split(","),
+        "variants": os.environ.get("BENCH_VARIANTS", ",".join(VARIANTS)).split(","),
     }
 
 
@@ -228,14 +230,15 @@ def time_backbone(short: str, s: dict) -> list[dict]:
     backbone = backbones.load(BACKBONES[short], device=s["device"])
     rows, answers = rows_for(backbone, s["batch"] * (s["rounds"] + 1))
     batches = [rows[i * s["batch"]:(i + 1) * s["batch"]] for i in range(s["rounds"] + 1)]
+    variants = [v for v in VARIANTS if v in s["variants"] or v == "peft pt-100"]  # the ratios' baseline stays
     steps, params = {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         steps[variant], params[variant] = build_variant(backbone, answers, variant)
-    times = {(v, p): [] for v in VARIANTS for p in s["paddings"]}
+    times = {(v, p): [] for v in variants for p in s["paddings"]}
     widths, peaks = {}, {}
     for r, batch in enumerate(batches):
         for padding in s["paddings"]:
-            for variant in VARIANTS:
+            for variant in variants:
                 if s["device"].startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 _sync(s["device"])
@@ -250,7 +253,7 @@ def time_backbone(short: str, s: dict) -> list[dict]:
                                                     torch.cuda.max_memory_allocated() / 2**20)
     out = []
     for padding in s["paddings"]:
-        for variant in VARIANTS:
+        for variant in variants:
             med = statistics.median(times[(variant, padding)])
             out.append({"backbone": short, "model": BACKBONES[short], "precision": backbone.precision,
                         "padding": padding, "variant": variant, "trainable_params": params[variant],
@@ -287,21 +290,23 @@ def _status_kb(key: str) -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith(key + ":"))
 
 
+RATIOS = {  # name -> (numerator, denominator, minus one): (variant, padding) pairs
+    "ept_vs_peft_pt100_fixed": (("eptctl ept s=60", "fixed"), ("peft pt-100", "fixed"), False),
+    "ept_vs_peft_pt100_dynamic": (("eptctl ept s=60", "dynamic"), ("peft pt-100", "dynamic"), False),
+    "ept_overhead_vs_floor": (("eptctl ept s=60", "dynamic"), ("floor s=60", "dynamic"), True),
+    "ept_overhead_vs_floor_fixed": (("eptctl ept s=60", "fixed"), ("floor s=60", "fixed"), True),
+    "dynamic_vs_fixed_speedup": (("eptctl ept s=60", "fixed"), ("eptctl ept s=60", "dynamic"), False),
+    "dept_vs_peft_pt100_fixed": (("eptctl dept s=60", "fixed"), ("peft pt-100", "fixed"), False),
+    "pt100_vs_peft_pt100_fixed": (("eptctl pt l=100", "fixed"), ("peft pt-100", "fixed"), False),
+    "peft_pt60_vs_peft_pt100_fixed": (("peft pt-60", "fixed"), ("peft pt-100", "fixed"), False),
+}
+
+
 def ratios_for(rows: list[dict], short: str) -> dict:
+    """The headline ratios of one backbone's rows; a ratio whose variants or paddings were not timed is left out."""
     t = {(r["variant"], r["padding"]): r["step_ms_median"] for r in rows if r["backbone"] == short}
-    if ("floor s=60", "fixed") not in t:
-        return {"ept_vs_peft_pt100_dynamic": round(t[("eptctl ept s=60", "dynamic")] / t[("peft pt-100", "dynamic")], 3),
-                "ept_overhead_vs_floor": round(t[("eptctl ept s=60", "dynamic")] / t[("floor s=60", "dynamic")] - 1, 3)}
-    return {
-        "ept_vs_peft_pt100_fixed": round(t[("eptctl ept s=60", "fixed")] / t[("peft pt-100", "fixed")], 3),
-        "ept_vs_peft_pt100_dynamic": round(t[("eptctl ept s=60", "dynamic")] / t[("peft pt-100", "dynamic")], 3),
-        "ept_overhead_vs_floor": round(t[("eptctl ept s=60", "dynamic")] / t[("floor s=60", "dynamic")] - 1, 3),
-        "ept_overhead_vs_floor_fixed": round(t[("eptctl ept s=60", "fixed")] / t[("floor s=60", "fixed")] - 1, 3),
-        "dynamic_vs_fixed_speedup": round(t[("eptctl ept s=60", "fixed")] / t[("eptctl ept s=60", "dynamic")], 3),
-        "dept_vs_peft_pt100_fixed": round(t[("eptctl dept s=60", "fixed")] / t[("peft pt-100", "fixed")], 3),
-        "pt100_vs_peft_pt100_fixed": round(t[("eptctl pt l=100", "fixed")] / t[("peft pt-100", "fixed")], 3),
-        "peft_pt60_vs_peft_pt100_fixed": round(t[("peft pt-60", "fixed")] / t[("peft pt-100", "fixed")], 3),
-    }
+    return {name: round(t[top] / t[bottom] - (1 if minus_one else 0), 3)
+            for name, (top, bottom, minus_one) in RATIOS.items() if top in t and bottom in t}
 
 
 def rows_of_backbones(time_one, s: dict) -> list[dict]:
