@@ -49,6 +49,11 @@ class TrainConfig:
         "help": "auto (classify for classification tasks, lm otherwise) | lm (answer tokens) | classify (label "
                 "scores)."})
     seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "Seed for init and data order."})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the frozen backbone's layer stack before training (inductor; on a GPU mode "
+                "reduce-overhead, CUDA graphs where they apply). For GPU runs whose batch shapes repeat; leave it "
+                "off on the CPU: compiling took 11-13 minutes there for steps within 3 % of eager "
+                "(docs/benchmarks.md)."})
 
     def objective_for(self, task_type: str) -> str:
         """The loss this run trains with: ``objective``, where ``auto`` is ``classify`` for classification (the
