@@ -11,8 +11,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="eptctl-hfds-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("EPTCTL_ARTIFACTS", None)  # never write test files into a user's (or a team's) artifact root
+# EPTCTL_TEST_DEVICE=cpu|cuda: the device the suite runs on. eptctl puts models on CUDA whenever torch sees it
+# (eptctl.backbones.loading.default_device), so "cuda" only checks that a GPU is there, and "cpu" hides every GPU
+# before torch starts, from this process and every CLI or server process a test starts. Unset: eptctl's own choice.
+TEST_DEVICE = os.environ.get("EPTCTL_TEST_DEVICE", "").strip()
+if TEST_DEVICE == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    if TEST_DEVICE not in ("", "cpu", "cuda"):
+        raise pytest.UsageError(f"EPTCTL_TEST_DEVICE must be cpu or cuda, got {TEST_DEVICE!r}")
+    if TEST_DEVICE == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("EPTCTL_TEST_DEVICE=cuda, but torch sees no CUDA device")
+
+
+def pytest_report_header(config):
+    if not TEST_DEVICE:
+        return None
+    from device_support import device
+
+    return f"eptctl test device: {device()} (EPTCTL_TEST_DEVICE)"
 
 
 @pytest.fixture

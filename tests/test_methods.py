@@ -14,6 +14,7 @@ from eptctl.methods import EPTConfig, choose_short_and_rank, count_parameters
 from eptctl.engine.config import TrainConfig
 from eptctl.engine.loop import fit as train, new_adapter
 from eptctl.engine.scoring import evaluate_encoded as evaluate
+from device_support import on_cuda
 from tests.tiny_task import encoded_task
 
 FAMILY_MODELS = ["tiny-random-llama", "tiny-random-t5", "tiny-random-bert"]
@@ -79,7 +80,7 @@ def test_shapes_of_forward():
     adapter = make(backbone, short_length=6, rank=2, spaces=3)
     prompt, offset, gate = adapter()
     assert prompt.shape == (6, 32) and offset.shape == (32, 32) and gate.shape == (3,)
-    assert torch.allclose(gate.sum(), torch.tensor(1.0))
+    assert float(gate.sum()) == pytest.approx(1.0, abs=1e-6)  # a Python float: the gate may be on a GPU
 
 
 @pytest.mark.parametrize("overrides, flag", [
@@ -190,7 +191,7 @@ def test_mixed_task_batch_matches_single_task_scores(backbone):
         single = backbone.collate([encoded[i] for i in rows], answers, train=False)
         alone = backbone.score([sources[adapter_id]], single, [answers])
         for k, row in enumerate(rows):
-            assert torch.allclose(scores[row], alone[k], atol=1e-5)
+            assert torch.allclose(scores[row], alone[k], atol=1e-4 if on_cuda() else 1e-5)  # CUDA: other kernels by shape
 
 
 def test_offset_uses_position_within_own_text_for_any_padding():

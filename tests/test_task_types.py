@@ -27,11 +27,11 @@ LETTERS = "abcd"
 class NoPrompt:
     """The frozen backbone alone: no prompt rows, no offset."""
 
-    def __init__(self, width: int):
-        self.width = width
+    def __init__(self, width: int, device="cpu"):
+        self.width, self.device = width, device
 
     def __call__(self):
-        return torch.zeros(0, self.width), None, None
+        return torch.zeros(0, self.width, device=self.device), None, None  # beside the text embeddings
 
 
 def copy_task(n: int = 400, seed: int = 0):
@@ -83,7 +83,7 @@ def test_trained_prompt_steers_generation_and_cache_changes_nothing(llama, copie
     greedy = GenerationOptions(max_new_tokens=6)
     cached = generate_texts(llama, [adapter], held_out, greedy)
     uncached = generate_texts(llama, [adapter], held_out, GenerationOptions(max_new_tokens=6, use_cache=False))
-    frozen = generate_texts(llama, [NoPrompt(llama.width)], held_out, greedy)
+    frozen = generate_texts(llama, [NoPrompt(llama.width, llama.device)], held_out, greedy)
     assert cached == uncached
     assert cached != frozen
     assert sum(c == e.target for c, e in zip(cached, held_out)) > sum(f == e.target for f, e in zip(frozen, held_out))
@@ -97,7 +97,7 @@ def test_seq2seq_cached_equals_uncached_and_prompt_matters():
     greedy = GenerationOptions(max_new_tokens=5)
     cached = generate_texts(t5, [adapter], held_out, greedy)
     assert cached == generate_texts(t5, [adapter], held_out, GenerationOptions(max_new_tokens=5, use_cache=False))
-    frozen = generate_texts(t5, [NoPrompt(t5.width)], held_out, greedy)
+    frozen = generate_texts(t5, [NoPrompt(t5.width, t5.device)], held_out, greedy)
     assert sum(c == e.target for c, e in zip(cached, held_out)) > sum(f == e.target for f, e in zip(frozen, held_out))
 
 
@@ -121,9 +121,9 @@ def test_sampling_is_seeded_and_stop_strings_cut(llama, copier):
     sample = GenerationOptions(max_new_tokens=6, temperature=1.5, top_p=0.9, seed=7)
     assert generate_texts(llama, [adapter], held_out[:16], sample) == generate_texts(llama, [adapter],
                                                                                        held_out[:16], sample)
-    texts = generate_texts(llama, [NoPrompt(llama.width)], held_out[:16], GenerationOptions(max_new_tokens=8))
+    texts = generate_texts(llama, [NoPrompt(llama.width, llama.device)], held_out[:16], GenerationOptions(max_new_tokens=8))
     stop = next(t[1] for t in texts if len(t) > 2)  # a character some output has after its first
-    cut = generate_texts(llama, [NoPrompt(llama.width)], held_out[:16],
+    cut = generate_texts(llama, [NoPrompt(llama.width, llama.device)], held_out[:16],
                          GenerationOptions(max_new_tokens=8, stop=(stop,)))
     assert all(stop not in t for t in cut)
     assert all(full.startswith(c) for full, c in zip(texts, cut))

@@ -11,6 +11,7 @@ from eptctl.core.errors import TrainingInterrupted
 from eptctl.engine.config import TrainConfig
 from eptctl.engine.loop import fit as train, length_bucketed_batches
 from eptctl.workflows.train import train_task
+from device_support import on_cuda, same
 from tests.tiny_task import encoded_task
 
 
@@ -39,8 +40,11 @@ def test_interrupted_then_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_p
                     resume=True)
     assert resumed.steps == straight.steps == 14 and resumed.best_step == straight.best_step
     for (name, a), (_, b) in zip(straight.adapter.state_dict().items(), resumed.adapter.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert [h for h in resumed.history if "loss" in h] == [h for h in straight.history if "loss" in h]
+        assert same(a, b), name  # bit for bit on the CPU; within float rounding on CUDA
+    losses = [[h for h in run.history if "loss" in h] for run in (resumed, straight)]
+    assert len(losses[0]) == len(losses[1])
+    for got, want in zip(*losses):
+        assert got == (pytest.approx(want, rel=1e-4) if on_cuda() else want)
 
 
 def test_train_task_resume_registers_once_and_removes_the_checkpoint(eptctl_home):
