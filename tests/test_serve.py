@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 
+from device_support import on_cuda
 from registry import Registry
 from serve_support import LLAMA, tiny_adapters
 TEXTS = ["A triumph.", "Dull and overlong.", "The markets fell sharply today.", "Quietly moving, and funny too.",
@@ -64,7 +65,8 @@ def _registry(world) -> Registry:
 
 
 def _same(got: dict, want: dict) -> bool:
-    return got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-5 for k in want)
+    tolerance = 1e-4 if on_cuda() else 1e-5  # CUDA: the server's mixed batches pick other kernels than predict's
+    return got.keys() == want.keys() and all(abs(got[k] - want[k]) <= tolerance for k in want)
 
 
 def test_http_answers_equal_predict(server, world, expected):
