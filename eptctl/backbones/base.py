@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from eptctl.backbones.prompted import PromptedInputs, PromptedModel, PromptSource
 from eptctl.core.errors import ConfigError, EptctlError
 
-__all__ = ["Backbone", "Batch", "EncodedExample", "HostRows", "PromptSource", "PromptedInputs", "PromptedModel", "TaskEncoding",
-           "regroup"]
+__all__ = ["Backbone", "Batch", "EncodedExample", "HostRows", "PromptSource", "PromptedInputs", "PromptedModel",
+           "TaskEncoding", "regroup", "to_device"]
 
 
 @dataclass
