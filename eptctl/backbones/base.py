@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from eptctl.backbones.prompted import PromptedInputs, PromptedModel, PromptSource
 from eptctl.core.errors import ConfigError, EptctlError
 
-__all__ = ["Backbone", "Batch", "EncodedExample", "PromptSource", "PromptedInputs", "PromptedModel", "TaskEncoding",
-           "regroup"]
+__all__ = ["Backbone", "Batch", "EncodedExample", "HostRows", "PromptSource", "PromptedInputs", "PromptedModel",
+           "TaskEncoding", "regroup", "to_device"]
 
 
 @dataclass
@@ -52,6 +52,41 @@ class TaskEncoding:
         return all(len(a) == 1 for a in self.answers)
 
 
+@dataclass(frozen=True)
+class HostRows:
+    """Per-row bookkeeping of a batch as Python ints, computed once on the CPU in ``collate`` (before the batch moves
+    to the device), so that the hot paths index with host numbers and never read a device scalar.
+
+    ``lengths`` [b]: real tokens per row (causal training: prefix + answer); ``labels`` [b]; ``answer_start`` and
+    ``answer_len`` [b] (causal training only, else None); ``adapter_index`` [b] (mixed-task batches, else None).
+    """
+
+    lengths: list[int]
+    labels: list[int]
+    answer_start: list[int] | None = None
+    answer_len: list[int] | None = None
+    adapter_index: list[int] | None = None
+
+    @property
+    def inputs(self) -> list[int]:
+        """[b] tokens per row that get an offset: the prefix where an answer is appended, else the whole row."""
+        return self.answer_start if self.answer_start is not None else self.lengths
+
+    @property
+    def sources(self) -> list[int]:
+        """[b] each row's prompt source (0 for all without ``adapter_index``)."""
+        return self.adapter_index if self.adapter_index is not None else [0] * len(self.lengths)
+
+    @classmethod
+    def read(cls, batch: Batch) -> HostRows:
+        """The bookkeeping of a batch built without ``collate``: one read of its small tensors (a sync on a GPU)."""
+        def host(t):
+            return None if t is None else [int(v) for v in t.tolist()]
+
+        return cls(host(batch.attention_mask.sum(dim=1)), host(batch.labels), host(batch.answer_start),
+                   host(batch.answer_len), host(batch.adapter_index))
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [b, L] right-padded text tokens (causal training: prefix + answer)
@@ -63,6 +98,13 @@ class Batch:
     targets: list[list[int]] | None = None  # training on target texts: each row's answer tokens (seq2seq labels)
     values: torch.Tensor | None = None  # [b] regression targets (encoder head)
     meta: dict = field(default_factory=dict)
+    host: HostRows | None = None  # the same rows' bookkeeping as Python ints (``collate`` fills it)
+
+    def rows(self) -> HostRows:
+        """``host``, or (for a batch built by hand) the same numbers read once from the tensors."""
+        if self.host is None:
+            self.host = HostRows.read(self)
+        return self.host
 
     def to(self, device: torch.device) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -227,6 +269,8 @@ class Backbone:
             input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
         has_targets = train and any(ex.target_ids is not None for ex in examples)
+        host = HostRows([len(r) for r in rows], [ex.label for ex in examples], starts or None, lens or None,
+                        None if adapter_index is None else [int(a) for a in adapter_index])
         return Batch(
             input_ids=input_ids,
             attention_mask=mask,
@@ -237,6 +281,7 @@ class Backbone:
             targets=[list(ex.target_ids or []) for ex in examples] if has_targets else None,
             values=torch.tensor([float(ex.value) for ex in examples]) if train and examples[0].value is not None
             else None,
+            host=host,
         )
 
     # --- loss -------------------------------------------------------------------------------------------------------
@@ -266,13 +311,14 @@ class Backbone:
         """Strip the appended answers from a causal training batch, leaving the prefixes."""
         if batch.answer_start is None:
             return batch
-        ids, mask = batch.input_ids.clone(), batch.attention_mask.clone()
-        for i in range(len(batch)):
-            start = int(batch.answer_start[i])
-            ids[i, start:] = self.tokenizer.pad_token_id
-            mask[i, start:] = 0
-        width = int(batch.answer_start.max())
-        return Batch(ids[:, :width], mask[:, :width], batch.labels, adapter_index=batch.adapter_index)
+        rows = batch.rows()
+        columns = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)
+        prefix = columns.unsqueeze(0) < batch.answer_start.unsqueeze(1)  # [b, L] masks, not a loop over device rows
+        ids = torch.where(prefix, batch.input_ids, self.tokenizer.pad_token_id)
+        mask = batch.attention_mask * prefix
+        width = max(rows.answer_start)  # host ints from collate
+        host = HostRows(list(rows.answer_start), rows.labels, adapter_index=rows.adapter_index)
+        return Batch(ids[:, :width], mask[:, :width], batch.labels, adapter_index=batch.adapter_index, host=host)
 
     # --- scoring ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -285,14 +331,15 @@ class Backbone:
         return self._label_scores(sources, batch, answers)
 
     def _label_scores(self, sources, batch: Batch, answers: Sequence[TaskEncoding]) -> list[torch.Tensor]:
-        index = batch.adapter_index if batch.adapter_index is not None else torch.zeros(len(batch), dtype=torch.long)
+        index = batch.rows().sources  # host ints: no read of the device's adapter_index per row
         inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
-        row_answers = [answers[int(a)].answers for a in index]
+        row_answers = [answers[a].answers for a in index]
         return self._family_scores(sources, batch, inputs, index, row_answers)
 
     def _family_scores(self, sources, batch: Batch, inputs: PromptedInputs, index: torch.Tensor,
                        row_answers: list) -> list[torch.Tensor]:
-        """Each row's [num_labels] scores from the forward pass's ``inputs``; ``index`` [b] picks its source."""
+        """Each row's [num_labels] scores from the forward pass's ``inputs``; ``index`` (b host ints) picks its
+        source."""
         raise NotImplementedError
 
     # --- generation ---------------------------------------------------------------------------------------------------
@@ -307,10 +354,15 @@ class Backbone:
     def _decoder_labels(self, answers: Sequence[Sequence[int]]) -> torch.Tensor:
         """[rows, longest answer] token ids, -100 where a shorter answer has none."""
         width = max(len(a) for a in answers)
-        labels = torch.full((len(answers), width), -100, dtype=torch.long, device=self.device)
+        labels = torch.full((len(answers), width), -100, dtype=torch.long)  # built on the host, copied once
         for i, a in enumerate(answers):
-            labels[i, : len(a)] = torch.tensor(a, device=self.device)
-        return labels
+            labels[i, : len(a)] = torch.tensor(a)
+        return to_device(labels, self.device)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built index tensor on ``device`` without waiting for the device (the copy is queued on the stream)."""
+    return t.to(device, non_blocking=True)
 
 
 def regroup(flat: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from eptctl.backbones import decoding
-from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
+from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup, to_device
 from eptctl.backbones.prompted import PromptedInputs, PromptedModel
 
 
@@ -43,13 +43,7 @@ class CausalBackbone(Backbone):
         inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
         embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         b, width = mask.shape
-        lengths = mask.sum(dim=1)
-        left = embeds.new_zeros(embeds.shape)
-        left_mask = mask.new_zeros(mask.shape)
-        for i in range(b):
-            n = int(lengths[i])
-            left[i, width - n:] = embeds[i, :n]
-            left_mask[i, width - n:] = 1
+        left, left_mask = _left_align(embeds, mask)
         state = {"mask": left_mask, "pos": (left_mask.cumsum(dim=1) - 1).clamp(min=0), "embeds": left, "past": None}
         head, embed = self.model.get_output_embeddings(), self.model.get_input_embeddings()
 
@@ -94,8 +88,8 @@ class CausalBackbone(Backbone):
         where ``hidden[i, text_start[i] + t]`` belongs to text token ``t``; ``None`` where the shared path does not
         apply (switched off, a mixed-task batch, or a row whose first prediction would come from a prompt position)."""
         ids, mask = batch.input_ids, batch.attention_mask
-        first = batch.answer_start if batch.answer_start is not None else mask.sum(dim=1)
-        if not self.share_prompt_prefix or inputs.prompt is None or int(first.min()) < 1:
+        first = batch.rows().inputs  # host ints: where each row's first prediction comes from
+        if not self.share_prompt_prefix or inputs.prompt is None or min(first) < 1:
             return None
         prompt = inputs.prompt
         text = inputs.text.to(self.dtype)  # [b, L, d]
@@ -119,43 +113,50 @@ class CausalBackbone(Backbone):
         return self._answer_loss(batch, *self._hidden(inputs, batch))
 
     def _answer_loss(self, batch: Batch, hidden: torch.Tensor, text_start: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens; ``hidden[i, text_start[i] + t]`` is text token ``t``'s state."""
-        rows, positions, targets = [], [], []
-        for i in range(len(batch)):
-            start = int(text_start[i] + batch.answer_start[i])
-            for j in range(int(batch.answer_len[i])):
-                rows.append(i)
-                positions.append(start + j - 1)  # the hidden state before a token predicts it
-                targets.append(int(batch.input_ids[i, batch.answer_start[i] + j]))
+        """Mean cross-entropy of the answer tokens; ``hidden[i, text_start[i] + t]`` is text token ``t``'s state.
+
+        The answer tokens' (row, column) pairs come from the host bookkeeping (``batch.rows()``) as index tensors
+        [T], so nothing here reads the device: targets and positions are gathered there."""
+        host = batch.rows()
+        pairs = [(i, start + j) for i, (start, n) in enumerate(zip(host.answer_start, host.answer_len))
+                 for j in range(n)]
+        index = to_device(torch.tensor(pairs, dtype=torch.long).view(-1, 2), hidden.device)  # [T, 2]
+        rows, columns = index[:, 0], index[:, 1]
+        positions = text_start[rows] + columns - 1  # the hidden state before a token predicts it
+        targets = batch.input_ids[rows, columns]
         # lm_head only on answer positions: the vocabulary projection is a large share of the step otherwise.
         logits = self.model.get_output_embeddings()(hidden[rows, positions])
-        return F.cross_entropy(logits.float(), torch.tensor(targets, device=logits.device))
+        return F.cross_entropy(logits.float(), targets)
 
     def loss_terms(self, batch: Batch, answers: TaskEncoding, objective: str = "lm") -> int:
-        return len(batch) if objective == "classify" else int(batch.answer_len.sum())
+        return len(batch) if objective == "classify" else sum(batch.rows().answer_len)
 
     def _family_scores(self, sources, batch, inputs: PromptedInputs, index, row_answers) -> list[torch.Tensor]:
         if all(len(a) == 1 for ans in row_answers for a in ans):
             return self._next_token_scores(batch, *self._hidden(inputs, batch), row_answers)
-        lengths = batch.attention_mask.sum(dim=1)
-        return self._score_expanded(inputs.inputs_embeds, inputs.attention_mask, inputs.prompt_len + lengths - 1,
-                                    row_answers)
+        last = [s + n - 1 for s, n in zip(inputs.prompt_lengths, batch.rows().lengths)]  # host ints
+        return self._score_expanded(inputs.inputs_embeds, inputs.attention_mask, last, row_answers)
 
     def _next_token_scores(self, batch: Batch, hidden, text_start, row_answers) -> list[torch.Tensor]:
         """Single-token answers: log-probability of each answer token after each row's last prefix token."""
         last = text_start + batch.attention_mask.sum(dim=1) - 1  # [b] index of each row's last prefix token
-        logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[torch.arange(len(batch)), last]).float(), -1)
+        rows = torch.arange(len(batch), device=hidden.device)
+        logp = torch.log_softmax(self.model.get_output_embeddings()(hidden[rows, last]).float(), -1)
+        if len({len(ans) for ans in row_answers}) == 1:  # one gather for the batch rather than one index per row
+            ids = to_device(torch.tensor([[a[0] for a in ans] for ans in row_answers]), logp.device)  # [b, labels]
+            return list(logp.gather(1, ids))
         return [logp[i, [a[0] for a in ans]] for i, ans in enumerate(row_answers)]
 
     def _score_expanded(self, embeds, mask, last, row_answers) -> list[torch.Tensor]:
-        """Multi-token answers: one row per (example, label) with the answer appended after the prefix."""
+        """Multi-token answers: one row per (example, label) with the answer appended after the prefix; ``last`` (b
+        host ints) is each row's last prefix position."""
         pairs = [(i, ans) for i, answers in enumerate(row_answers) for ans in answers]
         emb_layer = self.model.get_input_embeddings()
-        seq_len = int(max(int(last[i]) + 1 + len(ans) for i, ans in pairs))
+        seq_len = max(last[i] + 1 + len(ans) for i, ans in pairs)
         x = embeds.new_zeros(len(pairs), seq_len, embeds.shape[-1])
         m = mask.new_zeros(len(pairs), seq_len)
         for p, (i, ans) in enumerate(pairs):
-            n = int(last[i]) + 1
+            n = last[i] + 1
             x[p, :n] = embeds[i, :n]
             x[p, n: n + len(ans)] = emb_layer(torch.tensor(ans, device=x.device)).to(x.dtype)
             m[p, : n + len(ans)] = 1
@@ -163,7 +164,20 @@ class CausalBackbone(Backbone):
         head = self.model.get_output_embeddings()
         scores = []
         for p, (i, ans) in enumerate(pairs):
-            n = int(last[i]) + 1
+            n = last[i] + 1
             logp = torch.log_softmax(head(hidden[p, n - 1: n - 1 + len(ans)]).float(), dim=-1)
             scores.append(logp[torch.arange(len(ans)), torch.tensor(ans, device=logp.device)].mean())
         return regroup(scores, [len(a) for a in row_answers])
+
+
+def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows ``embeds`` [b, W, d] with ``mask`` [b, W] moved to the right end: ``(left [b, W, d],
+    left_mask [b, W])``. A gather from each column's source column, not a loop over the rows' lengths."""
+    width = mask.shape[1]
+    lengths = mask.sum(dim=1, keepdim=True)  # [b, 1], stays on the device
+    columns = torch.arange(width, device=mask.device).unsqueeze(0)
+    source = columns - (width - lengths)  # [b, W]: left column c holds right column c - (W - n)
+    valid = source >= 0
+    gathered = embeds.gather(1, source.clamp(min=0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    left = torch.where(valid.unsqueeze(-1), gathered, embeds.new_zeros(()))
+    return left, valid.to(mask.dtype)

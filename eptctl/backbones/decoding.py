@@ -84,24 +84,45 @@ def decode(first: Callable[[], Logits], step: Callable[[torch.Tensor], Logits], 
         generator = torch.Generator(device="cpu").manual_seed(options.seed)
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [limit < 1 for limit in limits]
+    # Stop strings need every step's text; otherwise the chosen tokens stay on the device and are read once every
+    # READ_EVERY steps (one sync per chunk, not per step). A chunk may run past the step where every row finished:
+    # those tokens are ignored, so the output is the same as reading every step.
+    every = 1 if options.stop and tokenizer is not None else READ_EVERY
+    pending: list[torch.Tensor] = []
     logits = first()
     for k in range(steps):
         chosen = _choose(logits.float(), options, generator)
-        for i, token in enumerate(chosen.tolist()):
-            if done[i]:
-                continue
-            if token == eos_id:
-                done[i] = True
-            else:
-                out[i].append(token)
-                if options.stop and tokenizer is not None and _has_stop(tokenizer, out[i], options.stop):
-                    done[i] = True
-                if len(out[i]) >= limits[i]:
-                    done[i] = True
-        if all(done) or k == steps - 1:
+        pending.append(chosen)
+        if len(pending) == every or k == steps - 1:
+            _take(torch.stack(pending, dim=1).tolist(), out, done, limits, eos_id, options, tokenizer)  # one read
+            pending = []
+            if all(done):
+                break
+        if k == steps - 1:
             break  # no step after the last token: its logits would go unused
         logits = step(chosen)
     return out
+
+
+READ_EVERY = 8  # decoding steps between reads of the chosen tokens (greedy and sampling without stop strings)
+
+
+def _take(chunk: list[list[int]], out: list[list[int]], done: list[bool], limits: Sequence[int], eos_id: int,
+          options: GenerationOptions, tokenizer) -> None:
+    """Append each row's tokens of ``chunk`` ([rows][steps] host ints) to ``out`` in step order until the row is
+    done (eos, a stop string, or its limit); marks ``done``."""
+    for i, tokens in enumerate(chunk):
+        for token in tokens:
+            if done[i]:
+                break
+            if token == eos_id:
+                done[i] = True
+                continue
+            out[i].append(token)
+            if options.stop and tokenizer is not None and _has_stop(tokenizer, out[i], options.stop):
+                done[i] = True
+            if len(out[i]) >= limits[i]:
+                done[i] = True
 
 
 def _choose(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> torch.Tensor:

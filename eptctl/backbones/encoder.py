@@ -31,21 +31,22 @@ class EncoderBackbone(Backbone):
         """[b] regression outputs of the scalar head (rows pick their source through ``batch.adapter_index``).
         Raises ``EptctlError`` for several sources without ``adapter_index``."""
         inputs = PromptedModel(self, sources)(batch)
-        index = batch.adapter_index if len(sources) > 1 else None
+        index = batch.rows().sources if len(sources) > 1 else None
         logits = self._head_logits(sources, inputs, index)
         rows = logits if index is None else torch.stack(logits)
         return rows[:, 0].float()
 
     def _family_scores(self, sources, batch, inputs: PromptedInputs, index, row_answers) -> list[torch.Tensor]:
-        logits = self._head_logits(sources, inputs, index)
+        logits = self._head_logits(sources, inputs, index if len(sources) > 1 else None)  # one source: one matmul
         return [torch.log_softmax(row.float(), dim=-1) for row in logits]
 
     def _head_logits(self, sources, inputs: PromptedInputs, index) -> list[torch.Tensor] | torch.Tensor:
-        """[b, c] logits of the source's head (a list of [c] rows where ``index`` [b] picks each row's source)."""
+        """[b, c] logits of the source's head (a list of [c] rows where ``index``, b host ints, picks each row's
+        source)."""
         mask = inputs.attention_mask
         hidden = self.model(inputs_embeds=inputs.inputs_embeds, attention_mask=mask).last_hidden_state.float()
         weights = mask.unsqueeze(-1).float()
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # masked mean over prompt and text
         if index is None:
             return sources[0].head(pooled)
-        return [sources[int(a)].head(pooled[i: i + 1])[0] for i, a in enumerate(index)]
+        return [sources[a].head(pooled[i: i + 1])[0] for i, a in enumerate(index)]

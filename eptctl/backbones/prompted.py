@@ -42,12 +42,22 @@ class PromptedInputs:
     """
 
     def __init__(self, text: torch.Tensor, text_mask: torch.Tensor, prompts: list[torch.Tensor],
-                 index: torch.Tensor | None, dtype: torch.dtype):
+                 index: torch.Tensor | None, dtype: torch.dtype, rows=None):
         self.text = text
         self.text_mask = text_mask
         self.prompts = prompts
         self.index = index
         self.dtype = dtype
+        self.rows = rows  # base.HostRows of the batch: host ints for the mixed layout (read from the mask if None)
+
+    @property
+    def prompt_lengths(self) -> list[int]:
+        """[b] host ints: each row's prompt rows (``prompt_len`` without reading the device)."""
+        b = self.text.shape[0]
+        if self.index is None:
+            return [self.prompts[0].shape[0]] * b
+        sources = self.rows.sources if self.rows is not None else self.index.tolist()
+        return [self.prompts[a].shape[0] for a in sources]
 
     @property
     def prompt(self) -> torch.Tensor | None:
@@ -81,17 +91,18 @@ class PromptedInputs:
             prompt_len = torch.full((b,), s, dtype=torch.long, device=mask.device)
             return embeds.to(self.dtype), full_mask, prompt_len
         # Mixed-task batch: each row its own prompt (lengths may differ), still one backbone pass.
-        index = self.index
-        lengths = mask.sum(dim=1)
-        prompt_len = torch.tensor([self.prompts[int(a)].shape[0] for a in index], device=mask.device)
-        total = int((prompt_len + lengths).max())
+        # Host ints from collate: the per-row copies below slice with Python numbers, never read the device.
+        lengths = self.rows.lengths if self.rows is not None else mask.sum(dim=1).tolist()
+        sources = self.rows.sources if self.rows is not None else self.index.tolist()
+        prompt_lengths = self.prompt_lengths
+        total = max(s + n for s, n in zip(prompt_lengths, lengths))
         embeds = torch.zeros(b, total, text.shape[-1], device=mask.device)
         full_mask = torch.zeros(b, total, dtype=mask.dtype, device=mask.device)
-        for i in range(b):
-            s, n = int(prompt_len[i]), int(lengths[i])
-            embeds[i, :s] = self.prompts[int(index[i])]
+        for i, (a, s, n) in enumerate(zip(sources, prompt_lengths, lengths)):
+            embeds[i, :s] = self.prompts[a]
             embeds[i, s: s + n] = text[i, :n]
             full_mask[i, : s + n] = 1
+        prompt_len = torch.tensor(prompt_lengths).to(mask.device, non_blocking=True)
         return embeds.to(self.dtype), full_mask, prompt_len
 
 
@@ -115,24 +126,29 @@ class PromptedModel:
         ids, mask = batch.input_ids, batch.attention_mask
         if len(self.sources) == 1:  # every row has the same prompt; adapter_index is not needed
             prompt, offset, _ = self.sources[0]()
-            text = self._text_embeddings(ids, mask, offset, batch.answer_start)
-            return PromptedInputs(text, mask, [prompt], None, self.backbone.dtype)
+            longest = max(batch.rows().inputs, default=0) if offset is not None else 0
+            text = self._text_embeddings(ids, mask, offset, batch.answer_start, longest)
+            return PromptedInputs(text, mask, [prompt], None, self.backbone.dtype, batch.rows())
         index = batch.adapter_index
         if index is None:
             raise EptctlError("a mixed-task batch needs adapter_index", hint="collate with adapter_index=")
+        rows = batch.rows()
         parts = [source() for source in self.sources]
         text = torch.zeros(*ids.shape, self.backbone.width, device=ids.device)
         for a, (_, offset, _) in enumerate(parts):
-            rows = (index == a).nonzero(as_tuple=True)[0]
-            if len(rows):
-                start = None if batch.answer_start is None else batch.answer_start[rows]
-                text[rows] = self._text_embeddings(ids[rows], mask[rows], offset, start)
-        return PromptedInputs(text, mask, [prompt for prompt, _, _ in parts], index, self.backbone.dtype)
+            mine = [n for n, k in zip(rows.inputs, rows.sources) if k == a]
+            if mine:
+                # Every row through this source's offset, kept where the row is this source's: a mask, not a
+                # nonzero; rows are independent, so each kept row is what its own sub-batch gave.
+                own = self._text_embeddings(ids, mask, offset, batch.answer_start, max(mine))
+                text = torch.where((index == a).view(-1, 1, 1), own, text)
+        return PromptedInputs(text, mask, [prompt for prompt, _, _ in parts], index, self.backbone.dtype, rows)
 
     def _text_embeddings(self, input_ids: torch.Tensor, mask: torch.Tensor, offset: torch.Tensor | None,
-                         answer_start: torch.Tensor | None = None) -> torch.Tensor:
+                         answer_start: torch.Tensor | None, longest: int) -> torch.Tensor:
         """[b, L, d] float: frozen token embeddings plus the offset H at each input token's position. Answer tokens
-        appended for causal training (from ``answer_start`` on) get no offset: generated tokens never have one."""
+        appended for causal training (from ``answer_start`` on) get no offset: generated tokens never have one.
+        ``longest``: the most input tokens of a row that takes this offset (a host int from ``collate``)."""
         emb = self.backbone.model.get_input_embeddings()(input_ids).float()  # [b, L, d] frozen
         if offset is None:
             return emb
@@ -140,7 +156,6 @@ class PromptedModel:
         if answer_start is not None:
             columns = torch.arange(mask.shape[1], device=mask.device)
             inputs = mask * (columns.unsqueeze(0) < answer_start.to(mask.device).unsqueeze(1))
-        longest = int(inputs.sum(dim=1).max()) if inputs.numel() else 0
         if longest > offset.shape[0]:
             raise EptctlError(
                 f"batch has {longest} input tokens but the adapter's offset covers {offset.shape[0]}",

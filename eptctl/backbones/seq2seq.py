@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from eptctl.backbones import decoding
-from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup
+from eptctl.backbones.base import Backbone, Batch, TaskEncoding, regroup, to_device
 from eptctl.backbones.prompted import PromptedInputs, PromptedModel
 
 
@@ -30,7 +30,7 @@ class Seq2SeqBackbone(Backbone):
     def _row_answers(self, batch: Batch, answers: TaskEncoding) -> list[list[int]]:
         if batch.targets is not None:
             return batch.targets
-        return [answers.answers[int(y)] for y in batch.labels]
+        return [answers.answers[y] for y in batch.rows().labels]  # host labels: no read per row
 
     def _lm_loss(self, adapter, batch: Batch, answers: TaskEncoding, inputs: PromptedInputs) -> torch.Tensor:
         labels = self._decoder_labels(self._row_answers(batch, answers))
@@ -80,7 +80,7 @@ class Seq2SeqBackbone(Backbone):
         embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         pairs = [(i, ans) for i, answers in enumerate(row_answers) for ans in answers]
-        rows = torch.tensor([i for i, _ in pairs], device=enc.device)
+        rows = to_device(torch.tensor([i for i, _ in pairs]), enc.device)
         labels = self._decoder_labels([ans for _, ans in pairs])
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=enc[rows]), attention_mask=mask[rows],
                          labels=labels)

@@ -94,8 +94,10 @@ def new_adapter(backbone: Backbone, cfg: EPTConfig, num_labels: int, seed: int,
 
 
 def _forward_backward(backbone: Backbone, adapter: EPTAdapter, examples: list[EncodedExample], answers: TaskEncoding,
-                      objective: str, params: list, step: int) -> float:
-    """The loss of one global batch, with its gradient left in ``params``' ``.grad``.
+                      objective: str, params: list, step: int) -> tuple[torch.Tensor | None, int, int]:
+    """This rank's share of the loss of one global batch, with the gradient left in ``params``' ``.grad``:
+    ``(loss, terms, all_terms)``, the loss a detached device scalar (None on a rank without rows) that is read later
+    (``_Loop._read_losses``), never here: no host-device sync in a step. ``step`` is kept for callers' timings.
 
     Data parallel: this rank takes its slice; its mean loss is weighted by its share of the global batch's loss terms
     and the gradients are summed over ranks, which is the gradient of the mean over the whole global batch. In one
@@ -107,18 +109,20 @@ def _forward_backward(backbone: Backbone, adapter: EPTAdapter, examples: list[En
         batch = backbone.collate(examples[lo:hi], answers, train=True).to(backbone.device)
         loss = backbone.loss(adapter, batch, answers, objective)
         terms = backbone.loss_terms(batch, answers, objective)
-    total, all_terms = distributed.all_reduce_sum([0.0 if loss is None else loss.item() * terms, terms])
-    _check_finite(total / all_terms, step)  # the global loss: every rank raises, or none
+    all_terms = int(distributed.all_reduce_sum([terms])[0])  # host ints: terms come from collate's bookkeeping
     if loss is not None:
         (loss * (terms / all_terms)).backward()
     distributed.all_reduce_grads(params)
-    return total / all_terms
+    return (None if loss is None else loss.detach()), terms, all_terms
 
 
 def _check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise EptctlError(f"training diverged at step {step + 1} (loss {loss})",
                           hint="lower the learning rates, e.g. --lr-prompt and --lr-low-rank")
+
+
+LOSS_READ_EVERY = 10  # steps between reads of the losses (also read at step 1, the last step, evals, checkpoints)
 
 
 # --- the loop -------------------------------------------------------------------------------------------------------
@@ -254,6 +258,8 @@ class _Loop:
         self.step, self.best_step, self.best_metric, self.history = 0, 0, None, []
         self.best_state = _copy(adapter)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.pending: list[tuple[int, torch.Tensor | None, int, int]] = []  # (step, loss, terms, all_terms) unread
+        self.last_loss = math.nan  # the last loss read (what StepDone reports between reads)
 
     def resume(self) -> None:
         """With ``run.resume``, continue from the checkpoint if there is one."""
@@ -272,6 +278,7 @@ class _Loop:
         self.emit(events.Resumed(step=self.step, total=self.total))
 
     def state(self) -> training_state.TrainingState:
+        self._read_losses()  # the history a checkpoint stores is complete
         return training_state.TrainingState(
             adapter={k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()},
             best=self.best_state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
@@ -304,14 +311,32 @@ class _Loop:
 
     def _step(self, examples: list[EncodedExample]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = _forward_backward(self.backbone, self.adapter, examples, self.answers, self.objective, self.params,
-                                 self.step)
+        loss, terms, all_terms = _forward_backward(self.backbone, self.adapter, examples, self.answers,
+                                                   self.objective, self.params, self.step)
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        self.history.append({"step": self.step, "loss": round(loss, 6)})
-        self.emit(events.StepDone(step=self.step, total=self.total, loss=loss, lr=self.scheduler.get_last_lr()[0]))
+        self.pending.append((self.step, loss, terms, all_terms))
+        if self.step == 1 or self.step % LOSS_READ_EVERY == 0 or self.step == self.total:
+            self._read_losses()
+        self.emit(events.StepDone(step=self.step, total=self.total, loss=self.last_loss,
+                                  lr=self.scheduler.get_last_lr()[0]))
+
+    def _read_losses(self) -> None:
+        """Read the unread steps' losses in one transfer (one collective across ranks), record them in the history
+        and check them: the run stops with ``EptctlError`` at the first step whose global loss is not finite."""
+        if not self.pending:
+            return
+        local = [loss for _, loss, _, _ in self.pending if loss is not None]
+        read = iter(torch.stack(local).tolist() if local else [])  # the one host-device sync of these steps
+        weighted = [0.0 if loss is None else next(read) * terms for _, loss, terms, _ in self.pending]
+        totals = distributed.all_reduce_sum(weighted)
+        pending, self.pending = self.pending, []
+        for (step, _, _, all_terms), total in zip(pending, totals):
+            _check_finite(total / all_terms, step - 1)  # the global loss: every rank raises, or none
+            self.history.append({"step": step, "loss": round(total / all_terms, 6)})
+            self.last_loss = total / all_terms
 
     def _score(self, rows: Sequence[EncodedExample]) -> dict[str, float]:
         return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
@@ -319,6 +344,7 @@ class _Loop:
 
     def _evaluate(self, val_rows: list[EncodedExample]) -> None:
         """An in-training validation; keeps the adapter's state when it is the best so far."""
+        self._read_losses()  # the history lists the steps' losses before this validation
         self.adapter.eval()
         val = self._score(val_rows)
         self.adapter.train()
