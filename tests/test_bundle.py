@@ -323,8 +323,9 @@ def _eptctl_and_peft_logits(source, rec, out: Path, decoder: bool = False):
     ours = backbones.load(rec.backbone.name)
     examples = [data.Example(text=t, label=0) for t in ("A triumph.", "Dull, and far too long for its story.")]
     answers = ours.encode_answers(servable.spec.verbalizer)
-    batch = ours.collate(encode_examples(ours, servable.spec, examples, answers, servable.max_length), None, False)
-    extra = {"decoder_input_ids": torch.tensor([[0, 7, 9]] * len(examples))} if decoder else {}
+    batch = ours.collate(encode_examples(ours, servable.spec, examples, answers, servable.max_length), None,
+                         False).to(ours.device)
+    extra = {"decoder_input_ids": torch.tensor([[0, 7, 9]] * len(examples), device=ours.device)} if decoder else {}
     with torch.no_grad():
         inputs = PromptedModel(ours, [servable.adapter])(batch)  # [P ; E(text)]
         embeds, mask, prompt_len = inputs.inputs_embeds, inputs.attention_mask, inputs.prompt_len

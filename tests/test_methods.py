@@ -109,7 +109,7 @@ def test_identity_at_init(backbone):
     assert torch.equal(prompt, adapter.decomposition.prompt)  # P_r = P_f = P_s exactly
     assert torch.count_nonzero(offset) == 0
     encoded, answers = encoded_task(backbone, n=4)
-    batch = backbone.collate(encoded, answers, train=False)
+    batch = backbone.collate(encoded, answers, train=False).to(backbone.device)
     embeds = PromptedModel(backbone, [adapter])(batch).inputs_embeds
     plain = backbone.model.get_input_embeddings()(batch.input_ids)
     s = prompt.shape[0]
@@ -123,7 +123,7 @@ def test_gradient_reaches_every_component():
     encoded, answers = encoded_task(backbone, n=16)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
     for step in range(4):
-        batch = backbone.collate(encoded, answers, train=True)
+        batch = backbone.collate(encoded, answers, train=True).to(backbone.device)
         optimizer.zero_grad()
         backbone.loss(adapter, batch, answers).backward()
         if step == 0:
@@ -171,7 +171,7 @@ def test_materialized_equals_training_forward(backbone, method):
     if method != "pt":
         assert torch.count_nonzero(adapter.decomposition.lora_b) > 0  # the offset is really in play
     materialized = adapter.materialize()
-    batch = backbone.collate(encoded, answers, train=False)
+    batch = backbone.collate(encoded, answers, train=False).to(backbone.device)
     with torch.no_grad():
         live = backbone.score([adapter], batch, [answers])
         served = backbone.score([materialized], batch, [answers])
@@ -184,11 +184,11 @@ def test_mixed_task_batch_matches_single_task_scores(backbone):
     second, _, _ = _trained(backbone, method="dept", short_length=4, rank=3)
     sources = [first.materialize(), second.materialize()]
     index = [i % 2 for i in range(len(encoded))]
-    mixed = backbone.collate(encoded, answers, train=False, adapter_index=index)
+    mixed = backbone.collate(encoded, answers, train=False, adapter_index=index).to(backbone.device)
     scores = backbone.score(sources, mixed, [answers, answers])
     for adapter_id in (0, 1):
         rows = [i for i in range(len(encoded)) if index[i] == adapter_id]
-        single = backbone.collate([encoded[i] for i in rows], answers, train=False)
+        single = backbone.collate([encoded[i] for i in rows], answers, train=False).to(backbone.device)
         alone = backbone.score([sources[adapter_id]], single, [answers])
         for k, row in enumerate(rows):
             assert torch.allclose(scores[row], alone[k], atol=1e-4 if on_cuda() else 1e-5)  # CUDA: other kernels by shape
@@ -198,7 +198,7 @@ def test_offset_uses_position_within_own_text_for_any_padding():
     backbone = backbones.load("tiny-random-llama")
     adapter, encoded, answers = _trained(backbone, method="dept", short_length=4, rank=3)
     prompted = PromptedModel(backbone, [adapter])
-    right = backbone.collate(encoded[:4], answers, train=False)
+    right = backbone.collate(encoded[:4], answers, train=False).to(backbone.device)
     left_ids = torch.full_like(right.input_ids, backbone.tokenizer.pad_token_id)
     left_mask = torch.zeros_like(right.attention_mask)
     for i in range(4):
