@@ -22,7 +22,6 @@ from eptctl.core import events
 from eptctl.core.errors import ConfigError, EptctlError
 from eptctl.core.files import read_only_reason
 from eptctl.core.home import eptctl_home
-from eptctl.core.secrets import mask_secrets
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 from eptctl.data.task_types import task_type as task_type_of
 from eptctl.engine import distributed, servable, training_state
@@ -399,7 +398,7 @@ def _register(registry, p: _Prepared, result: TrainResult, materialized, summary
         metrics=metrics, parents=parents,
         run=RunInfo(seed=p.train_cfg.seed, data_fingerprint=p.task_data.fingerprint,
                     package_versions=package_versions(),
-                    command_line=mask_secrets(info.command_line or " ".join(sys.argv)),
+                    command_line=info.command_line or " ".join(sys.argv),  # masked by the registry on insert
                     duration_s=round(result.duration_s, 3), device=str(backbone.device) + f" ({backbone.precision})"),
         description=info.description, tags=list(info.tags), summary=summary,
     )
