@@ -42,7 +42,7 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
 
 @asynccontextmanager
 async def _lifespan(app):
-    batcher = app.state.serving.batcher
-    batcher.start()
+    engine = app.state.serving.engine
+    engine.start()
     yield
-    await asyncio.to_thread(batcher.stop)  # uvicorn has drained the connections: finish what is queued
+    await asyncio.to_thread(engine.stop)  # uvicorn has drained the connections: finish what is queued

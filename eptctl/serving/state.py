@@ -1,5 +1,5 @@
 """What the routes of one app share: the registry, the backbone, the settings, the adapter cache, the batcher and
-the metrics, kept on ``app.state.serving`` and handed to a route as a FastAPI dependency (``eptctl.serving.routes.State``)."""
+the metrics, and the engine that runs the backbone (``engine``), kept on ``app.state.serving`` and handed to a route as a FastAPI dependency (``eptctl.serving.routes.State``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from eptctl.serving.adapters import AdapterCache
 from eptctl.serving.batcher import Batcher
 from eptctl.serving.config import ServeConfig
+from eptctl.serving.engine import Engine, LocalEngine
 from eptctl.serving.metrics import ServeMetrics
 
 
@@ -21,6 +22,7 @@ class ServingState:
     cache: AdapterCache
     batcher: Batcher
     metrics: ServeMetrics
+    engine: Engine
 
     @classmethod
     def build(cls, registry, backbone, config: ServeConfig) -> ServingState:
@@ -29,5 +31,5 @@ class ServingState:
         cache = AdapterCache(registry, backbone, config.max_adapters, config.resolve_ttl_s)
         batcher = Batcher(backbone, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                           max_queue=config.max_queue, batching=config.batching, metrics=metrics)
-        return cls(registry, backbone, config, cache, batcher, metrics)
+        return cls(registry, backbone, config, cache, batcher, metrics, LocalEngine(backbone, batcher))
 

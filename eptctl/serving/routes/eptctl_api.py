@@ -68,7 +68,7 @@ async def _predict(body: PredictRequest, state: ServingState) -> dict:
         rows = await _rows(body, state.cache, state.config)
         refs = {servable.record.ref for servable, _, _ in rows}
         label = refs.pop() if len(refs) == 1 else "mixed"
-        outputs = await state.batcher.submit(rows)
+        outputs = await state.engine.predict(rows)
     except QueueFull as err:
         raise ApiError(503, err.message, err.hint, {"Retry-After": "1"}, adapter=label) from None
     except ApiError as err:

@@ -21,10 +21,10 @@ async def healthz():
 
 @router.get("/readyz")
 async def readyz(state: State):
-    """Readiness: the backbone is loaded and the batcher runs."""
-    if not state.batcher.alive:
-        raise ApiError(503, "not ready: the batcher is not running", "wait, or check the server log")
-    return {"status": "ready", "backbone": state.backbone.name}
+    """Readiness: the backbone is loaded and the engine runs (the local batcher's thread, or a reachable remote)."""
+    if not state.engine.alive:
+        raise ApiError(503, f"not ready: the {state.engine.name} engine is not running", "wait, or check the server log")
+    return {"status": "ready", "backbone": state.engine.backbone_name, "engine": state.engine.name}
 
 
 @router.get("/metrics")
