@@ -98,6 +98,7 @@ class Engine(Protocol):
 
     name: str  # "local", "vllm"
     backbone_name: str
+    tokenizer: object  # the backbone's Hugging Face tokenizer (raw prompts, chat templates, token strings)
 
     def start(self) -> None: ...
 
@@ -105,6 +106,10 @@ class Engine(Protocol):
 
     @property
     def alive(self) -> bool: ...
+
+    def encode(self, servable: ServableAdapter, text: str, text_pair: str | None = None) -> tuple[int, ...]:
+        """The ids ``eptctl predict`` feeds after ``servable``'s soft prompt for this input: its template filled with
+        the normalised text, special tokens as training put them, truncated to the adapter's max length."""
 
     async def predict(self, rows: Sequence[Row]) -> list[dict]:
         """One ``/v1/predict`` result dict per row (``workflows.inference.predict`` documents the keys)."""
@@ -133,7 +138,7 @@ class LocalEngine:
 
     def __init__(self, backbone, batcher):
         self.backbone, self.batcher = backbone, batcher
-        self.backbone_name = backbone.name
+        self.backbone_name, self.tokenizer = backbone.name, backbone.tokenizer
 
     def start(self) -> None:
         self.batcher.start()
@@ -144,6 +149,9 @@ class LocalEngine:
     @property
     def alive(self) -> bool:
         return self.batcher.alive
+
+    def encode(self, servable: ServableAdapter, text: str, text_pair: str | None = None) -> tuple[int, ...]:
+        raise NotImplementedError("LocalEngine.encode: the streaming issue's helper builds it")
 
     async def predict(self, rows: Sequence[Row]) -> list[dict]:
         return await self.batcher.submit(list(rows))
