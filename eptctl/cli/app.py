@@ -96,6 +96,9 @@ def _register_commands() -> None:
     app.command("fetch")(catalog.fetch)
     app.command("models")(catalog.models_cmd)
     app.add_typer(db_app, name="db")
+    from eptctl.cli.engine import engine_app
+
+    app.add_typer(engine_app, name="engine")
 
 
 _register_commands()

@@ -10,6 +10,8 @@ import typer
 from eptctl.cli.common import RegistryUrl, err
 from eptctl.serving.config import LIMITS, MIN_TOKEN_CHARS
 
+ENGINE = "Engine"
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback unless you say otherwise).")] = "127.0.0.1",
@@ -29,6 +31,10 @@ def serve(
     timeout_read: Annotated[float, typer.Option(help="Seconds a request's head, and each part of its body, may take to arrive (slow clients are disconnected, 408 for a body).", min=0.1, max=LIMITS["--timeout-read"])] = 10.0,
     token: Annotated[str | None, typer.Option(envvar="EPTCTL_SERVE_TOKEN", show_envvar=True, help=f"Bearer token required on every route but /healthz and /readyz (at least {MIN_TOKEN_CHARS} characters; never logged).")] = None,
     insecure_no_token: Annotated[bool, typer.Option("--insecure-no-token", help="Allow a --host off loopback without a token (e.g. behind an authenticating proxy).")] = False,
+    engine: Annotated[str, typer.Option(help="What runs the backbone: local (this process) or vllm (a vLLM server at --engine-url; see docs/serving.md).", rich_help_panel=ENGINE)] = "local",
+    engine_url: Annotated[str | None, typer.Option(help="The vLLM server's URL, e.g. http://127.0.0.1:8100 (with --engine vllm).", rich_help_panel=ENGINE)] = None,
+    engine_model: Annotated[str | None, typer.Option(help="The name vLLM serves the backbone under (default: the backbone's eptctl name, as `eptctl engine vllm prepare` starts it).", rich_help_panel=ENGINE)] = None,
+    engine_timeout: Annotated[float, typer.Option(help="Seconds one request to the engine may take before 503.", min=0.1, max=LIMITS["--engine-timeout"], rich_help_panel=ENGINE)] = 120.0,
     registry: RegistryUrl = None,
 ) -> None:
     """Serve the registry's adapters over HTTP (FastAPI on uvicorn), batching requests of all adapters together.
@@ -37,6 +43,8 @@ def serve(
     /readyz, /metrics (Prometheus); OpenAPI docs at /docs. SIGTERM drains the requests in flight and exits 0.
 
     Example: eptctl serve --adapters rt-polarity@latest,bbc-topic@latest --port 8000
+
+    Example: eptctl serve --engine vllm --engine-url http://127.0.0.1:8100 --adapters bbc-headline@latest
     """
     from eptctl.serving.config import ServeConfig
     from eptctl.serving.server import serve as run_server
@@ -49,7 +57,8 @@ def serve(
                          max_text_chars=max_text_chars, max_adapters=max_adapters, resolve_ttl_s=resolve_ttl,
                          batching=not no_batching, token=token, insecure_no_token=insecure_no_token,
                          max_body_bytes=max_body_bytes, timeout_keep_alive_s=timeout_keep_alive,
-                         timeout_read_s=timeout_read)
+                         timeout_read_s=timeout_read, engine=engine, engine_url=engine_url,
+                         engine_model=engine_model, engine_timeout_s=engine_timeout)
 
     def ready(url: str) -> None:
         err.print(f"serving {len(refs)} preloaded adapter(s) at {url} (API docs: {url}/docs; Ctrl-C to stop)")

@@ -16,10 +16,11 @@ from eptctl import __version__
 from eptctl.serving.config import ServeConfig
 
 
-def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
+def create_app(registry, backbone, config: ServeConfig = ServeConfig(), engine=None):
     """The FastAPI application serving ``registry``'s adapters on ``backbone`` (started by the lifespan: the
     batcher thread; stopped on shutdown after it has answered every queued request). Its parts are on
-    ``app.state.serving`` (a ``ServingState``)."""
+    ``app.state.serving`` (a ``ServingState``); ``engine``: a remote engine (``serving.engines``), else the local
+    one."""
     from fastapi import FastAPI
 
     from eptctl.serving import errors
@@ -29,7 +30,7 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
 
     app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
-    app.state.serving = ServingState.build(registry, backbone, config)
+    app.state.serving = ServingState.build(registry, backbone, config, engine)
     # added before the token check, so it sits inside it: a BaseHTTPMiddleware reads through a task group, which
     # would wrap the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
     app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)

@@ -14,7 +14,7 @@ BODY_OVERHEAD_BYTES = 1 << 20
 LIMITS = {"--max-batch-size": 4096, "--max-queue": 1_000_000, "--max-inputs": 100_000,
           "--max-text-chars": 10_000_000, "--max-adapters": 100_000, "--max-body-bytes": 1 << 31,
           "--max-wait-ms": 60_000.0, "--resolve-ttl": 86_400.0, "--timeout-keep-alive": 3600.0,
-          "--timeout-read": 3600.0}
+          "--timeout-read": 3600.0, "--engine-timeout": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class ServeConfig:
     max_body_bytes: int | None = None  # request body limit; None: derived from max_inputs and max_text_chars
     timeout_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     timeout_read_s: float = 10.0  # a request's head, and each part of its body, must arrive within this
+    engine: str = "local"  # what runs the backbone: "local" (this process) or "vllm" (a vLLM server, engine_url)
+    engine_url: str | None = None  # the vLLM server's base URL (http://host:port)
+    engine_model: str | None = None  # the name vLLM serves the backbone under; None: the backbone's eptctl name
+    engine_timeout_s: float = 120.0  # one request to the engine, at most (then 503)
 
     def __post_init__(self) -> None:
         for flag, value in (("--port", self.port), ("--max-batch-size", self.max_batch_size),
@@ -64,6 +68,7 @@ class ServeConfig:
                                   hint=f"e.g. {flag} 10")
         if self.token is not None:
             _check_token(self.token)
+        _check_engine(self)
 
     @property
     def body_limit(self) -> int:
@@ -72,6 +77,28 @@ class ServeConfig:
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         return self.max_inputs * self.max_text_chars * 2 * 4 + BODY_OVERHEAD_BYTES
+
+
+ENGINES = ("local", "vllm")
+
+
+def _check_engine(config: ServeConfig) -> None:
+    """``--engine vllm`` needs ``--engine-url`` (http or https); the local engine takes none of the engine flags."""
+    if config.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {config.engine!r}",
+                          hint="--engine vllm --engine-url http://127.0.0.1:8100")
+    if config.engine == "local":
+        if config.engine_url is not None or config.engine_model is not None:
+            raise ConfigError("--engine-url and --engine-model need --engine vllm",
+                              hint="add --engine vllm, or drop them to run the backbone in this process")
+        return
+    url = config.engine_url or ""
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        raise ConfigError(f"--engine vllm needs --engine-url http(s)://HOST:PORT, got {config.engine_url!r}",
+                          hint="the address vLLM's OpenAI server listens on, e.g. --engine-url http://127.0.0.1:8100")
+    if not 0 < config.engine_timeout_s <= LIMITS["--engine-timeout"]:
+        raise ConfigError(f"--engine-timeout must be in (0, {LIMITS['--engine-timeout']:.0f}] seconds, got "
+                          f"{config.engine_timeout_s}", hint="e.g. --engine-timeout 120")
 
 
 def _check_token(token: str) -> None:

@@ -13,8 +13,9 @@ from eptctl.serving.config import ServeConfig
 
 def build(config: ServeConfig, registry_url: str | None = None):
     """(app, registry, backbone) for ``config``: the backbone is ``config.model``, else the one the preloaded
-    adapters were trained on, else eptctl's default model. Raises ``EptctlError`` for an unknown adapter or model,
-    or adapters of different backbones."""
+    adapters were trained on, else eptctl's default model (with ``--engine vllm`` its tokenizer and embedding table
+    only, ``engines.vllm.build_vllm_engine``). Raises ``EptctlError`` for an unknown adapter or model, or adapters
+    of different backbones."""
     from eptctl import backbones
     from eptctl.serving.app import create_app
     from eptctl.workflows.inference import backbone_for, load_adapter
@@ -22,11 +23,16 @@ def build(config: ServeConfig, registry_url: str | None = None):
 
     registry = Registry(registry_url)
     servables = [load_adapter(registry, ref) for ref in config.adapters]
-    if servables:
+    engine = None
+    if config.engine == "vllm":  # the backbone is its embedding table; vLLM runs the rest
+        from eptctl.serving.engines.vllm import build_vllm_engine
+
+        backbone, engine = build_vllm_engine(config, servables)
+    elif servables:
         backbone = backbone_for(servables, model=config.model)
     else:
         backbone = backbones.load(config.model or backbones.DEFAULT_MODEL)
-    app = create_app(registry, backbone, config)
+    app = create_app(registry, backbone, config, engine)
     for ref in config.adapters:
         app.state.serving.cache.get(ref)  # loaded and checked now, not on the first request
     return app, registry, backbone

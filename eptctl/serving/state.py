@@ -25,11 +25,13 @@ class ServingState:
     engine: Engine
 
     @classmethod
-    def build(cls, registry, backbone, config: ServeConfig) -> ServingState:
-        """The cache, batcher and metrics for ``config`` (nothing starts: the app's lifespan starts the batcher)."""
+    def build(cls, registry, backbone, config: ServeConfig, engine: Engine | None = None) -> ServingState:
+        """The cache, batcher and metrics for ``config`` (nothing starts: the app's lifespan starts the engine);
+        ``engine``: a remote engine already built for ``backbone`` (``engines.vllm``), else the local one over the
+        batcher."""
         metrics = ServeMetrics()
         cache = AdapterCache(registry, backbone, config.max_adapters, config.resolve_ttl_s)
         batcher = Batcher(backbone, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                           max_queue=config.max_queue, batching=config.batching, metrics=metrics)
-        return cls(registry, backbone, config, cache, batcher, metrics, LocalEngine(backbone, batcher))
+        return cls(registry, backbone, config, cache, batcher, metrics, engine or LocalEngine(backbone, batcher))
 

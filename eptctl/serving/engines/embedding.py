@@ -102,7 +102,8 @@ def load_embedding_backbone(name: str, remote: RemoteLM | None = None) -> Embedd
     config = AutoConfig.from_pretrained(source)
     family = backbones.detect_family(config)
     if family != "causal":
-        raise EptctlError(f"{name} is a {family} model: the vLLM engine serves causal LMs (decoder-only) only",
+        kind = {"encoder": "an encoder", "seq2seq": "an encoder-decoder (seq2seq)"}.get(family, f"a {family}")
+        raise EptctlError(f"{name} is {kind} model: the vLLM engine serves causal (decoder-only) LMs only",
                           hint="serve encoder and seq2seq backbones with the local engine (eptctl serve without "
                                "--engine)")
     weight = embedding_weight(folder, config)

@@ -25,6 +25,7 @@ SKIPPED_SUFFIXES = (".gguf", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 CONFIG_KEYS_DROPPED = ("quantization_config",)
 DEFAULT_PORT = 8100
 DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_KV_CACHE = "2G"  # SmolLM2-135M in fp32: 46 KB per token, so about 45,000 tokens in flight
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,14 @@ class Prepared:
 
 
 def serve_command(path: Path, served_name: str, python: str = "python", port: int = DEFAULT_PORT,
-                  max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> tuple[str, ...]:
+                  max_model_len: int = DEFAULT_MAX_MODEL_LEN, kv_cache: str = DEFAULT_KV_CACHE) -> tuple[str, ...]:
     """vLLM's OpenAI server on ``path`` with prompt embeddings on, fp32 (what eptctl's equality checks use; drop
-    ``--dtype`` on a GPU for bf16) and eager mode (no compile step, so it is ready sooner on a CPU)."""
+    ``--dtype`` on a GPU for bf16), eager mode (no compile step, so it is ready sooner on a CPU) and a fixed
+    key/value cache of ``kv_cache`` bytes (vLLM's CPU backend otherwise reserves 92 % of the machine's memory, and
+    refuses to start where that is not free; on a GPU replace it with --gpu-memory-utilization)."""
     return (python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name",
             served_name, "--enable-prompt-embeds", "--dtype", "float32", "--max-model-len", str(max_model_len),
-            "--enforce-eager", "--host", "127.0.0.1", "--port", str(port))
+            "--enforce-eager", "--kv-cache-memory-bytes", kv_cache, "--host", "127.0.0.1", "--port", str(port))
 
 
 def prepare(model: str, target: str | Path, force: bool = False, python: str = "python") -> Prepared:
