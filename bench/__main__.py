@@ -27,6 +27,21 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _engine_variant(name: str, rest: list[str]) -> str:
+    """``serve --engine vllm`` (or ``--engine=vllm``): the engines side by side, bench/serve_engines.py; the option
+    is taken out of ``rest``."""
+    if name != "serve":
+        return name
+    for i, arg in enumerate(rest):
+        if arg == "--engine" or arg.startswith("--engine="):
+            engine = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else "")
+            del rest[i: i + (1 if "=" in arg else 2)]
+            if engine != "vllm":
+                raise SystemExit(f"python -m bench serve: --engine must be vllm, got {engine!r}")
+            return "serve_engines"
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("name", help="benchmark module under bench/, e.g. registry")
@@ -38,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(module, "parse"):  # a benchmark with options of its own shows them
             module.parse(["--help"])
     args, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")  # step-time == step_time
+    name = _engine_variant(args.name, rest)
+    module = importlib.import_module(f"bench.{name.replace('-', '_')}")  # step-time == step_time
     # A benchmark with options of its own (bench paper) takes the rest of the command line; the others refuse it.
     takes_argv = "argv" in inspect.signature(module.run).parameters
     if rest and not takes_argv:

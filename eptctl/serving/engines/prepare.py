@@ -44,13 +44,14 @@ class Prepared:
 
 
 def serve_command(path: Path, served_name: str, python: str = "python", port: int = DEFAULT_PORT,
-                  max_model_len: int = DEFAULT_MAX_MODEL_LEN, kv_cache: str = DEFAULT_KV_CACHE) -> tuple[str, ...]:
-    """vLLM's OpenAI server on ``path`` with prompt embeddings on, fp32 (what eptctl's equality checks use; drop
-    ``--dtype`` on a GPU for bf16), eager mode (no compile step, so it is ready sooner on a CPU) and a fixed
+                  max_model_len: int = DEFAULT_MAX_MODEL_LEN, kv_cache: str = DEFAULT_KV_CACHE,
+                  dtype: str = "float32") -> tuple[str, ...]:
+    """vLLM's OpenAI server on ``path`` with prompt embeddings on, in ``dtype`` (float32: what eptctl's equality
+    checks use; bfloat16 on a GPU or a CPU with bf16 units), eager mode (no compile step, so it is ready sooner on a CPU) and a fixed
     key/value cache of ``kv_cache`` bytes (vLLM's CPU backend otherwise reserves 92 % of the machine's memory, and
     refuses to start where that is not free; on a GPU replace it with --gpu-memory-utilization)."""
     return (python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name",
-            served_name, "--enable-prompt-embeds", "--dtype", "float32", "--max-model-len", str(max_model_len),
+            served_name, "--enable-prompt-embeds", "--dtype", dtype, "--max-model-len", str(max_model_len),
             "--enforce-eager", "--kv-cache-memory-bytes", kv_cache, "--host", "127.0.0.1", "--port", str(port))
 
 

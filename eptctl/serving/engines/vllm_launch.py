@@ -62,18 +62,33 @@ class VllmProcess:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-def start_vllm(folder: Path, served_name: str, python: str, log: Path, *, port: int | None = None,
-               max_model_len: int = 512, kv_cache: str = "1G", env: dict | None = None,
-               timeout_s: float = 300.0) -> VllmProcess:
-    """Start vLLM's OpenAI server on the prepared ``folder`` on a loopback ``port`` (default: a free one) and wait
-    until ``GET /health`` answers 200. Raises ``ServerNotReady`` (with the log's tail) if it exits or is not ready
-    within ``timeout_s`` (then it is stopped)."""
-    port = port or free_port()
-    command = serve_command(folder, served_name, python, port, max_model_len, kv_cache)
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How to start vLLM: on ``port`` (None: a free one), with ``max_model_len`` positions per sequence, a
+    ``kv_cache`` of that many bytes (vLLM's size syntax), weights in ``dtype``, environment ``env`` (None: this
+    process's), ready within ``timeout_s`` seconds."""
+
+    port: int | None = None
+    max_model_len: int = 512
+    kv_cache: str = "1G"
+    dtype: str = "float32"
+    env: dict | None = None
+    timeout_s: float = 300.0
+
+
+def start_vllm(folder: Path, served_name: str, python: str, log: Path,
+               options: LaunchOptions = LaunchOptions()) -> VllmProcess:
+    """Start vLLM's OpenAI server on the prepared ``folder`` on a loopback port and wait until ``GET /health``
+    answers 200. Raises ``ServerNotReady`` (with the log's tail) if it exits or is not ready within
+    ``options.timeout_s`` (then it is stopped)."""
+    port = options.port or free_port()
+    command = serve_command(folder, served_name, python, port, options.max_model_len, options.kv_cache,
+                            options.dtype)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=options.env,
+                                start_new_session=True)
     server = VllmProcess(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + options.timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerNotReady(f"vLLM exited ({proc.returncode}) before it was ready: {server.log_tail()}")
@@ -85,7 +100,7 @@ def start_vllm(folder: Path, served_name: str, python: str, log: Path, *, port: 
             pass
         time.sleep(0.5)
     server.stop()
-    raise ServerNotReady(f"vLLM at {server.base} was not ready in {timeout_s:.0f} s: {server.log_tail()}")
+    raise ServerNotReady(f"vLLM at {server.base} was not ready in {options.timeout_s:.0f} s: {server.log_tail()}")
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
