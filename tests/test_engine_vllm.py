@@ -2,7 +2,7 @@
 loopback port, the embedded SmolLM2 prepared by `eptctl engine vllm prepare`, fp32 on both sides, and adapters
 trained here for a few steps on the same backbone (equality needs real adapters, not good ones).
 
-One vLLM server for the module (about a minute to start on 2 cores); the outage test, last in the module, kills it
+The tests at the top need no server (settings, error mapping, the pairing tolerance). One vLLM server for the module (about a minute to start on 2 cores); the outage test, last in the module, kills it
 and starts it again. Skipped where vLLM is not installed, unless CI is set (then it fails).
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 MODEL = "smollm2-135m"
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +33,63 @@ def _vllm_python() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return python
+
+
+def test_engine_settings_are_checked_naming_the_flag():
+    from eptctl.core.errors import ConfigError
+    from eptctl.serving.config import ServeConfig
+
+    assert ServeConfig(engine="vllm", engine_url="http://127.0.0.1:8100").engine_model is None
+    for kwargs, flag in (({"engine": "vllm"}, "--engine-url"), ({"engine": "vllm", "engine_url": "127.0.0.1:8100"},
+                          "--engine-url"), ({"engine_url": "http://h:1"}, "--engine vllm"),
+                         ({"engine": "tgi", "engine_url": "http://h:1"}, "--engine must be"),
+                         ({"engine": "vllm", "engine_url": "http://h:1", "engine_timeout_s": 0}, "--engine-timeout")):
+        with pytest.raises(ConfigError, match=flag):
+            ServeConfig(**kwargs)
+
+
+def test_an_unreachable_vllm_is_a_503_error_and_vllm_refusals_keep_vllm_s_message():
+    from eptctl.serving.batcher import QueueFull
+    from eptctl.serving.engine import EngineUnavailable, Unsupported
+    from eptctl.serving.engines.vllm_http import VllmClient, VllmRefused, VllmUnavailable, checked
+    from eptctl.serving.launch import free_port
+
+    client = VllmClient(f"http://127.0.0.1:{free_port()}", MODEL, eos_id=2, timeout_s=5)  # nobody listens there
+    started = time.monotonic()
+    with pytest.raises(VllmUnavailable, match="is unreachable") as err:
+        client.get("/v1/models")
+    client.close()
+    assert time.monotonic() - started < 5
+    # the routes answer it 503 with Retry-After (EngineUnavailable; QueueFull for routes that predate engines)
+    assert isinstance(err.value, EngineUnavailable) and isinstance(err.value, QueueFull)
+    answer = httpx.Response(400, json={"error": {"message": "This model's maximum context length is 512 tokens.\n"
+                                                            "However, you requested 900 tokens."}})
+    with pytest.raises(VllmRefused, match="maximum context length is 512 tokens. However") as refused:
+        checked(answer)
+    assert isinstance(refused.value, Unsupported) and "\n" not in refused.value.message
+    with pytest.raises(VllmUnavailable, match="failed \\(500\\)"):
+        checked(httpx.Response(500, text="Internal Server Error"))
+
+
+def test_the_pairing_probe_compares_the_best_tokens_and_their_log_probabilities():
+    from eptctl.serving.engines.pairing import TOLERANCE, _gap
+
+    ours = {"token_id:5": -0.5, "token_id:7": -1.5, "token_id:9": -2.0}
+    assert _gap(ours, {k: v + 1e-5 for k, v in ours.items()}) < TOLERANCE
+    assert _gap(ours, {"token_id:5": -0.5, "token_id:7": -1.5, "token_id:11": -2.0}) < TOLERANCE  # a near tie swapped
+    assert _gap(ours, {"token_id:7": -0.4, "token_id:5": -0.6, "token_id:9": -2.0}) == float("inf")  # another best
+    assert _gap(ours, {k: v - 0.3 for k, v in ours.items()}) > TOLERANCE
+
+
+def test_bench_serve_with_engine_vllm_runs_the_engines_benchmark():
+    from bench.__main__ import _engine_variant
+
+    rest = ["--engine", "vllm"]
+    assert _engine_variant("serve", rest) == "serve_engines" and rest == []
+    assert _engine_variant("serve", ["--engine=vllm"]) == "serve_engines"
+    assert _engine_variant("serve", []) == "serve"
+    with pytest.raises(SystemExit):
+        _engine_variant("serve", ["--engine", "tgi"])
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +118,12 @@ def world(tmp_path_factory):
         method = EPTConfig(method="ept", prompt_length=6, max_length=64)
         # a few steps on a few rows, one small validation: equality needs real adapters, not good ones; headline
         # targets cut at 16 tokens keep the decoding budget (and the evaluation's decoding) short
-        cfg = TrainConfig(steps=2, batch_size=2, seed=0, max_target_length=16, max_eval_examples=2)
+        cfg = TrainConfig(steps=2, batch_size=2, seed=0, max_target_length=16, max_eval_examples=1)
 
         def train(task, backbone=smol, **kw):
             t0 = time.monotonic()
             ref = train_task(task, registry=reg, backbone=backbone, model=backbone.name, max_train=8,
-                             max_eval=2, method_cfg=method, train_cfg=cfg, **kw).record.ref
+                             max_eval=1, method_cfg=method, train_cfg=cfg, **kw).record.ref
             print(f"train {task} {time.monotonic() - t0:.1f}", file=sys.stderr)
             return ref
 
@@ -129,6 +185,8 @@ def _split(task, split, n):
     return [e.text for e in getattr(loaded, split)][:n]
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_greedy_generation_equals_local_cached_decoding_and_eptctl_predict(world, vllm, router, monkeypatch):
     from typer.testing import CliRunner
 
@@ -180,6 +238,8 @@ def _encode(backbone, servable, text):
     return encode_examples(backbone, servable.spec, [example], answers, servable.max_length)[0].input_ids
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_label_scores_equal_local_scores_on_64_validation_rows(world, router):
     from eptctl.workflows.inference import predict
 
@@ -196,6 +256,8 @@ def test_label_scores_equal_local_scores_on_64_validation_rows(world, router):
     assert len({o["label"] for o in outputs}) == 2 or len({round(o["scores"]["fresh"], 3) for o in outputs}) > 8
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_streamed_tokens_and_prompt_logprobs_match_the_engine_s_own_decoding(world, vllm, monkeypatch):
     """The Engine interface the OpenAI routes use: ``stream`` yields vLLM's greedy tokens (the same ids as the
     predict path), ``prompt_logprobs`` the local backbone's log-probabilities of the text after the prompt."""
@@ -240,6 +302,8 @@ def test_streamed_tokens_and_prompt_logprobs_match_the_engine_s_own_decoding(wor
     assert max(abs(a - b) for a, b in zip(logprobs[1:], ours.tolist())) < 1e-3
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_multi_token_answers_and_encoder_adapters_are_refused_and_the_router_keeps_serving(world, router):
     refs = world["refs"]
     multi = router.post({"adapter": refs["multi"], "inputs": ["Great fun."]})
@@ -264,12 +328,16 @@ def _serve_refused(world, *args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_encoder_backbones_and_multi_token_adapters_are_refused_at_start(world, vllm):
     base = vllm["server"].base
     assert "causal" in _serve_refused(world, "--engine-url", base, "--model", "minilm-l6")
     assert "several tokens" in _serve_refused(world, "--engine-url", base, "--adapters", world["refs"]["multi"])
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_a_vllm_server_serving_another_model_is_refused(world, vllm, tmp_path):
     """By name (what /v1/models lists) and by the embedding table (the probe): a router whose backbone is SmolLM2
     with another embedding table (same tokenizer and width, as a fine-tune that trained them would be) is refused
@@ -295,6 +363,8 @@ def test_a_vllm_server_serving_another_model_is_refused(world, vllm, tmp_path):
     assert "another input-embedding table" in line
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_killing_vllm_gives_503_with_retry_after_and_the_router_recovers(world, vllm, router, folder):
     """Last in the module: it kills the module's vLLM server mid-traffic and starts a new one on the same port."""
     from eptctl.serving.engines.vllm_launch import LaunchOptions, start_vllm

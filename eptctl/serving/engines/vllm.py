@@ -104,20 +104,25 @@ class VllmEngine:
     def _set(self, state: str, reason: str) -> None:
         with self._lock:
             if state != self._state:
-                log.warning("vLLM engine at %s: %s%s", self.client.url, state, f" ({reason})" if reason else "")
+                (log.info if state == "paired" else log.warning)(
+                    "vLLM engine at %s: %s%s", self.client.url, state, f" ({reason})" if reason else "")
             self._state, self._reason = state, reason
 
     def _watch(self) -> None:
-        """Poll ``/health``; after vLLM was down (or before the first check) run the pairing check again."""
+        """Poll ``/health``; after vLLM was down (or before the first check) run the pairing check again. Nothing
+        ends this loop but ``stop``: an unexpected answer is logged and counts as vLLM being down."""
         while not self._stopping.is_set():
             try:
                 if self._state == "paired":
-                    self.client.get("/health", timeout_s=max(1.0, self.settings.poll_s * 2))
+                    self.client.healthy(timeout_s=max(1.0, self.settings.poll_s * 2))
                 else:
                     self.verify()
             except EptctlError as err:
                 if self._state == "paired":
                     self._set("down", err.message)
+            except Exception as err:  # noqa: BLE001 - e.g. a body that is not JSON: the watcher must keep watching
+                log.exception("vLLM health check failed")
+                self._set("down", f"unexpected answer from the vLLM server ({type(err).__name__})")
             self._stopping.wait(self.settings.poll_s)
 
     def _ready(self) -> None:

@@ -136,6 +136,16 @@ class VllmClient:
             raise unavailable(self.url, err) from None
         return checked(response)
 
+    def healthy(self, timeout_s: float = 2.0) -> None:
+        """``GET /health`` answers 2xx (its body is empty). Raises ``VllmUnavailable`` otherwise."""
+        try:
+            response = self._http.get("/health", timeout=timeout_s)
+        except httpx.HTTPError as err:
+            raise unavailable(self.url, err) from None
+        if not response.is_success:
+            raise VllmUnavailable(f"the vLLM server at {self.url} is not healthy ({response.status_code})",
+                                  hint=RETRY_HINT)
+
     def get(self, path: str, timeout_s: float = 5.0) -> dict:
         """``GET path`` as JSON. Raises ``VllmUnavailable`` or ``VllmRefused``."""
         try:
@@ -160,7 +170,11 @@ def unavailable(url: str, err: Exception) -> VllmUnavailable:
 def checked(response: httpx.Response) -> dict:
     """The JSON body of a 2xx answer; 5xx raises ``VllmUnavailable``, 4xx ``VllmRefused`` (vLLM's message)."""
     if response.is_success:
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # a 2xx that is not JSON: not a vLLM answer (a proxy page, a server starting up)
+            raise VllmUnavailable(f"the server at {response.request.url} answered {response.status_code} without "
+                                  "JSON", hint=RETRY_HINT) from None
     message = vllm_message(response.text)
     if response.status_code >= 500:
         raise VllmUnavailable(f"the vLLM server failed ({response.status_code}): {message}", hint=RETRY_HINT)
