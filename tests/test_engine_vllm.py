@@ -112,20 +112,15 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # for the whole module: the adapters' files live under this home
         mp.setenv("EPTCTL_HOME", str(home))
         reg = Registry(url)
-        t0 = time.monotonic()
         smol = backbones.load(MODEL, precision="fp32")
-        print(f"load {time.monotonic() - t0:.1f}", file=sys.stderr)
         method = EPTConfig(method="ept", prompt_length=6, max_length=64)
         # a few steps on a few rows, one small validation: equality needs real adapters, not good ones; headline
         # targets cut at 16 tokens keep the decoding budget (and the evaluation's decoding) short
         cfg = TrainConfig(steps=2, batch_size=2, seed=0, max_target_length=16, max_eval_examples=1)
 
         def train(task, backbone=smol, **kw):
-            t0 = time.monotonic()
-            ref = train_task(task, registry=reg, backbone=backbone, model=backbone.name, max_train=8,
-                             max_eval=1, method_cfg=method, train_cfg=cfg, **kw).record.ref
-            print(f"train {task} {time.monotonic() - t0:.1f}", file=sys.stderr)
-            return ref
+            return train_task(task, registry=reg, backbone=backbone, model=backbone.name, max_train=8,
+                              max_eval=1, method_cfg=method, train_cfg=cfg, **kw).record.ref
 
         refs = {"gen": train("bbc-headline"), "pol": train("rt-polarity"),
                 "multi": train("verdicts", custom=DataOptions(path=str(csv))),
@@ -152,9 +147,7 @@ def vllm(world, folder):
     """The module's vLLM server (the outage test replaces it: read ``vllm["server"]``)."""
     from eptctl.serving.engines.vllm_launch import start_vllm
 
-    t0 = time.monotonic()
     state = {"server": start_vllm(folder, MODEL, world["python"], world["home"] / "vllm.log")}
-    print(f"vllm {time.monotonic() - t0:.1f}", file=sys.stderr)
     yield state
     state["server"].stop()
 

@@ -60,9 +60,7 @@ class EmbeddingBackbone(CausalBackbone):
         """Each row's ``[P_r; E(x) + H]`` as a ``[s + n_i, d]`` fp32 tensor, without padding (``PromptedModel``)."""
         from eptctl.backbones.prompted import PromptedModel
 
-        inputs = PromptedModel(self, sources)(batch)
-        ends = [s + n for s, n in zip(inputs.prompt_lengths, batch.rows().lengths)]
-        return [inputs.inputs_embeds[i, :end].contiguous() for i, end in enumerate(ends)]
+        return _unpadded(PromptedModel(self, sources)(batch), batch)
 
     @torch.no_grad()
     def generate(self, sources, batch, options, limits=None) -> list[list[int]]:
@@ -76,14 +74,19 @@ class EmbeddingBackbone(CausalBackbone):
         if any(len(a) != 1 for answers in row_answers for a in answers):
             raise Unsupported("a label's answer is several tokens long: the vLLM engine scores single-token answers "
                               "only", hint="serve this adapter with the local engine (eptctl serve without --engine)")
-        ends = [s + n for s, n in zip(inputs.prompt_lengths, batch.rows().lengths)]
-        rows = [inputs.inputs_embeds[i, :end].contiguous() for i, end in enumerate(ends)]
-        scores = self.remote.next_token_logprobs(rows, [[a[0] for a in answers] for answers in row_answers])
+        scores = self.remote.next_token_logprobs(_unpadded(inputs, batch),
+                                                 [[a[0] for a in answers] for answers in row_answers])
         return [torch.tensor(s, dtype=torch.float32) for s in scores]
 
     def _lm_loss(self, adapter, batch, answers, inputs):
         raise EptctlError(f"{self.name} is loaded as an embedding table for a remote engine; it cannot train",
                           hint="train with eptctl train (the full backbone)")
+
+
+def _unpadded(inputs, batch) -> list[torch.Tensor]:
+    """Each row of the forward pass's ``inputs`` (``PromptedInputs``) without its padding: ``[s_i + n_i, d]``."""
+    ends = [s + n for s, n in zip(inputs.prompt_lengths, batch.rows().lengths)]
+    return [inputs.inputs_embeds[i, :end].contiguous() for i, end in enumerate(ends)]
 
 
 def load_embedding_backbone(name: str, remote: RemoteLM | None = None) -> EmbeddingBackbone:
