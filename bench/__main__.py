@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(module, "parse"):  # a benchmark with options of its own shows them
             module.parse(["--help"])
     args, rest = parser.parse_known_args(argv)
-    name = _engine_variant(args.name, rest)
-    module = importlib.import_module(f"bench.{name.replace('-', '_')}")  # step-time == step_time
+    args.name = _engine_variant(args.name, rest)  # its own name: its JSON never overwrites serve's
+    module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")  # step-time == step_time
     # A benchmark with options of its own (bench paper) takes the rest of the command line; the others refuse it.
     takes_argv = "argv" in inspect.signature(module.run).parameters
     if rest and not takes_argv:

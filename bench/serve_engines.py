@@ -10,6 +10,9 @@ CPU with bf16 units, else fp32), vLLM's OpenMP threads on every core.
   the router streams (``POST /v1/completions`` with ``stream``, the OpenAI-compatible routes); where it does not,
   TTFT is left empty and the request latency stands in.
 - scoring: 4 classification adapters (rt-polarity twice, rt-subjectivity, bbc-topic): inputs/s.
+- generation, ``vllm direct``: the same rows sent by this process straight to vLLM (``prompt_embeds`` built and
+  encoded before the clock starts, the requests eptctl's router would send): vLLM's own speed here, without the
+  router's work (encoding, embedding rows, HTTP in between).
 At concurrency 1, 8 and 32 (BENCH_CONCURRENCY), BENCH_REQUESTS requests per concurrency slot (at least 8 per
 cell); the engines take turns cell by cell so a slow moment of the shared machine hits both. Adapters are trained
 for one step (serving cost does not depend on training).
@@ -65,7 +68,8 @@ def _adapters(workdir: Path, settings: dict) -> tuple[str, dict[str, list[str]]]
 
 
 def _servers(workdir: Path, url: str, refs: dict, settings: dict, stack) -> dict[str, str]:
-    """Start vLLM and the two routers; {"local": base URL, "vllm": base URL}. ``stack`` stops them at the end."""
+    """Start vLLM and the two routers; {"local": router URL, "vllm": router URL, "direct": vLLM's URL}. ``stack``
+    stops them at the end."""
     from eptctl.serving import launch
     from eptctl.serving.engines.prepare import prepare
     from eptctl.serving.engines.vllm_launch import LaunchOptions, start_vllm, vllm_python
@@ -90,7 +94,33 @@ def _servers(workdir: Path, url: str, refs: dict, settings: dict, stack) -> dict
         stack.callback(_stop, proc)
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         out[name] = address
+    out["direct"] = server.base
     return out
+
+
+def _direct_bodies(vllm_base: str, url: str, workdir: Path, refs: list[str], texts: list[str], n: int) -> list[dict]:
+    """The ``n`` completion requests the vLLM router sends for the generation cell's rows (request ``i``: adapter
+    ``i mod 4``, text ``i mod len(texts)``), built as ``VllmEngine`` builds them."""
+    from eptctl.backbones.decoding import GenerationOptions
+    from eptctl.serving.engines.embedding import load_embedding_backbone
+    from eptctl.serving.engines.vllm import VllmEngine, VllmSettings
+    from eptctl.serving.engines.vllm_http import encode_embeds
+    from eptctl.workflows.inference import load_adapter
+    from registry import Registry
+
+    reg = Registry(url, artifacts=workdir / "artifacts")
+    servables = [load_adapter(reg, ref) for ref in refs]
+    reg.close()
+    engine = VllmEngine(load_embedding_backbone(MODEL), VllmSettings(vllm_base))
+    bodies = []
+    for i in range(n):
+        servable = servables[i % len(servables)]
+        row = engine._row(servable, engine.encode(servable, texts[i % len(texts)]))
+        budget = servable.max_new_tokens
+        bodies.append(engine.client.generation_body(encode_embeds(row), GenerationOptions(max_new_tokens=budget),
+                                                    budget))
+    engine.stop()
+    return bodies
 
 
 def _drain(proc) -> None:
@@ -142,6 +172,11 @@ def _cell(base: str, kind: str, refs: list[str], texts: list[str], c: int, n: in
     def one(i: int):
         client = getattr(local, "client", None) or httpx.Client(base_url=base, timeout=600)
         local.client = client
+        if kind == "direct":  # texts: the precomputed request bodies
+            started = time.perf_counter()
+            response = client.post("/v1/completions", json=texts[i % len(texts)])
+            response.raise_for_status()
+            return time.perf_counter() - started, None, len(response.json()["choices"][0]["token_ids"])
         if kind == "generation":
             return _one(client, streaming, refs[i % len(refs)], texts[i % len(texts)], tokenizer)
         started = time.perf_counter()
@@ -157,7 +192,7 @@ def _cell(base: str, kind: str, refs: list[str], texts: list[str], c: int, n: in
     latencies = sorted(r[0] for r in results)
     firsts = [r[1] for r in results if r[1] is not None]
     row = {"requests": n, "inputs_per_s": round(n / wall, 2), "p50_ms": round(statistics.median(latencies) * 1e3, 1)}
-    if kind == "generation":
+    if kind in ("generation", "direct"):
         row.update(output_tokens_per_s=round(sum(r[2] for r in results) / wall, 2),
                    ttft_p50_ms=round(statistics.median(firsts) * 1e3, 1) if firsts else None,
                    tokens_per_request=round(sum(r[2] for r in results) / n, 1))
@@ -179,12 +214,18 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
         url, refs = _adapters(Path(tmp), settings)
         bases = _servers(Path(tmp), url, refs, settings, stack)
         for c in settings["concurrency"]:
-            for kind in ("generation", "scoring"):
-                for engine in ("local", "vllm"):  # interleaved cell by cell
-                    n = max(8, settings["requests"] * c)
-                    row = _cell(bases[engine], kind, refs[kind], texts[kind], c, n, tokenizer)
-                    rows.append({"workload": kind, "engine": engine, "concurrency": c, **row})
-                    print(f"{kind} {engine} c={c}: {row}", file=sys.stderr, flush=True)
+            n = max(8, settings["requests"] * c)
+            bodies = _direct_bodies(bases["direct"], url, Path(tmp), refs["generation"], texts["generation"], n)
+            cells = [("generation", "local", texts["generation"]), ("generation", "vllm", texts["generation"]),
+                     ("direct", "direct", bodies), ("scoring", "local", texts["scoring"]),
+                     ("scoring", "vllm", texts["scoring"])]
+            for kind, engine, inputs in cells:  # interleaved cell by cell
+                row = _cell(bases[engine], kind, refs["scoring" if kind == "scoring" else "generation"], inputs, c, n,
+                            tokenizer)
+                workload = "generation" if kind == "direct" else kind
+                name = "vllm direct (no router)" if kind == "direct" else engine
+                rows.append({"workload": workload, "engine": name, "concurrency": c, **row})
+                print(f"{workload} {name} c={c}: {row}", file=sys.stderr, flush=True)
     return {"rows": rows, "ratios": _ratios(rows), "settings": settings}
 
 
@@ -194,6 +235,7 @@ def _ratios(rows: list[dict]) -> dict:
     for kind, key in (("generation", "output_tokens_per_s"), ("scoring", "inputs_per_s")):
         for c in sorted({r["concurrency"] for r in rows}):
             cell = {r["engine"]: r for r in rows if r["workload"] == kind and r["concurrency"] == c}
-            if {"local", "vllm"} <= set(cell) and cell["local"][key]:
-                out[f"{kind} c={c} vllm/local {key}"] = round(cell["vllm"][key] / cell["local"][key], 2)
+            for other in ("vllm", "vllm direct (no router)"):
+                if {"local", other} <= set(cell) and cell["local"][key]:
+                    out[f"{kind} c={c} {other}/local {key}"] = round(cell[other][key] / cell["local"][key], 2)
     return out

@@ -260,10 +260,16 @@ def build_vllm_engine(config, servables) -> tuple[EmbeddingBackbone, VllmEngine]
     vLLM is checked now when it answers (a mismatch stops the start); when it does not, the router starts unready
     and pairs once vLLM is up. Raises ``EptctlError`` for an encoder or seq2seq backbone, adapters of another
     backbone, an adapter this engine cannot serve, or a mismatched vLLM server."""
+    import torch
+
     from eptctl import backbones
     from eptctl.serving.engines.embedding import load_embedding_backbone
     from eptctl.workflows.inference import check_backbone
 
+    # The router's tensor work is tiny (an embedding lookup and a sum per row) and runs in many request threads at
+    # once: one intra-op thread each, rather than every thread's OpenMP pool spinning on the cores vLLM (or the
+    # next router) needs.
+    torch.set_num_threads(1)
     names = {s.record.backbone.name for s in servables}
     if config.model is None and len(names) > 1:
         raise EptctlError(f"adapters come from different backbones: {', '.join(sorted(names))}",
