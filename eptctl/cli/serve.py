@@ -26,8 +26,9 @@ TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass in 
                                      min=0.0, max=1.0, rich_help_panel=GEN)]
 # seeds reach numpy, whose legacy seeding takes at most 2**32 - 1
 Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, max=2**32 - 1, rich_help_panel=GEN)]
-Stop = Annotated[list[str] | None, typer.Option("--stop", help="Generation: stop at this string (repeatable).",
-                                                rich_help_panel=GEN)]
+Stop = Annotated[list[str] | None, typer.Option(
+    "--stop", help="Generation: stop at this string (repeatable); replaces the adapter's default (a line break when "
+                   "its training targets were single lines).", rich_help_panel=GEN)]
 
 
 def generation_options(max_new_tokens, temperature, top_p, seed, stop):
@@ -93,8 +94,13 @@ def predict(
     stop: Stop = None,
     registry: RegistryUrl = None,
 ) -> None:
-    """Run adapters on texts; prints one JSON line per input: the label and every label's score (classification),
-    the generated "output" (generation) or the "value" (regression).
+    """Run adapters on texts; prints one JSON line per input: the "label", every label's "scores" and
+    "probabilities" (classification), the generated "output" (generation) or the "value" (regression).
+
+    A score is the mean log-probability per token of the label's answer after the prompt (encoders: the head's
+    log-probability); scores compare labels of one adapter, not adapters. The probabilities are the softmax of one
+    row's scores: they sum to 1 over the task's labels, rank them as the scores do, and are not calibrated.
+    Generation ends at a line break when no training target had one, unless --stop is given (it replaces that).
 
     Example: eptctl predict rt-polarity@latest "A triumph." "Dull and overlong."
 

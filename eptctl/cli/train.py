@@ -244,9 +244,7 @@ class _ProgressView:
         per_step = sorted(self.step_seconds[1:])[len(self.step_seconds[1:]) // 2]
         per_row = self.eval_row_seconds or 0.45 * per_step / max(1, plan.batch_size)
         left_steps = plan.total - step
-        left_evals = (plan.total // plan.eval_every - step // plan.eval_every) if plan.eval_every else 0
-        if plan.eval_every and plan.total % plan.eval_every:
-            left_evals += 1  # the last step is always evaluated
+        left_evals = sum(s > step for s in plan.eval_steps)
         seconds = left_steps * per_step + (left_evals * plan.eval_rows + plan.final_rows) * per_row
         how = "measured" if self.eval_row_seconds else "estimated"
         self.progress.console.print(
@@ -300,7 +298,9 @@ class _ProgressView:
             m = event.metrics
             self.progress.console.print(
                 f"step {event.step}/{event.total}: validation {fmt_metrics(m, self.metric, limit=2)} on "
-                f"{event.examples} rows (best step {event.best_step}; the final evaluation uses every validation row)")
+                f"{event.examples} rows (" + (f"best step {event.best_step}" if self.plan and self.plan.eval_every
+                                              else "for the curve; the last step is kept")
+                + "; the final evaluation uses every validation row)")
         elif isinstance(event, events.SourcesChosen):
             self.note("auto-selected sources: " + ", ".join(
                 f"{r.get('ref', r['id'][:8])}" + (f" (shared answers {r['shared_answers']:.0%}, probe {r['probe_metric']} "

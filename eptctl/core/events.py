@@ -53,7 +53,8 @@ class TrainingStarted(Event):
     step: int  # first step to run (0, or where a resumed run continues)
     params: dict[str, int]  # trainable parameters by group, with "total"
     batch_size: int = 0  # examples per step
-    eval_every: int = 0  # steps between in-training evaluations
+    eval_every: int = 0  # --eval-every: steps between evaluations that pick the best step (0: the last step is kept)
+    eval_steps: tuple[int, ...] = ()  # the steps validated during the run
     eval_rows: int = 0  # validation rows each in-training evaluation scores
     final_rows: int = 0  # rows the final evaluation scores (validation and test)
 

@@ -32,15 +32,19 @@ class TaskKind:
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
     @classmethod
-    def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None) -> TaskKind:
-        """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` unless ``options``
-        say otherwise (regression always decodes greedily, a few tokens)."""
+    def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None,
+           stop: tuple[str, ...] = ()) -> TaskKind:
+        """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` and ends at
+        ``stop`` (the adapter's default stop strings) unless ``options`` say otherwise (regression always decodes
+        greedily, a few tokens)."""
         kind = task_type(spec.task_type)
         if kind.new_tokens is not None:
             options = GenerationOptions(max_new_tokens=kind.new_tokens)
         options = options or GenerationOptions(max_new_tokens=max_new_tokens)
         if options.max_new_tokens is None:
             options = dataclasses.replace(options, max_new_tokens=max_new_tokens)
+        if stop and not options.stop and kind.new_tokens is None:
+            options = dataclasses.replace(options, stop=tuple(stop))
         return cls(spec.task_type, spec.num_labels, kind.fallback_value(spec), options)
 
     @property

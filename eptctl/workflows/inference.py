@@ -50,10 +50,17 @@ class ServableAdapter:
         summary = getattr(self.record, "summary", None) or {}
         return int(summary.get("max_new_tokens") or self.max_target_length)
 
+    @property
+    def default_stop(self) -> tuple[str, ...]:
+        """Stop strings its outputs end at unless the caller gives others: what training recorded (a line break
+        when no training target had one); none for adapters stored before it was recorded."""
+        summary = getattr(self.record, "summary", None) or {}
+        return tuple(summary.get("stop") or ())
+
     def kind(self, options: GenerationOptions | None = None) -> TaskKind:
         """How to score this adapter's task; generation decodes with ``options`` (default: greedy, up to
-        ``max_new_tokens``)."""
-        return TaskKind.of(self.spec, max_new_tokens=self.max_new_tokens, options=options)
+        ``max_new_tokens``), ending at ``default_stop`` when ``options`` give no stop strings."""
+        return TaskKind.of(self.spec, max_new_tokens=self.max_new_tokens, options=options, stop=self.default_stop)
 
 
 def load_adapter(registry, ref: str) -> ServableAdapter:

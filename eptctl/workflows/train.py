@@ -260,7 +260,7 @@ def train_task(
         raise EptctlError(f"no checkpoint to resume for this run (key {key})",
                           hint="resume needs the same task, data, model and options as the interrupted run")
     result = fit(p.backbone, p.encoded.train, p.encoded.validation, p.encoded.answers, p.method_cfg, p.train_cfg,
-                 task=FitTask.of(p.spec, p.new_tokens, test_set=p.encoded.test),
+                 task=FitTask.of(p.spec, p.new_tokens, test_set=p.encoded.test, stop=_default_stop(p)),
                  run=FitRun(init_tensors=p.start.init_tensors, checkpoint_path=ckpt, resume=run.resume,
                             on_event=run.on_event, should_stop=run.should_stop))
     if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
@@ -351,6 +351,12 @@ def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig,
     return _Prepared(spec, task_data, backbone, method_cfg, train_cfg, encoded, new_tokens, start)
 
 
+def _default_stop(p: _Prepared) -> tuple[str, ...]:
+    """The stop strings the adapter decodes with by default, learned from its training targets (generation: a line
+    break when no target has one); recorded in its summary, used by its evaluations here and later."""
+    return p.spec.strategy.default_stop(p.task_data.train)
+
+
 def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions | None, groups: dict) -> dict:
     """The run summary stored with the adapter."""
     spec, task_data, train_cfg, new_tokens = p.spec, p.task_data, p.train_cfg, p.new_tokens
@@ -369,7 +375,7 @@ def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions 
            else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
-        **({"max_new_tokens": new_tokens} if not spec.strategy.has_labels else {}),
+        **({"max_new_tokens": new_tokens, "stop": list(_default_stop(p))} if not spec.strategy.has_labels else {}),
     }
 
 
