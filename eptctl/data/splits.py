@@ -72,9 +72,9 @@ def small_validation_note(splits: dict[str, list], where: str) -> str | None:
     if n >= MIN_VALIDATION:
         return None
     sizes = "/".join(str(len(splits[k])) for k in ("train", "validation", "test"))
-    return (f"{where} gives {n} validation row{'s' if n != 1 else ''} (train/validation/test {sizes}): one row moves "
-            f"its metric by {100 / n:.1f} points, and that metric picks the kept step with --eval-every and @best; "
-            f"give {MIN_VALIDATION} or more (rows marked validation, or more rows)")
+    return (f"{where}: only {n} validation row{'s' if n != 1 else ''} ({sizes} train/validation/test); one row moves "
+            f"the validation metric by {100 / n:.1f} points, and it picks @best and the --eval-every step; "
+            f"aim for {MIN_VALIDATION}+")
 
 
 def subsample(items: list[T], limit: int | None, *, seed: int | None) -> list[T]:

@@ -226,7 +226,7 @@ def load_task(
     else:
         raise EptctlError(f"task '{spec.name}' has an unknown data source kind {kind!r}")
     splits = make_splits(given, policy, where=_where(spec))
-    small = small_validation_note(splits, _where(spec)) if kind in ("file", "hub") else None
+    small = small_validation_note(splits, _short_where(spec)) if kind in ("file", "hub") else None
     source = fingerprint(spec, splits)
     by_label = (lambda e: e.label) if spec.strategy.has_labels else None
     available = len(splits["train"])
@@ -315,6 +315,12 @@ def _source_rows(source: dict, label_role: str = "label") -> dict[str, list[RawR
         for split, split_rows in rows.items()
         if split in ("all", "train") or any(raw.label is not None for raw in split_rows)
     }
+
+
+def _short_where(spec: TaskSpec) -> str:
+    """A custom task's data by its file name (or hub name), short enough for a one-line note."""
+    path = spec.source.get("path")
+    return Path(path).name if path else _where(spec)
 
 
 def _where(spec: TaskSpec) -> str:
