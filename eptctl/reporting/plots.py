@@ -131,7 +131,7 @@ def curves_figure(curves: list[Curve], title: str):
     right = max(curve.last_step for curve in curves)
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
-        ax.set_xlim(0, right + max(1, right // 40))  # the whole run from step 0, whatever was recorded
+        ax.set_xlim(0, right + max(1, right // 20))  # the whole run from step 0, whatever was recorded
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize="small", loc="best")
@@ -166,14 +166,14 @@ def _draw_validation(ax, curve: Curve, colour, label: str) -> None:
         steps, values = zip(*on_subset)
         rows = f", {subset} rows" if subset is not None and wider else ""
         ax.plot(steps, values, color=colour, marker="o", markersize=3.5, linewidth=1.4, label=f"{label}{rows}")
+    kept = dict(curve.validation).get(curve.best_step)
+    if kept is not None:
+        ax.plot([curve.best_step], [kept], color=colour, marker="*", markersize=12, linestyle="none", zorder=3)
     for (step, value), rows in wider:
         if on_subset:
             ax.plot([on_subset[-1][0], step], [on_subset[-1][1], value], color=colour, linestyle=":", linewidth=1.2)
-        ax.plot([step], [value], color=colour, marker="D", markersize=6, markerfacecolor="white", linestyle="none",
-                label=f"{curve.ref}: all {rows} validation rows")
-    kept = dict(curve.validation).get(curve.best_step)
-    if kept is not None:
-        ax.plot([curve.best_step], [kept], color=colour, marker="*", markersize=12, linestyle="none")
+        ax.plot([step], [value], color=colour, marker="D", markersize=11, markerfacecolor="none", linestyle="none",
+                label=f"{curve.ref}: all {rows} validation rows", zorder=4)  # around the star when it is kept
 
 
 def _single_note(curves: list[Curve]) -> str:
