@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl, err
+from eptctl.cli.common import QUICK_PHASE_S, RegistryUrl, console_progress, err
 from eptctl.serving.config import LIMITS, MIN_TOKEN_CHARS
 
 
@@ -54,4 +54,5 @@ def serve(
     def ready(url: str) -> None:
         err.print(f"serving {len(refs)} preloaded adapter(s) at {url} (API docs: {url}/docs; Ctrl-C to stop)")
 
-    run_server(config, registry, on_ready=ready)
+    with console_progress(delay=QUICK_PHASE_S):  # a first use converts the model: one line says so
+        run_server(config, registry, on_ready=ready)

@@ -15,6 +15,7 @@ import torch
 from eptctl import backbones, data
 from eptctl.backbones.base import Backbone, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions
+from eptctl.core import events
 from eptctl.core.errors import EptctlError
 from eptctl.data.task_types import TASK_TYPES
 from eptctl.data.text import clean_inputs
@@ -222,7 +223,8 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
         mine = [i for i in range(len(rows)) if servables[index[i]].spec.strategy is kind]
         if not mine:
             continue
-        results = kind.predict_rows(run, [encoded[i] for i in mine], [index[i] for i in mine])
+        with events.phase("decoding" if kind.decodes_text else "scoring", len(mine)):  # silent without a handler
+            results = kind.predict_rows(run, [encoded[i] for i in mine], [index[i] for i in mine])
         for i, result in zip(mine, results):
             out[i] = {"adapter": result.pop("adapter"), "text": rows[i][1],
                       **({"text_pair": rows[i][2]} if rows[i][2] is not None else {}), **result}
