@@ -354,7 +354,8 @@ class _LineOutput:
         now = time.perf_counter()
         tenth = 10 * bar.done // bar.total if bar.total else 0
         quiet_for = now - bar.last_line
-        if tenth > bar.last_tenth and bar.done < bar.total and quiet_for >= interval / 10 or quiet_for >= interval:
+        milestone = tenth > bar.last_tenth and bar.done < bar.total and quiet_for >= interval / 10
+        if milestone or 0 < interval <= quiet_for:
             bar.last_tenth, bar.last_line = max(tenth, bar.last_tenth), now
             self.note(bar.line())
 
