@@ -153,3 +153,30 @@ def test_cli_train_prints_progress_lines_during_the_final_evaluation_into_a_pipe
         assert len(tenths) == 9, during  # every tenth but the last, which is the phase's end line
         assert f"final evaluation: {split}: 40 rows…" in during
     assert any(line.startswith("train: 4 steps in") for line in lines[:start]), lines  # the bar ends first
+
+
+def test_evaluation_prediction_and_decoding_passes_are_phases(tmp_path, monkeypatch):
+    """A ``with ConsoleProgress():`` block shows eval's scoring pass, predict's pass over many rows, and the decoding
+    passes of a generation task's evaluations, each with lines inside the pass."""
+    from eptctl import backbones
+    from eptctl.engine.config import TrainConfig
+    from eptctl.workflows.evaluation import evaluate_stored
+    from eptctl.workflows.inference import load_adapter, predict
+    from eptctl.workflows.train import train_task
+    from registry import Registry
+
+    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "home"))
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    backbone = backbones.load(TINY)
+    small = {"registry": reg, "backbone": backbone, "max_train": 16, "max_eval": 8,
+             "train_cfg": TrainConfig(steps=1, batch_size=4, eval_batch_size=2)}
+    stream = io.StringIO()
+    with ConsoleProgress(stream, interval=0):
+        ref = train_task("rt-polarity", **small).record.ref
+        train_task("bbc-headline", **small)
+        evaluate_stored(reg, ref, split="test", max_eval=200, store=False)  # 4 batches of 64
+        predict(backbone, load_adapter(reg, ref), [(f"review number {i}", None) for i in range(30)], batch_size=4)
+    text = stream.getvalue()
+    assert re.search(r"evaluating rt-polarity@1 on test: \d+/200 rows \(\d+ %\)", text), text
+    assert re.search(r"scoring: \d+/30 rows \(\d+ %\)", text) and "scoring: 30 rows in" in text, text
+    assert re.search(r"final evaluation: test \(decoding\): \d+/8 rows \(\d+ %\)", text), text

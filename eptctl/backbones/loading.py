@@ -122,7 +122,7 @@ def embedded_model_dir(m: EmbeddedModel) -> Path:
         return cache
     models_dir()  # created here, or a one-line error naming $EPTCTL_MODELS
     events.emit(events.Note(f"first use of {m.name} on this machine: converting its packaged GGUF file into {cache} "
-                            f"(once for every eptctl home; {CONVERSION_TIME}; $EPTCTL_MODELS moves the cache)"))
+                            f"(once per machine, shared by every eptctl home; {CONVERSION_TIME}; $EPTCTL_MODELS moves it)"))
     with events.phase(f"converting {m.name}", len(_CONVERSION_PARTS), unit="parts"):
         _convert_gguf(source, m.gguf_file, cache)
     return cache

@@ -77,6 +77,7 @@ class _Bar:
     done: int = 0
     info: str = ""  # loss and speed of training
     left_s: float | None = None  # the latest estimate of the time left
+    left_of: str = "left"  # what the estimate covers (training: the evaluations to come too)
     shown: bool = False
     last_line: float = 0.0
     last_tenth: int = 0
@@ -93,7 +94,7 @@ class _Bar:
         size = _size(self) + (f" ({100 * self.done // self.total} %)" if self.total else "")
         parts = [size, elapsed] + ([self.info] if self.info else [])
         if self.left_s is not None:
-            parts.append(f"about {fmt_duration(self.left_s)} left")
+            parts.append(f"about {fmt_duration(self.left_s)} {self.left_of}")
         return f"{self.label}: " + ", ".join(parts)
 
     def summary(self) -> str:
@@ -235,6 +236,8 @@ class ConsoleProgress:
         while not stop.wait(max(0.1, min(1.0, self.interval / 4))):
             with self._lock:
                 for key in reversed(list(self._bars)):
+                    if key != "train":  # a phase's time left grows while it makes no progress
+                        self._bars[key].estimate()
                     self._update(key)
                     break
 
@@ -265,7 +268,7 @@ class ConsoleProgress:
             f"{k} {v:,}" for k, v in p.items() if k != "total" and v) + ")")
         self._clock = _TrainingClock(event)
         bar = self._open("train", "train", event.total, "steps")
-        bar.done = event.step
+        bar.done, bar.left_of = event.step, "left in all, evaluations included"
 
     def _on_step(self, event: events.StepDone) -> None:
         bar, clock = self._bars.get("train"), self._clock
@@ -399,7 +402,7 @@ class _LiveOutput:
                                                size=_size(bar), info="", left="")
 
     def update(self, bar: _Bar, interval: float) -> None:
-        left = "" if bar.left_s is None else f"about {fmt_duration(bar.left_s)} left"
+        left = "" if bar.left_s is None else f"about {fmt_duration(bar.left_s)} {bar.left_of}"
         self._progress().update(bar.handle, completed=bar.done, total=bar.total or None, size=_size(bar),
                                 info=bar.info, left=left)
 
