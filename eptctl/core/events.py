@@ -151,7 +151,8 @@ class PhaseAdvanced(Event):
 
 @dataclass(frozen=True)
 class PhaseDone(Event):
-    """The phase ``name`` ended after ``seconds`` of wall time with ``done`` units finished (``ok`` False: it raised)."""
+    """The phase ``name`` ended after ``seconds`` of wall time with ``done`` units finished (``ok`` False: it
+    raised)."""
 
     name: str
     done: int

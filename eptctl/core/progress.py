@@ -181,7 +181,7 @@ class ConsoleProgress:
     def __exit__(self, *exc) -> bool:
         self.close()
         if self._installed:
-            self._installed.pop().__exit__(*exc)
+            self._installed.pop().__exit__(None, None, None)  # only resets the handler: never swallows ``exc``
         return False
 
     def close(self) -> None:
