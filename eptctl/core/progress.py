@@ -126,16 +126,24 @@ class _TrainingClock:
         timed = sorted(list(self.steps)[1:] if len(self.steps) > 1 else self.steps)  # the first carries warm-up
         return timed[len(timed) // 2] if timed else None
 
+    def _evaluations_left(self, step: int) -> int:
+        """In-training evaluations after ``step``: the run's own schedule when the event carries it
+        (``eval_steps``), else every ``eval_every`` steps and the last step."""
+        plan = self.plan
+        scheduled = getattr(plan, "eval_steps", None)
+        if scheduled:
+            return sum(s > step for s in scheduled)
+        if not plan.eval_every or step >= plan.total:
+            return 0
+        return plan.total // plan.eval_every - step // plan.eval_every + (1 if plan.total % plan.eval_every else 0)
+
     def left(self, step: int) -> tuple[float, int, float] | None:
         """(seconds left, rows still to score, seconds per row), or None before the first step."""
         per_step, plan = self.per_step(), self.plan
         if per_step is None:
             return None
         per_row = self.row_s or EVAL_ROW_SHARE * per_step / max(1, plan.batch_size)
-        evals = (plan.total // plan.eval_every - step // plan.eval_every) if plan.eval_every else 0
-        if plan.eval_every and plan.total % plan.eval_every:
-            evals += 1  # the last step is always evaluated
-        rows = evals * plan.eval_rows + plan.final_rows
+        rows = self._evaluations_left(step) * plan.eval_rows + plan.final_rows
         return (plan.total - step) * per_step + rows * per_row, rows, per_row
 
 
