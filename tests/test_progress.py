@@ -180,3 +180,17 @@ def test_evaluation_prediction_and_decoding_passes_are_phases(tmp_path, monkeypa
     assert re.search(r"evaluating rt-polarity@1 on test: \d+/200 rows \(\d+ %\)", text), text
     assert re.search(r"scoring: \d+/30 rows \(\d+ %\)", text) and "scoring: 30 rows in" in text, text
     assert re.search(r"final evaluation: test \(decoding\): \d+/8 rows \(\d+ %\)", text), text
+
+
+def test_a_logger_receives_the_lines_instead_of_the_stream(caplog):
+    import logging
+
+    stream = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="eptctl.test"):
+        with ConsoleProgress(stream, interval=0, logger=logging.getLogger("eptctl.test")), events.phase("scoring", 2):
+            events.advance(1)
+            events.advance(1)
+    assert stream.getvalue() == ""
+    messages = [r.getMessage() for r in caplog.records if r.name == "eptctl.test"]
+    assert messages[0] == "scoring: 2 rows…" and messages[1].startswith("scoring: 1/2 rows (50 %)"), messages
+    assert re.fullmatch(r"scoring: 2 rows in \d+ s", messages[-1]), messages
