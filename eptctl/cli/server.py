@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from eptctl.cli.common import RegistryUrl, err
+from eptctl.core.errors import EptctlError
 from eptctl.serving.config import LIMITS, MIN_TOKEN_CHARS
 
 
@@ -29,12 +31,16 @@ def serve(
     timeout_read: Annotated[float, typer.Option(help="Seconds a request's head, and each part of its body, may take to arrive (slow clients are disconnected, 408 for a body).", min=0.1, max=LIMITS["--timeout-read"])] = 10.0,
     token: Annotated[str | None, typer.Option(envvar="EPTCTL_SERVE_TOKEN", show_envvar=True, help=f"Bearer token required on every route but /healthz and /readyz (at least {MIN_TOKEN_CHARS} characters; never logged).")] = None,
     insecure_no_token: Annotated[bool, typer.Option("--insecure-no-token", help="Allow a --host off loopback without a token (e.g. behind an authenticating proxy).")] = False,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens one OpenAI-API completion may ask for (max_tokens); more is refused with 400.", min=1, max=LIMITS["--max-tokens"])] = 1024,
+    chat_template: Annotated[Path | None, typer.Option(help="File holding a Jinja chat template for /v1/chat/completions (replaces the tokenizer's own, or gives one to a backbone without).")] = None,
     registry: RegistryUrl = None,
 ) -> None:
     """Serve the registry's adapters over HTTP (FastAPI on uvicorn), batching requests of all adapters together.
 
     POST /v1/predict {"adapter": "rt-polarity@prod", "inputs": ["A triumph."]}; GET /v1/adapters, /healthz,
-    /readyz, /metrics (Prometheus); OpenAPI docs at /docs. SIGTERM drains the requests in flight and exits 0.
+    /readyz, /metrics (Prometheus); the OpenAI-compatible POST /v1/completions, POST /v1/chat/completions and
+    GET /v1/models (model: an adapter reference, or REF:raw); OpenAPI docs at /docs. SIGTERM drains the requests
+    in flight and exits 0.
 
     Example: eptctl serve --adapters rt-polarity@latest,bbc-topic@latest --port 8000
     """
@@ -49,9 +55,21 @@ def serve(
                          max_text_chars=max_text_chars, max_adapters=max_adapters, resolve_ttl_s=resolve_ttl,
                          batching=not no_batching, token=token, insecure_no_token=insecure_no_token,
                          max_body_bytes=max_body_bytes, timeout_keep_alive_s=timeout_keep_alive,
-                         timeout_read_s=timeout_read)
+                         timeout_read_s=timeout_read, max_tokens=max_tokens,
+                         chat_template=_read_template(chat_template))
 
     def ready(url: str) -> None:
         err.print(f"serving {len(refs)} preloaded adapter(s) at {url} (API docs: {url}/docs; Ctrl-C to stop)")
 
     run_server(config, registry, on_ready=ready)
+
+
+def _read_template(path: Path | None) -> str | None:
+    """The chat template's text, read before anything loads (one line and a hint if it cannot be read)."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EptctlError(f"--chat-template {path}: cannot read it ({error})",
+                          hint="give a UTF-8 text file holding a Jinja chat template") from None

@@ -1,10 +1,13 @@
 """The HTTP app factory: one FastAPI application from the routers of each API family (``eptctl.serving.routes``),
 the JSON error handlers and the bearer-token check (``errors``), and the server's shared parts (``state``).
 
-Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; OpenAPI at ``/docs``.
-Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request (or not UTF-8
-JSON), 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a text or too large a
-body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or wrong bearer token.
+Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; the OpenAI-compatible
+``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``; OpenAPI at ``/docs``.
+Every error is a JSON body with its status code (eptctl's routes: ``{"error": ..., "hint": ...}``; the OpenAI routes:
+``{"error": {"message", "type", "param", "code"}}``): 422 malformed request (or not UTF-8 JSON), 400 a field the
+OpenAI routes cannot honour, 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a
+text or too large a body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or
+wrong bearer token.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
+    app.state.serving.metrics.generation.watch(app.state.serving.engine)
     # added before the token check, so it sits inside it: a BaseHTTPMiddleware reads through a task group, which
     # would wrap the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
     app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(eptctl_api.router)
-    app.include_router(openai.router)  # the OpenAI-compatible API: empty until its issue lands
+    app.include_router(openai.router)
     return app
 
 

@@ -14,7 +14,7 @@ BODY_OVERHEAD_BYTES = 1 << 20
 LIMITS = {"--max-batch-size": 4096, "--max-queue": 1_000_000, "--max-inputs": 100_000,
           "--max-text-chars": 10_000_000, "--max-adapters": 100_000, "--max-body-bytes": 1 << 31,
           "--max-wait-ms": 60_000.0, "--resolve-ttl": 86_400.0, "--timeout-keep-alive": 3600.0,
-          "--timeout-read": 3600.0}
+          "--timeout-read": 3600.0, "--max-tokens": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,16 @@ class ServeConfig:
     max_body_bytes: int | None = None  # request body limit; None: derived from max_inputs and max_text_chars
     timeout_keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     timeout_read_s: float = 10.0  # a request's head, and each part of its body, must arrive within this
+    max_tokens: int = 1024  # the most tokens one OpenAI-API completion may ask for (max_tokens); beyond: 400
+    # a Jinja chat template for /v1/chat/completions (vLLM's --chat-template): replaces the tokenizer's own, or gives
+    # one to a backbone without; the template's text, not a path
+    chat_template: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for flag, value in (("--port", self.port), ("--max-batch-size", self.max_batch_size),
                             ("--max-queue", self.max_queue), ("--max-inputs", self.max_inputs),
                             ("--max-text-chars", self.max_text_chars), ("--max-adapters", self.max_adapters),
-                            ("--max-body-bytes", self.max_body_bytes or 1)):
+                            ("--max-body-bytes", self.max_body_bytes or 1), ("--max-tokens", self.max_tokens)):
             if value < 1:
                 raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
         if self.port > 65535:
@@ -64,6 +68,8 @@ class ServeConfig:
                                   hint=f"e.g. {flag} 10")
         if self.token is not None:
             _check_token(self.token)
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ConfigError("--chat-template is empty", hint="give a file holding a Jinja chat template")
 
     @property
     def body_limit(self) -> int:
