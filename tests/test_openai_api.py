@@ -50,8 +50,8 @@ def _custom_files(home):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The registry: ``gen`` and ``gen2`` (bbc-headline, seeds 0 and 1; alias ``prod`` on gen), ``yn`` (labels y and
-    nope), ``num`` (regression)."""
+    """The registry: ``gen`` (bbc-headline, alias ``prod``), ``yn`` (labels y and nope), ``num`` (regression) on the
+    tiny Llama, and ``t5`` (the yes/no task on the tiny T5: another backbone)."""
     from eptctl.engine.config import TrainConfig
     from eptctl.methods import EPTConfig
     from eptctl.workflows.train import DataChoice, train_task
@@ -60,16 +60,16 @@ def world(tmp_path_factory):
     _custom_files(home)
 
     def more(reg, refs):
-        def train(task, custom, seed=0, target=8):
-            return train_task(task, registry=reg, model=LLAMA, max_train=16, max_eval=8, custom=custom,
+        def train(task, custom, seed=0, target=8, model=LLAMA):
+            return train_task(task, registry=reg, model=model, max_train=16, max_eval=8, custom=custom,
                               method_cfg=EPTConfig(method="ept", prompt_length=6, max_length=64),
                               train_cfg=TrainConfig(steps=2, batch_size=8, eval_every=1, seed=seed,
                                                     max_target_length=target)).record.ref
 
         refs["gen"] = train("bbc-headline", None)
-        refs["gen2"] = train("bbc-headline", None, seed=1)
         refs["yn"] = train("yesno", DataChoice(str(home / "yn.csv")).options())
         refs["num"] = train("count", DataChoice(str(home / "count.csv"), task_type="regression").options(), target=4)
+        refs["t5"] = train("yesno-t5", DataChoice(str(home / "yn.csv")).options(), model="tiny-random-t5")
         reg.set_alias(refs["gen"], "prod")
 
     world = tiny_adapters(home, (), prepare=more)
@@ -99,7 +99,7 @@ def _post(server, path: str, body: dict, **kw) -> httpx.Response:
 def _metrics(server) -> dict[str, float]:
     """``/metrics`` as {'name{labels}': value}, names with colons (vLLM's convention) included."""
     text = httpx.get(f"{server.base}/metrics", timeout=10, headers=server.auth).text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_:]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z0-9_:]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
 def _servable(world, name):
@@ -118,14 +118,16 @@ def test_models_lists_adapters_latest_aliases_and_raw(client, world):
     assert loaded.choices[0].text in ("y", "nope")
     models = {m.id: m for m in client.models.list().data}
     assert {"bbc-headline@latest", "bbc-headline@prod", "yesno@latest", "count@latest", refs["yn"]} <= models.keys()
+    assert not any(m.startswith("yesno-t5") for m in models)  # another backbone's adapter is not servable here
     assert all(ref + ":raw" in models for ref in [r for r in models if not r.endswith(":raw")])
     entry = models["yesno@latest"]
     assert entry.owned_by == "eptctl" and entry.model_extra["root"] == LLAMA == entry.model_extra["parent"]
     info = entry.model_extra["eptctl"]
     assert info["task"] == "yesno" and info["task_type"] == "classification" and info["labels"] == ["nope", "y"]
     assert info["adapter"] == refs["yn"] and "validation:accuracy" in info["metrics"]
-    assert models["bbc-headline@latest"].model_extra["eptctl"]["adapter"] == refs["gen2"]  # the newest version
     assert models["bbc-headline@prod"].model_extra["eptctl"]["adapter"] == refs["gen"]
+    assert models["count@latest:raw"].model_extra["eptctl"]["raw"] and not models["count@latest"].model_extra[
+        "eptctl"]["raw"]
 
 
 def test_greedy_completion_equals_eptctl_predict_token_for_token(client, world):
@@ -144,8 +146,8 @@ def test_greedy_completion_equals_eptctl_predict_token_for_token(client, world):
         tokens = choice.logprobs.tokens
         assert "".join(tokens).startswith(choice.text) and len(tokens) == len(choice.logprobs.token_logprobs)
         assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
-    usage = got.usage
-    assert usage.model_extra["eptctl_soft_prompt_tokens"] == 2 * 6
+    usage, soft = got.usage, int(_servable(world, "gen").adapter.prompt.shape[0])
+    assert usage.model_extra["eptctl_soft_prompt_tokens"] == 2 * soft
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert usage.completion_tokens == sum(len(c.logprobs.tokens) for c in got.choices)
     streamed = client.completions.create(model=ref, prompt=TEXTS[0], temperature=0, stream=True,
@@ -185,9 +187,10 @@ def test_raw_echo_logprobs_equal_label_scores(server, world):
     from eptctl import backbones, data
 
     ref, servable = world["refs"]["yn"], _servable(world, "yn")
-    answers = backbones.load(LLAMA).encode_answers(servable.spec.verbalizer).token_ids
-    predicted = _post(server, "/v1/predict", {"adapter": ref, "inputs": TEXTS[:2]}).json()["outputs"]
-    for text, want in zip(TEXTS[:2], predicted):
+    answers = backbones.load(LLAMA).encode_answers(servable.spec.verbalizer).answers
+    texts = ["abab", "zyzzy"]  # the prompt fits the adapter's 64 tokens
+    predicted = _post(server, "/v1/predict", {"adapter": ref, "inputs": texts}).json()["outputs"]
+    for text, want in zip(texts, predicted):
         context = servable.spec.prompt(data.Example(text=text, label=0))
         prompts = [context + " " + word for word in servable.spec.verbalizer]
         body = {"model": ref + ":raw", "prompt": prompts, "echo": True, "logprobs": 0, "max_tokens": 0}
@@ -215,7 +218,7 @@ def test_chat_completion_renders_the_conversation(client, world):
     from jinja2 import Template
 
     ref = world["refs"]["gen"]
-    messages = [{"role": "system", "content": "You write headlines."}, {"role": "user", "content": TEXTS[1]}]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rain today."}]
     chat = client.chat.completions.create(model=ref + ":raw", messages=messages, temperature=0, max_tokens=10)
     rendered = Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
     completion = client.completions.create(model=ref + ":raw", prompt=rendered, temperature=0, max_tokens=10)
@@ -228,12 +231,12 @@ def test_chat_completion_renders_the_conversation(client, world):
     # REF: the last user message fills the adapter's template, as /v1/completions with that text
     templated = client.chat.completions.create(model=ref, messages=messages, temperature=0)
     assert templated.choices[0].message.content == client.completions.create(
-        model=ref, prompt=TEXTS[1], temperature=0).choices[0].text
+        model=ref, prompt="Rain today.", temperature=0).choices[0].text
 
 
 def test_sixteen_concurrent_streams_over_three_adapters(client, world):
     refs = world["refs"]
-    models = [refs["gen"], refs["gen2"], refs["yn"] + ":raw"]
+    models = [refs["gen"], refs["yn"] + ":raw", refs["num"] + ":raw"]  # every adapter decodes with :raw
     jobs = [(models[i % 3], TEXTS[i % len(TEXTS)], 6 + i % 5) for i in range(16)]
     want = {job: client.completions.create(model=job[0], prompt=job[1], max_tokens=job[2], temperature=0)
             for job in set(jobs)}
@@ -282,6 +285,7 @@ def test_stop_strings_and_max_tokens(client, world):
 
 BAD = [  # (body, status, param)
     ({"model": "nope@1", "prompt": "x"}, 404, "model"),
+    ({"model": "{t5}", "prompt": "x"}, 409, "model"),
     ({"model": "{gen}", "prompt": "x", "n": 2}, 400, "n"),
     ({"model": "{gen}", "prompt": "x", "best_of": 3}, 400, "best_of"),
     ({"model": "{gen}", "prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
@@ -327,7 +331,7 @@ def test_bad_input_gets_openai_shaped_errors_and_the_server_keeps_answering(serv
     assert own.status_code == 404 and set(own.json()) == {"error", "hint"}
 
 
-def test_no_chat_template_is_a_400_with_a_hint(tmp_path, monkeypatch):
+def test_no_chat_template_is_a_400_with_a_hint(world, monkeypatch):
     """In process (the module's server has a template): the app on the tiny Llama without --chat-template."""
     from fastapi.testclient import TestClient
 
@@ -335,13 +339,15 @@ def test_no_chat_template_is_a_400_with_a_hint(tmp_path, monkeypatch):
     from eptctl.serving.app import create_app
     from eptctl.serving.config import ServeConfig
 
-    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path))
-    tiny_adapters(tmp_path, (("gen", "bbc-headline", LLAMA, 0),))
-    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    monkeypatch.setenv("EPTCTL_HOME", str(world["home"]))
+    reg = Registry(world["url"])
     with TestClient(create_app(reg, backbones.load(LLAMA), ServeConfig())) as http:
-        answer = http.post("/v1/chat/completions", json={"model": "bbc-headline@latest:raw",
+        answer = http.post("/v1/chat/completions", json={"model": "bbc-headline@prod:raw",
                                                          "messages": [{"role": "user", "content": "hi"}]})
+        templated = http.post("/v1/chat/completions", json={"model": "bbc-headline@prod", "max_tokens": 2,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
     reg.close()
+    assert templated.status_code == 200  # REF fills the adapter's template: no chat template needed
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == "chat_template_missing" and "--chat-template" in error["message"]
@@ -354,6 +360,7 @@ def test_disconnected_stream_frees_its_row(server, world):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
+        assert _metrics(server)["eptctl:num_requests_running"] == 1  # decoding, as the stream is read
     deadline = time.monotonic() + 10
     while _metrics(server).get("eptctl:num_requests_running", 1) > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -363,13 +370,19 @@ def test_disconnected_stream_frees_its_row(server, world):
 def test_metrics_in_vllm_names_and_predict_422_counted(server, world):
     ref = world["refs"]["gen"]
     _post(server, "/v1/completions", {"model": ref, "prompt": TEXTS[0], "max_tokens": 3})
-    before = _metrics(server).get('eptctl_requests_total{adapter="unresolved",status="422"}', 0)
-    assert _post(server, "/v1/predict", {"adapter": 3}).status_code == 422
-    metrics = _metrics(server)
-    assert metrics['eptctl_requests_total{adapter="unresolved",status="422"}'] == before + 1
+    counted = ('eptctl_requests_total{adapter="unresolved",status="422"}',
+               'eptctl_requests_total{adapter="unresolved",status="401"}',
+               'eptctl_errors_total{route="/v1/predict",status="401"}',
+               'eptctl_errors_total{route="/v1/completions",status="401"}')
+    before = _metrics(server)
+    assert _post(server, "/v1/predict", {"adapter": 3}).status_code == 422  # refused by validation
+    assert _post(server, "/v1/predict", {"adapter": ref, "inputs": ["x"]}, headers={}).status_code == 401
+    assert _post(server, "/v1/completions", {"model": ref, "prompt": "x"}, headers={}).status_code == 401
+    metrics = _metrics(server)  # every answer of /v1/predict is a request; refusals before routing are the route's
+    assert all(metrics[key] == before.get(key, 0) + 1 for key in counted), {k: metrics.get(k) for k in counted}
     for name in ("time_to_first_token_seconds_count", "e2e_request_latency_seconds_count",
                  "time_per_output_token_seconds_count", "generation_tokens_total", "prompt_tokens_total"):
         assert metrics[f'eptctl:{name}{{model_name="{ref}"}}'] > 0, name
-    assert any(re.fullmatch(rf'eptctl:request_success_total\{{model_name="{re.escape(ref)}",finished_reason="\w+"\}}',
+    assert any(re.fullmatch(rf'eptctl:request_success_total\{{finished_reason="\w+",model_name="{re.escape(ref)}"\}}',
                             k) for k in metrics)
     assert "eptctl:num_requests_waiting" in metrics

@@ -45,10 +45,20 @@ class ApiError(Exception):
 def route_template(request: Request) -> str:
     """The path template of the route ``request`` is for (``/v1/predict``), matched again when the request was
     answered before routing (by a middleware); ``UNMATCHED`` for a path no route has."""
-    route = request.scope.get("route")
-    if route is None:
-        route = next((r for r in request.app.router.routes if r.matches(request.scope)[0] != Match.NONE), None)
+    route = request.scope.get("route") or _matching(request.app.router.routes, request.scope)
     return getattr(route, "path", None) or UNMATCHED
+
+
+def _matching(routes, scope):
+    """The first route of ``routes`` that matches ``scope``, looking into included routers (FastAPI ≥ 0.120 keeps
+    ``include_router``'s routes inside an ``_IncludedRouter``, which has no path of its own; eptctl's routers are
+    included without a prefix)."""
+    for route in routes:
+        if route.matches(scope)[0] == Match.NONE:
+            continue
+        inner = getattr(route, "original_router", None)
+        return _matching(inner.routes, scope) if inner is not None and not hasattr(route, "path") else route
+    return None
 
 
 def error_response(request: Request, err: ApiError) -> JSONResponse:

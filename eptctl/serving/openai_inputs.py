@@ -157,6 +157,30 @@ def _ids_need_raw(target: Target, where: str) -> ApiError:
                     param=where, code="invalid_value")
 
 
+def offset_tokens(tokenizer, target: Target, ids: Sequence[int]) -> int | None:
+    """How many of ``ids`` the adapter's offset H covers when their log-probabilities are asked for (``echo``):
+    the tokens up to the end of the last occurrence of the adapter's template cue (the template's text after its
+    last field, e.g. ``"\nLabel:"``), as training and label scoring put H on the filled template and none on the
+    answer that follows it; None (every token) when the prompt holds no cue. So a harness's prompt "template filled
+    with a text, then a label's answer" scores that answer exactly as ``/v1/predict`` does."""
+    template = target.servable.spec.template
+    cue = template[template.rfind("}") + 1:]
+    if not cue.strip():
+        return None
+    text = tokenizer.decode(list(ids))
+    end = text.rfind(cue)
+    if end < 0:
+        return None
+    end += len(cue)
+    for k in range(len(ids), 0, -1):  # from the end: the continuation after the cue is a few tokens
+        head = tokenizer.decode(list(ids[:k]))
+        if head.endswith(cue):
+            return k
+        if len(head) < end:
+            return None  # the cue ends inside a token: no boundary to put the offset's end at
+    return None
+
+
 def message_text(message: ChatMessage, n: int) -> str:
     """A message's text: its string content, or its text parts joined; 400 for another part type."""
     content = message.content

@@ -19,7 +19,7 @@ from eptctl.serving.batcher import QueueFull
 from eptctl.serving.engine import EngineUnavailable, Finished, GenerateRequest, SamplingParams, Unsupported
 from eptctl.serving.errors import ApiError
 from eptctl.serving.metrics import Timing
-from eptctl.serving.openai_inputs import Prompt, Target
+from eptctl.serving.openai_inputs import Prompt, Target, offset_tokens
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,9 @@ async def _echoed(engine, job: Job) -> Piece:
     text = job.prompt.text if job.target.raw and job.prompt.text is not None else tokenizer.decode(list(ids))
     if job.logprobs is None:
         return Piece(text)
-    logprobs = await engine.prompt_logprobs(job.target.servable, ids)
+    covered = offset_tokens(tokenizer, job.target, ids)
+    extra = {} if covered is None else {"offset_tokens": covered}
+    logprobs = await engine.prompt_logprobs(job.target.servable, ids, **extra)
     tokens = tuple(TokenLogprob(_text(tokenizer, t), lp, None if lp is None else ((_text(tokenizer, t), lp),))
                    for t, lp in zip(ids, logprobs))
     return Piece(text, tokens)
