@@ -8,12 +8,14 @@ fields honoured and refused are ``serving.openai_schema``'s; errors are OpenAI-s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from eptctl.core.errors import EptctlError
 from eptctl.serving.engine import SamplingParams
 from eptctl.serving.errors import ApiError, openai_error
 from eptctl.serving.openai_format import ChunkWriter, Header, chat, completion, error_event
@@ -25,6 +27,7 @@ from eptctl.serving.routes import State
 from eptctl.serving.state import ServingState
 
 router = APIRouter(tags=["openai"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/v1/models")
@@ -82,8 +85,8 @@ def _params(body: Sampling, target: Target, state: ServingState, logprobs: int |
         return SamplingParams(max_tokens=tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=max(body.top_k, 0), seed=body.seed, stop=body.stops(), logprobs=logprobs,
                               ignore_eos=body.ignore_eos)
-    except ValueError as err:  # ConfigError: a value the fields' own bounds let through
-        raise ApiError(400, str(err), "see /docs", code="invalid_value") from None
+    except EptctlError as err:  # SamplingParams' own checks: a value the fields' bounds let through
+        raise ApiError(400, err.message, err.hint or "see /docs", code="invalid_value") from None
 
 
 async def _answer(state: ServingState, jobs: Sequence[Job], body: Sampling, header: Header, whole):
@@ -115,6 +118,11 @@ async def _events(streams: Sequence[AsyncIterator], writer: ChunkWriter, metrics
         yield writer.end()
     except ApiError as err:  # the status is sent already: the error becomes the last event
         yield error_event(openai_error(err))
+        yield "data: [DONE]\n\n"
+    except Exception as err:  # an engine failure mid-stream: said in the stream, and logged by the server
+        log.exception("stream failed")
+        yield error_event(openai_error(ApiError(500, f"the engine failed: {type(err).__name__}: {err}",
+                                                "see the server log")))
         yield "data: [DONE]\n\n"
     finally:
         metrics.end()
