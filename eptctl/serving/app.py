@@ -33,7 +33,6 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
     app = FastAPI(title="eptctl serve", version=__version__, lifespan=_lifespan,
                   description="Every task's soft prompt on one frozen backbone, batched across adapters.")
     app.state.serving = ServingState.build(registry, backbone, config)
-    app.state.serving.metrics.generation.watch(app.state.serving.engine)
     # added before the token check, so it sits inside it: a BaseHTTPMiddleware reads through a task group, which
     # would wrap the 408 or 413 in an ExceptionGroup that FastAPI's body parsing answers with 400
     app.add_middleware(BodyGuard, max_bytes=config.body_limit, timeout_s=config.timeout_read_s)
@@ -48,5 +47,6 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig()):
 async def _lifespan(app):
     engine = app.state.serving.engine
     engine.start()
+    app.state.serving.metrics.generation.watch(engine)  # running and waiting, read from the engine at each scrape
     yield
     await asyncio.to_thread(engine.stop)  # uvicorn has drained the connections: finish what is queued
