@@ -33,6 +33,7 @@ class Header:
         return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model, adapter)
 
     def fields(self, kind: str) -> dict:
+        """The fields every answer of type ``kind`` (``text_completion``, ``chat.completion.chunk``...) starts with."""
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "eptctl": {"adapter": self.adapter}}
 

@@ -70,6 +70,7 @@ class Sampling(BaseModel):
 
     @property
     def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
@@ -117,6 +118,7 @@ class ChatRequest(Sampling):
 
     @property
     def budget(self) -> int | None:
+        """The tokens asked for: ``max_completion_tokens``, else ``max_tokens`` (None: the adapter's budget)."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     @property
