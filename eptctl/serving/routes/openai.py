@@ -95,8 +95,13 @@ async def _answer(state: ServingState, jobs: Sequence[Job], body: Sampling, head
     streams = [timed(pieces(state.engine, job), metrics, job.target.ref, begun) for job in jobs]
     if not body.stream:
         metrics.begin()
+        tasks = [asyncio.ensure_future(collect(s)) for s in streams]
         try:
-            return whole(await asyncio.gather(*(collect(s) for s in streams)))
+            return whole(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # one prompt failed (or the request was cancelled): the others stop decoding
+                task.cancel()
+            raise
         finally:
             metrics.end()
     streams = await started(streams)  # an engine that refuses at once answers with its status, not a stream
