@@ -161,15 +161,18 @@ async def timed(items: AsyncIterator[Piece | Done], metrics, model_name: str, st
     """``items`` unchanged, reporting the choice's time to first output, latency and tokens to ``metrics`` (a
     ``GenerationMetrics``) at its ``Done``; ``started``: the request's ``time.perf_counter()``."""
     first = None
-    async for item in items:
-        if isinstance(item, Done):
-            now = time.perf_counter()
-            metrics.finished(model_name, Timing(now - started, None if first is None else first - started,
-                                                item.prompt_tokens + item.soft_prompt_tokens,
-                                                item.completion_tokens, item.reason))
-        elif first is None and item.text:
-            first = time.perf_counter()
-        yield item
+    try:
+        async for item in items:
+            if isinstance(item, Done):
+                now = time.perf_counter()
+                metrics.finished(model_name, Timing(now - started, None if first is None else first - started,
+                                                    item.prompt_tokens + item.soft_prompt_tokens,
+                                                    item.completion_tokens, item.reason))
+            elif first is None and item.text:
+                first = time.perf_counter()
+            yield item
+    finally:  # closed early (a client gone): close the engine's stream now, not when collected
+        await items.aclose()
 
 
 async def collect(items: AsyncIterator[Piece | Done]) -> Output:
