@@ -367,3 +367,19 @@ def test_seq2seq_streams_decode_per_cohort(t5_world):
     assert _tokens(late) == _greedy_ids(backbone, servable, TEXTS[2], 3, ignore_eos=True)
     assert steps.log[0] == ("prefill", 2) and steps.log[-3:] == [("prefill", 1), ("step", 1), ("step", 1)]
     assert all(rows == 2 for _, rows in steps.log[:-3])
+
+
+def test_each_row_samples_under_its_own_top_k_top_p_and_temperature():
+    """Inverse-transform draws on known probabilities: row 0 keeps the nucleus {0, 1} of top_p 0.7, row 1 the two
+    tokens of top_k 2, row 2 is greedy; a draw u picks token 0 exactly when u * 0.8 < 0.5 (the kept mass is 0.8)."""
+    from eptctl.backbones import sampling
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    for u in [i / 40 for i in range(40)]:
+        rows = sampling.RowSettings(temperature=torch.tensor([1.0, 1.0, 0.0]), top_k=torch.tensor([0, 2, 0]),
+                                    top_p=torch.tensor([0.7, 1.0, 1.0]), uniform=torch.full((3,), u), sampled=True)
+        want = 0 if u * 0.8 < 0.5 else 1
+        assert sampling.choose(logits, rows).tolist() == [want, want, 0]
+    picked, values, ids = sampling.logprobs(logits, torch.tensor([1, 0, 3]), 2)
+    assert torch.allclose(picked, torch.log(torch.tensor([0.3, 0.5, 0.05])))
+    assert ids.tolist() == [[0, 1]] * 3 and torch.allclose(values[0], torch.log(torch.tensor([0.5, 0.3])))
