@@ -333,3 +333,53 @@ def test_bad_requests_are_refused_before_anything_is_queued(world, engine):
     events = asyncio.run(main())
     assert len(events) == 1 and events[0].reason == "length" and events[0].completion_tokens == 0
     assert engine.waiting == 0
+
+
+@pytest.fixture(scope="module")
+def t5_world(tmp_path_factory):
+    """A generation adapter on the tiny T5, loaded, and its backbone."""
+    made = tiny_adapters(tmp_path_factory.mktemp("stream-t5"), (("t5", "bbc-headline", "tiny-random-t5", 0),))
+    reg = Registry(made["url"], artifacts=made["home"] / "artifacts")
+    servable = load_adapter(reg, made["refs"]["t5"])
+    reg.close()
+    return {"servable": servable, "backbone": backbone_for([servable])}
+
+
+def test_seq2seq_streams_decode_per_cohort(t5_world):
+    """T5 streams equal ``eptctl predict``; rows that arrive together share steps, a later one waits for the cohort
+    to finish (the documented seq2seq rule) and is then decoded alone."""
+    backbone, servable = t5_world["backbone"], t5_world["servable"]
+    steps = Steps()
+    eng = LocalEngine(backbone, Batcher(backbone, max_wait_ms=1, on_step=steps))
+    eng.start()
+    try:
+        async def main():
+            streams = [eng.stream(_request(eng, servable, t, max_tokens=8, ignore_eos=True)) for t in TEXTS[:2]]
+            firsts = [await asyncio.wait_for(s.__anext__(), TIMEOUT_S) for s in streams]  # the cohort started
+            late = await _collect(eng, _request(eng, servable, TEXTS[2], max_tokens=3, ignore_eos=True))
+            return [[first, *[e async for e in s]] for first, s in zip(firsts, streams)], late
+
+        cohort, late = asyncio.run(main())
+    finally:
+        eng.stop()
+    for text, events in zip(TEXTS[:2], cohort):
+        assert _tokens(events) == _greedy_ids(backbone, servable, text, 8, ignore_eos=True)
+    assert _tokens(late) == _greedy_ids(backbone, servable, TEXTS[2], 3, ignore_eos=True)
+    assert steps.log[0] == ("prefill", 2) and steps.log[-3:] == [("prefill", 1), ("step", 1), ("step", 1)]
+    assert all(rows == 2 for _, rows in steps.log[:-3])
+
+
+def test_each_row_samples_under_its_own_top_k_top_p_and_temperature():
+    """Inverse-transform draws on known probabilities: row 0 keeps the nucleus {0, 1} of top_p 0.7, row 1 the two
+    tokens of top_k 2, row 2 is greedy; a draw u picks token 0 exactly when u * 0.8 < 0.5 (the kept mass is 0.8)."""
+    from eptctl.backbones import sampling
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    for u in [i / 40 for i in range(40)]:
+        rows = sampling.RowSettings(temperature=torch.tensor([1.0, 1.0, 0.0]), top_k=torch.tensor([0, 2, 0]),
+                                    top_p=torch.tensor([0.7, 1.0, 1.0]), uniform=torch.full((3,), u), sampled=True)
+        want = 0 if u * 0.8 < 0.5 else 1
+        assert sampling.choose(logits, rows).tolist() == [want, want, 0]
+    picked, values, ids = sampling.logprobs(logits, torch.tensor([1, 0, 3]), 2)
+    assert torch.allclose(picked, torch.log(torch.tensor([0.3, 0.5, 0.05])))
+    assert ids.tolist() == [[0, 1]] * 3 and torch.allclose(values[0], torch.log(torch.tensor([0.5, 0.3])))
