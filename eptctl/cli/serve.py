@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import (
-    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metrics, open_registry,
-    print_json,
+    QUICK_PHASE_S, DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption,
+    console_progress, fmt_metrics, open_registry, print_json,
 )
 from eptctl.core.errors import EptctlError
 
@@ -65,10 +65,11 @@ def eval_adapter(
     from eptctl.workflows import evaluation
 
     reg = open_registry(registry)
-    result = evaluation.evaluate_stored(
-        reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force,
-        max_new_tokens=max_new_tokens)
+    with console_progress(enabled=not as_json, delay=QUICK_PHASE_S):  # conversion, scoring or decoding on stderr
+        result = evaluation.evaluate_stored(
+            reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
+            label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force,
+            max_new_tokens=max_new_tokens)
     if as_json:
         print_json(result)
         return
@@ -119,8 +120,10 @@ def predict(
         servables = [inference.load_adapter(reg, r.strip()) for r in adapters.split(",") if r.strip()]
         rows = _mixed_rows(path, servables, task_column, text_column, text_pair_column)
         options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
-        backbone = inference.backbone_for(servables)
-        for res in inference.predict_mixed(backbone, servables, rows, batch_size, options):
+        with console_progress(delay=QUICK_PHASE_S):  # model conversion and a long scoring pass say so on stderr
+            backbone = inference.backbone_for(servables)
+            results = inference.predict_mixed(backbone, servables, rows, batch_size, options)
+        for res in results:
             typer.echo(json.dumps(res))
         return
     if ref is None:
@@ -134,8 +137,10 @@ def predict(
         text_column, text_pair_column = servable.spec.text_columns
     inputs = _inputs(texts, file, text_column, text_pair_column)
     options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
-    backbone = inference.backbone_for([servable])
-    for res in inference.predict(backbone, servable, inputs, batch_size, options):
+    with console_progress(delay=QUICK_PHASE_S):
+        backbone = inference.backbone_for([servable])
+        results = inference.predict(backbone, servable, inputs, batch_size, options)
+    for res in results:
         typer.echo(json.dumps(res))
 
 

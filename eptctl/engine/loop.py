@@ -341,15 +341,18 @@ class _Loop:
             self.history.append({"step": step, "loss": round(total / all_terms, 6)})
             self.last_loss = total / all_terms
 
-    def _score(self, rows: Sequence[EncodedExample]) -> dict[str, float]:
-        return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
-                                sharded=True, kind=self.task.kind)
+    def _score(self, rows: Sequence[EncodedExample], name: str) -> dict[str, float]:
+        """The metrics of ``rows`` as one progress phase ``name`` (decoding, for a task that generates)."""
+        decodes = self.task.kind is not None and self.task.kind.strategy.decodes_text
+        with events.phase(name + (" (decoding)" if decodes else ""), len(rows), emit=self.emit):
+            return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
+                                    sharded=True, kind=self.task.kind)
 
     def _evaluate(self, val_rows: list[EncodedExample]) -> None:
         """An in-training validation; keeps the adapter's state when it is the best so far."""
         self._read_losses()  # the history lists the steps' losses before this validation
         self.adapter.eval()
-        val = self._score(val_rows)
+        val = self._score(val_rows, f"validation at step {self.step}")
         self.adapter.train()
         value = val.get(self.task.metric)
         self.history.append({"step": self.step, "validation": val, "rows": len(val_rows)})
@@ -367,9 +370,9 @@ class _Loop:
         self.adapter.load_state_dict(self.best_state)
         self.adapter.eval()
         self.emit(events.FinalEvaluation(best_step=self.best_step))
-        metrics = {"validation": self._score(validation_set)}
+        metrics = {"validation": self._score(validation_set, "final evaluation: validation")}
         if self.task.test_set:
-            metrics["test"] = self._score(self.task.test_set)
+            metrics["test"] = self._score(self.task.test_set, "final evaluation: test")
         if not self.cfg.keeps_best:  # the validation of the kept step, on every row, ends the curve
             self.history.append({"step": self.step, "validation": metrics["validation"], "rows": len(validation_set)})
         self.emit(events.TrainingDone(metrics=metrics, best_step=self.best_step))
