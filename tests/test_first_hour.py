@@ -167,15 +167,28 @@ def test_compare_within_a_task_keeps_deltas_and_flags_different_split_sizes(defa
 
 
 # --- the CLI and the Python API -------------------------------------------------------------------------------------
-def _api_run(max_eval: int, model: str, **train):
-    """The README's Python example: ``train_task`` with ``TrainConfig(**train)``."""
-    from eptctl.methods import EPTConfig
-    from eptctl.workflows.train import train_task
-    from registry import Registry
+API_EXAMPLE = """
+import json, sys
+from eptctl.engine.config import TrainConfig
+from eptctl.methods import EPTConfig
+from eptctl.workflows.train import train_task
+from registry import Registry
 
-    with Registry() as reg:
-        return train_task("rt-polarity", registry=reg, method_cfg=EPTConfig(method="ept"),
-                          train_cfg=TrainConfig(**train), max_eval=max_eval, model=model)
+max_eval, model, train = json.loads(sys.argv[1])
+outcome = train_task("rt-polarity", registry=Registry(), method_cfg=EPTConfig(method="ept"),
+                     train_cfg=TrainConfig(**train), max_eval=max_eval, model=model)
+print(json.dumps({"metrics": outcome.result.metrics, "history": outcome.result.history}))
+"""
+
+
+def _api_run(max_eval: int, model: str, **train) -> dict:
+    """The README's Python example (``train_task`` with ``TrainConfig(**train)``) in a fresh Python process, as a
+    user runs it: ``{"metrics", "history"}``. (A long-lived process that ran other work first has shown a loss
+    differing in its sixth decimal, docs/method.md "Determinism".)"""
+    done = subprocess.run([sys.executable, "-c", API_EXAMPLE, json.dumps([max_eval, model, train])],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def _cli_run(*args: str) -> dict:
@@ -188,9 +201,17 @@ def _cli_run(*args: str) -> dict:
 
 def test_the_cli_and_the_python_api_give_identical_results(home):
     cli = _cli_run(*TINY)
-    outcome = _api_run(80, "tiny-random-llama", steps=20, batch_size=8, seed=3)
-    assert outcome.result.metrics == cli["metrics"]  # exactly: same rows, same order, same arithmetic
-    assert outcome.result.history == summary_of(cli["ref"])["history"]
+    api = _api_run(80, "tiny-random-llama", steps=20, batch_size=8, seed=3)
+    assert api["metrics"] == cli["metrics"]  # exactly: same rows, same order, same arithmetic
+    _same_history(api["history"], summary_of(cli["ref"])["history"])
+
+
+def _same_history(one: list[dict], other: list[dict]) -> None:
+    """The same steps and validations; losses equal but for the sixth decimal, which the CPU kernels have changed
+    between two processes on a loaded machine (docs/method.md, "Determinism")."""
+    assert [{k: v for k, v in h.items() if k != "loss"} for h in one] == [
+        {k: v for k, v in h.items() if k != "loss"} for h in other]
+    assert [h.get("loss") for h in one] == pytest.approx([h.get("loss") for h in other], abs=2e-6)
 
 
 @pytest.mark.slow
@@ -198,9 +219,9 @@ def test_the_cli_and_the_python_api_agree_on_the_default_model(home):
     """The default backbone (bf16 where the CPU has the units), 4 steps validated at 2 and 4 (the best kept), 32
     validation and test rows: about 30 s a run on a 2-core CPU with bf16 units."""
     cli = _cli_run("--steps", "4", "--eval-every", "2", "--max-eval", "32")
-    outcome = _api_run(32, "smollm2-135m", steps=4, eval_every=2)
-    assert outcome.result.metrics == cli["metrics"]
-    assert outcome.result.history == summary_of(cli["ref"])["history"]
+    api = _api_run(32, "smollm2-135m", steps=4, eval_every=2)
+    assert api["metrics"] == cli["metrics"]
+    _same_history(api["history"], summary_of(cli["ref"])["history"])
 
 
 # --- generation stops at the end of a single-line target ------------------------------------------------------------
