@@ -82,7 +82,7 @@ class Evaluated(Event):
     step: int
     total: int
     metrics: dict[str, float]  # validation metrics at this step
-    best_step: int
+    best_step: int  # the step the run would keep were it to end now (the best so far, or this one)
     examples: int = 0  # validation rows they were computed on (the in-training subset)
 
 

@@ -359,7 +359,8 @@ class _Loop:
         if self.cfg.keeps_best and value is not None and (self.best_metric is None or value > self.best_metric):
             self.best_metric, self.best_step = value, self.step
             self.best_state = _copy(self.adapter)
-        self.emit(events.Evaluated(step=self.step, total=self.total, metrics=val, best_step=self.best_step,
+        kept = self.best_step if self.cfg.keeps_best else self.step  # the step the run would keep if it ended now
+        self.emit(events.Evaluated(step=self.step, total=self.total, metrics=val, best_step=kept,
                                    examples=len(val_rows)))
 
     def finish(self, validation_set: Sequence[EncodedExample]) -> tuple[training_state.TrainingState, dict]:
