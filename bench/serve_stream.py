@@ -8,8 +8,9 @@ turns so a slow moment of the shared machine hits both. Every request asks for `
 
 Adapters: four generation adapters (bbc-headline, four seeds) trained for one step in a temporary registry (serving
 cost does not depend on training). Inputs: rt-polarity validation texts, wrapped in each adapter's template.
+Arrivals: "staggered" (clients start spread over one request's time) and "burst" (all at once; see ``stream_load``).
 Environment: BENCH_STREAM_TOKENS (tokens per request), BENCH_STREAM_REQUESTS (requests per cell = this x concurrency,
-at least 8), BENCH_STREAM_LIMIT_S (a cell stops sending after this many seconds).
+at least 8), BENCH_STREAM_LIMIT_S (a cell stops sending after this many seconds), BENCH_STREAM_ARRIVALS.
 
 The functions here take a server's base URL and model names, so another engine behind the same routes (a vLLM
 server) is measured by the same load loop.
@@ -34,6 +35,7 @@ def stream_settings(quick: bool) -> dict:
         "stream_tokens": int(os.environ.get("BENCH_STREAM_TOKENS", "8" if quick else "32")),
         "stream_requests": int(os.environ.get("BENCH_STREAM_REQUESTS", "2")),
         "stream_limit_s": float(os.environ.get("BENCH_STREAM_LIMIT_S", "300")),
+        "stream_arrivals": os.environ.get("BENCH_STREAM_ARRIVALS", "staggered,burst").split(","),
     }
 
 
@@ -77,10 +79,15 @@ async def stream_once(client, model: str, prompt: str, max_tokens: int) -> tuple
 
 
 async def stream_load(base: str, models: list[str], prompts: list[str], concurrency: int, requests: int,
-                      max_tokens: int, limit_s: float) -> dict:
+                      max_tokens: int, limit_s: float, arrivals: str = "staggered") -> dict:
     """``requests`` streamed completions from ``concurrency`` concurrent clients (request ``i`` to
     ``models[i % len(models)]``), stopping early after ``limit_s`` seconds: time to first token p50/p99 (ms) and
-    output tokens/s over the wall time."""
+    output tokens/s over the wall time.
+
+    ``arrivals``: ``"burst"`` starts every client at once; ``"staggered"`` starts client ``j`` after ``j / c`` of one
+    request's time alone (measured in the warm-up), so clients are not in step. Every request asks for the same
+    tokens, so clients started together stay together: each finishes at the same step and all ask again at once,
+    a burst every ``max_tokens`` steps that real traffic does not have."""
     import httpx
 
     done: list[tuple[float, int, float]] = []
@@ -89,16 +96,19 @@ async def stream_load(base: str, models: list[str], prompts: list[str], concurre
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
 
     async with httpx.AsyncClient(base_url=base, timeout=limit_s + 60, limits=limits) as client:
-        async def worker():
+        async def worker(j: int, gap: float):
+            await asyncio.sleep(j * gap)
             for i in counter:
                 if time.monotonic() > deadline:
                     return
                 done.append(await stream_once(client, models[i % len(models)], prompts[i % len(prompts)],
                                               max_tokens))
 
-        await asyncio.gather(*[stream_once(client, m, prompts[0], 2) for m in models])  # warm-up, unmeasured
+        for m in models:  # warm-up, unmeasured: one whole request per adapter, one at a time
+            alone = (await stream_once(client, m, prompts[0], max_tokens))[2]
+        gap = alone / concurrency if arrivals == "staggered" else 0.0
         started = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker(j, gap) for j in range(concurrency)])
         wall = time.perf_counter() - started
     ttft = sorted(t for t, _, _ in done)
     cuts = statistics.quantiles(ttft, n=100) if len(ttft) > 1 else ttft * 99
@@ -112,18 +122,26 @@ def measure_streams(short: str, model: str, bases: dict[str, str], refs: list[st
     """The streaming rows of one backbone: each mode of ``bases`` (mode -> base URL) at every concurrency, the modes
     interleaved cell by cell, the median of ``settings["rounds"]`` rounds by output tokens/s."""
     rows = []
-    for c in settings["concurrency"]:
-        cells: dict[str, list[dict]] = {mode: [] for mode in bases}
-        for _ in range(settings["rounds"]):
-            for mode, base in bases.items():
-                n = max(8, settings["stream_requests"] * c)
-                cells[mode].append(asyncio.run(stream_load(base, refs, prompts, c, n, settings["stream_tokens"],
-                                                           settings["stream_limit_s"])))
-        for mode, results in cells.items():
-            best = sorted(results, key=lambda r: r["output_tok_per_s"])[len(results) // 2]
-            rows.append({"backbone": short, "model": model, "mode": mode, "concurrency": c, **best,
-                         "tokens_per_request": settings["stream_tokens"], "rounds": len(results)})
-            print(f"{short} {mode} c={c}: {best}", file=sys.stderr, flush=True)
+    for arrivals in settings["stream_arrivals"]:
+        for c in settings["concurrency"]:
+            rows += _cell(short, model, bases, refs, prompts, settings, c, arrivals)
+    return rows
+
+
+def _cell(short, model, bases, refs, prompts, settings, c: int, arrivals: str) -> list[dict]:
+    """The rows of one concurrency and arrival pattern: every mode, ``rounds`` times in turns, the median round."""
+    cells: dict[str, list[dict]] = {mode: [] for mode in bases}
+    for _ in range(settings["rounds"]):
+        for mode, base in bases.items():
+            n = max(8, settings["stream_requests"] * c)
+            cells[mode].append(asyncio.run(stream_load(base, refs, prompts, c, n, settings["stream_tokens"],
+                                                       settings["stream_limit_s"], arrivals)))
+    rows = []
+    for mode, results in cells.items():
+        best = sorted(results, key=lambda r: r["output_tok_per_s"])[len(results) // 2]
+        rows.append({"backbone": short, "model": model, "mode": mode, "arrivals": arrivals, "concurrency": c,
+                     **best, "tokens_per_request": settings["stream_tokens"], "rounds": len(results)})
+        print(f"{short} {mode} {arrivals} c={c}: {best}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -146,11 +164,12 @@ def stream_rows(short: str, model: str, prompts: list[str], settings: dict, star
 
 
 def stream_ratios(rows: list[dict]) -> dict:
-    """The issue's targets per backbone: batched / unbatched output tokens/s at the highest concurrency (target
-    ≥ 3), and the batched time to first token p50 at concurrency 8 over that at 1 (target ≤ 2)."""
+    """The issue's targets per backbone and arrival pattern: batched / unbatched output tokens/s at the highest
+    concurrency (target ≥ 3), and the batched time to first token p50 at concurrency 8 over that at 1 (≤ 2)."""
     out = {}
-    for backbone in sorted({r["backbone"] for r in rows}):
-        mine = {(r["mode"], r["concurrency"]): r for r in rows if r["backbone"] == backbone}
+    for backbone, arrivals in sorted({(r["backbone"], r["arrivals"]) for r in rows}):
+        mine = {(r["mode"], r["concurrency"]): r for r in rows
+                if r["backbone"] == backbone and r["arrivals"] == arrivals}
         top = max(c for _, c in mine)
         batched, unbatched = (mine.get((m, top)) for m in STREAM_MODES)
         entry = {"concurrency": top}
@@ -160,5 +179,5 @@ def stream_ratios(rows: list[dict]) -> dict:
         one, eight = mine.get((STREAM_MODES[0], 1)), mine.get((STREAM_MODES[0], 8))
         if one and eight:
             entry["ttft_p50_c8_vs_c1"] = round(eight["ttft_p50_ms"] / one["ttft_p50_ms"], 2)
-        out[backbone] = entry
+        out[f"{backbone}, {arrivals}"] = entry
     return out

@@ -383,3 +383,37 @@ def test_each_row_samples_under_its_own_top_k_top_p_and_temperature():
     picked, values, ids = sampling.logprobs(logits, torch.tensor([1, 0, 3]), 2)
     assert torch.allclose(picked, torch.log(torch.tensor([0.3, 0.5, 0.05])))
     assert ids.tolist() == [[0, 1]] * 3 and torch.allclose(values[0], torch.log(torch.tensor([0.5, 0.3])))
+
+
+def test_streams_respect_the_queue_limit_and_a_stopped_engine_refuses(world):
+    from eptctl.serving.batcher import QueueFull
+    from eptctl.serving.engine import EngineUnavailable
+
+    backbone, servable = world["backbone"], world["servables"]["g0"]
+    eng = LocalEngine(backbone, Batcher(backbone, max_queue=1))
+    eng.start()
+    release = threading.Event()
+
+    async def main():
+        busy = asyncio.ensure_future(eng.batcher.call(lambda: release.wait(TIMEOUT_S)))  # holds the worker
+        await asyncio.to_thread(_wait_until, lambda: eng.waiting == 0)
+        first = eng.stream(_request(eng, servable, TEXTS[0], max_tokens=2))
+        assert eng.waiting == 1
+        with pytest.raises(QueueFull):
+            eng.stream(_request(eng, servable, TEXTS[1], max_tokens=2))
+        release.set()
+        await busy
+        return [e async for e in first]
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        release.set()
+        eng.stop()
+    assert events[-1].completion_tokens == 2
+
+    async def late():
+        eng.stream(_request(eng, servable, TEXTS[0], max_tokens=2))
+
+    with pytest.raises(EngineUnavailable):
+        asyncio.run(late())
