@@ -72,7 +72,8 @@ NEIGHBOUR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(768, 768)\n
 
 def run_cell(task: str, seed: int, precision: str, home: Path, extra: list[str], beside_load: str | None = None
              ) -> dict:
-    env = {**os.environ, "EPTCTL_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # The model cache inside the cell's home: a fresh home converts again, as a new machine does.
+    env = {**os.environ, "EPTCTL_HOME": str(home), "EPTCTL_MODELS": str(home / "models"), "HF_HUB_OFFLINE": "1"}
     eptctl = [sys.executable, "-m", "eptctl"]
     command = [*eptctl, "train", task, "--seed", str(seed), "--precision", precision, *extra, "--json"]
     neighbour = None

@@ -98,7 +98,8 @@ def plan(quick: bool, device: str, tmp: Path) -> list[Stage]:
             "BENCH_NEW_TOKENS": "4" if quick else "32", "BENCH_ROUNDS": "1" if quick else "3"}, t["generation"]),
         _bench("serve", "serve", tmp, {
             "BENCH_BACKBONES": "tiny" if quick else "llama-1b", "BENCH_CONCURRENCY": "1,8" if quick else "1,8,32",
-            "BENCH_ROUNDS": "1", "BENCH_REQUESTS": "2" if quick else "4"}, t["serve"]),
+            "BENCH_ROUNDS": "1", "BENCH_REQUESTS": "2" if quick else "4",
+            "BENCH_SERVE_PARTS": "predict"}, t["serve"]),  # the stream rows need a stage (and a budget) of their own
         Stage("tests", test_command(quick), {"EPTCTL_TEST_DEVICE": device}, t["tests"]),
     ]
     return stages

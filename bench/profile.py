@@ -32,6 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     args = parse(list(argv or []))
     os.environ["EPTCTL_HOME"] = WARM_HOME if args.warm else tempfile.mkdtemp(prefix="eptctl-bench-profile-")
+    os.environ["EPTCTL_MODELS"] = os.path.join(os.environ["EPTCTL_HOME"], "models")  # cold: the conversion counts
     seconds: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
 

@@ -13,8 +13,10 @@ All servers run at once and the modes take turns cell by cell, BENCH_ROUNDS time
 a slow moment of the shared machine hits every mode alike.
 With CUDA every process (this one, the servers) builds a random backbone directly on the GPU (bench/ondevice.py)
 and the servers start in parallel.
+Streaming rows (bench/serve_stream.py): streamed ``/v1/completions`` of four generation adapters, batched
+(continuous batching) against ``--no-batching``: time to first token p50/p99 and output tokens/s.
 Environment: BENCH_BACKBONES (tiny, smollm2, llama-1b), BENCH_CONCURRENCY (1,8,32), BENCH_REQUESTS (x concurrency, at least
-16, per cell), BENCH_ROUNDS.
+16, per cell), BENCH_ROUNDS, BENCH_SERVE_PARTS (predict,stream), and serve_stream's BENCH_STREAM_*.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.serve_stream import stream_ratios, stream_rows, stream_settings
 from bench.step_time import BACKBONES
 
 MODES = ("eptctl batched, 4 adapters", "eptctl batched, 1 adapter", "eptctl unbatched, 4 adapters",
@@ -40,6 +43,8 @@ def _settings(quick: bool) -> dict:
         "concurrency": [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(",")],
         "requests": int(os.environ.get("BENCH_REQUESTS", "4")),  # x concurrency (min 16) per cell
         "rounds": int(os.environ.get("BENCH_ROUNDS", "1" if quick else "3")),
+        "parts": os.environ.get("BENCH_SERVE_PARTS", "predict,stream").split(","),  # /v1/predict rows, stream rows
+        **stream_settings(quick),
     }
 
 
@@ -175,9 +180,13 @@ def run(quick: bool = False) -> dict:
     # shape, and the same weights (the fingerprint) in the trainer here and in the servers.
     settings["built_on_gpu"] = build_on_gpu_if_present()
     texts = [e.text for e in data.load_task(data.builtin_task("rt-polarity"), max_eval=200).validation]
-    rows, ceiling = [], {}
+    rows, streamed, ceiling = [], [], {}
     for short in settings["backbones"]:
         model = BACKBONES[short]
+        if "stream" in settings["parts"]:
+            streamed += stream_rows(short, model, texts, settings, _start_servers, _stop)
+        if "predict" not in settings["parts"]:
+            continue
         ceiling[short] = pass_ceiling(model, texts)
         print(f"{short} in-process inputs/s by rows per pass: {ceiling[short]}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -195,7 +204,14 @@ def run(quick: bool = False) -> dict:
                 rows += _measure(short, model, servers, refs, texts, settings)
             finally:
                 _stop(servers)
-    return {"rows": rows, "ratios": _ratios(rows), "pass_ceiling": ceiling, "settings": settings}
+    return {"rows": _same_keys(rows + streamed), "ratios": _ratios(rows), "stream_ratios": stream_ratios(streamed),
+            "pass_ceiling": ceiling, "settings": settings}
+
+
+def _same_keys(rows: list[dict]) -> list[dict]:
+    """Every row with every key of all rows (None where a row has none): one table for predictions and streams."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in keys} for r in rows]
 
 
 def _ratios(rows: list[dict]) -> dict:

@@ -11,6 +11,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="eptctl-hfds-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("EPTCTL_ARTIFACTS", None)  # never write test files into a user's (or a team's) artifact root
+# The machine-wide model cache: one for the whole session (the real model converts once per run, not per test), never
+# the user's; EPTCTL_TEST_MODELS names a cache to keep between sessions (a CI cache folder).
+os.environ["EPTCTL_MODELS"] = os.environ.get("EPTCTL_TEST_MODELS") or tempfile.mkdtemp(prefix="eptctl-models-")
 # EPTCTL_TEST_DEVICE=cpu|cuda: the device the suite runs on. eptctl puts models on CUDA whenever torch sees it
 # (eptctl.backbones.loading.default_device), so "cuda" only checks that a GPU is there, and "cpu" hides every GPU
 # before torch starts, from this process and every CLI or server process a test starts. Unset: eptctl's own choice.

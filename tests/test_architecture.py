@@ -14,6 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("eptctl", "registry", "migrations")
 CLI_ONLY = ("typer", "rich", "click")
+# The one library module that may use Rich: the console reporter draws live bars with it on a terminal, importing it
+# inside a function (the library still imports no Rich at start-up: tests/test_package.py).
+RICH_REPORTER = "eptctl.core.progress"
 
 # layer -> the layers it may import (itself included). Nothing imports upward, nothing imports the CLI.
 ALLOWED = {
@@ -141,6 +144,8 @@ def violations(root: Path) -> list[str]:
         if layer(module) == "cli":
             continue
         for imported in sorted(imports_of(module, path, set(mods))):
+            if module == RICH_REPORTER and imported.split(".")[0] == "rich":
+                continue
             if imported.split(".")[0] in CLI_ONLY:
                 problems.append(f"{module} imports {imported}: only eptctl.cli may")
     return problems

@@ -297,6 +297,28 @@ def test_streamed_tokens_and_prompt_logprobs_match_the_engine_s_own_decoding(wor
 
 @pytest.mark.engine
 @pytest.mark.slow
+def test_the_openai_completions_route_on_the_vllm_engine_writes_what_predict_writes(world, router):
+    """The OpenAI-compatible route over ``VllmEngine.stream``: greedy with the adapter's own budget, whole and
+    streamed, the same text as ``/v1/predict`` (``model: REF`` fills the adapter's template, as predict does)."""
+    import json
+
+    ref, [text] = world["refs"]["gen"], _split("bbc-headline", "test", 1)
+    expected = router.post({"adapter": ref, "inputs": [text]}).json()["outputs"][0]["output"]
+    body = {"model": ref, "prompt": text, "temperature": 0}
+    whole = httpx.post(f"{router.base}/v1/completions", json=body, timeout=120)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["choices"][0]["text"].strip() == expected
+    pieces = []
+    with httpx.stream("POST", f"{router.base}/v1/completions", json={**body, "stream": True}, timeout=120) as streamed:
+        assert streamed.status_code == 200
+        for line in streamed.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                pieces += [c.get("text", "") for c in json.loads(line[6:]).get("choices", [])]
+    assert "".join(pieces).strip() == expected and len([p for p in pieces if p]) > 1
+
+
+@pytest.mark.engine
+@pytest.mark.slow
 def test_multi_token_answers_and_encoder_adapters_are_refused_and_the_router_keeps_serving(world, router):
     refs = world["refs"]
     multi = router.post({"adapter": refs["multi"], "inputs": ["Great fun."]})

@@ -6,6 +6,7 @@ def test_library_imports_without_cli_frameworks():
     code = (
         "import sys, eptctl, eptctl.core.errors, eptctl.core.home, eptctl.methods, eptctl.backbones, eptctl.backbones.loading,"
         " eptctl.data, eptctl.engine.loop, eptctl.workflows.train, eptctl.workflows.inference, eptctl.workflows.evaluation, eptctl.workflows.compare, registry;"
+        " import io; from eptctl.core.progress import ConsoleProgress; ConsoleProgress(io.StringIO()).note('a line');"
         "bad = [m for m in ('typer', 'rich') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -12,17 +12,32 @@ def real_home(tmp_path_factory):
     return tmp_path_factory.mktemp("real-home")
 
 
-def test_default_backbone_converts_once_and_reloads_from_the_cache(real_home, monkeypatch):
+def test_default_backbone_converts_once_and_reloads_from_the_cache(real_home, tmp_path, monkeypatch):
+    """The conversion lands in the machine's model cache ($EPTCTL_MODELS), says so through the events, and a second
+    home reuses it: nothing is converted or written again."""
     from eptctl import backbones
+    from eptctl.core import events
+    from eptctl.core.home import models_dir
 
     monkeypatch.setenv("EPTCTL_HOME", str(real_home))
-    first = backbones.load("smollm2-135m")  # converts the GGUF into the safetensors cache on first use
+    monkeypatch.setenv("EPTCTL_MODELS", str(tmp_path / "models"))  # converted here, whatever the session holds
+    seen: list[events.Event] = []
+    with events.reporting(seen.append):
+        first = backbones.load("smollm2-135m")  # converts the GGUF into the safetensors cache on first use
     assert first.family == "causal" and first.width == 576
+    notes = [e.text for e in seen if isinstance(e, events.Note)]
+    assert len(notes) == 1 and str(models_dir()) in notes[0], notes
+    done = [e for e in seen if isinstance(e, events.PhaseDone) and e.name.startswith("converting")]
+    assert len(done) == 1 and done[0].ok and done[0].done == 3, done
     assert not backbones.needs_conversion("smollm2-135m")
-    cache = {p: p.stat().st_mtime_ns for p in (real_home / "models").rglob("*") if p.is_file()}
-    assert cache  # the converted safetensors live in the home's model cache
-    second = backbones.load("smollm2-135m")  # reads the cache: no file is written again (speed: bench/, not here)
-    assert {p: p.stat().st_mtime_ns for p in (real_home / "models").rglob("*") if p.is_file()} == cache
+    cache = {p: p.stat().st_mtime_ns for p in models_dir().rglob("*") if p.is_file()}
+    assert cache and not (real_home / "models").exists()  # one cache for the machine, none in the home
+    monkeypatch.setenv("EPTCTL_HOME", str(tmp_path / "another-home"))
+    seen.clear()
+    with events.reporting(seen.append):
+        second = backbones.load("smollm2-135m")  # reads the cache: no file is written again (speed: bench/)
+    assert not seen  # nothing converted, nothing said
+    assert {p: p.stat().st_mtime_ns for p in models_dir().rglob("*") if p.is_file()} == cache
     assert second.fingerprint()["embedding_sha256"] == first.fingerprint()["embedding_sha256"]
 
 

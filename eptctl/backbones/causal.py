@@ -43,7 +43,7 @@ class CausalBackbone(Backbone):
         inputs = PromptedModel(self, sources)(batch)  # raises for several sources without adapter_index
         embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         b, width = mask.shape
-        left, left_mask = _left_align(embeds, mask)
+        left, left_mask = left_align(embeds, mask)
         state = {"mask": left_mask, "pos": (left_mask.cumsum(dim=1) - 1).clamp(min=0), "embeds": left, "past": None}
         head, embed = self.model.get_output_embeddings(), self.model.get_input_embeddings()
 
@@ -170,7 +170,7 @@ class CausalBackbone(Backbone):
         return regroup(scores, [len(a) for a in row_answers])
 
 
-def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded rows ``embeds`` [b, W, d] with ``mask`` [b, W] moved to the right end: ``(left [b, W, d],
     left_mask [b, W])``. A gather from each column's source column, not a loop over the rows' lengths."""
     width = mask.shape[1]

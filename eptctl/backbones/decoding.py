@@ -138,13 +138,14 @@ def _choose(logits: torch.Tensor, options: GenerationOptions, generator: torch.G
 
 
 def _has_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> bool:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    # Leading whitespace is not the output yet: a line break before the first word does not end it (to_text agrees).
+    text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
     return any(s in text for s in stop)
 
 
 def to_text(tokenizer, ids: Sequence[int], stop: Sequence[str] = ()) -> str:
-    """Generated ids as text, cut at the first stop string, stripped."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    """Generated ids as text, cut at the first stop string after any leading whitespace, stripped."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True).lstrip()
     cuts = [text.index(s) for s in stop if s and s in text]
     if cuts:
         text = text[: min(cuts)]

@@ -10,16 +10,21 @@ import contextlib
 
 import importlib.metadata
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from eptctl.backbones.tiny import SHAPED_MODELS, TINY_MODELS
 from eptctl.core.errors import EptctlError
 from eptctl.core.files import staged_folder
-from eptctl.core.home import eptctl_home
+from eptctl.core import events
+from eptctl.core.home import eptctl_home, models_dir
 from eptctl.core.launch import launched, local_rank
 
 log = logging.getLogger(__name__)
+# Measured for SmolLM2-135M: 24 s on a 2-core AMD EPYC (the first `eptctl predict` of issue 32); what the note says.
+CONVERSION_TIME = "about 25 s on a 2-core CPU"
+_CONVERSION_PARTS = ("tokenizer", "weights", "save")  # the steps of the conversion phase
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -94,7 +99,11 @@ def _package_dir(m: EmbeddedModel, required: bool = True) -> Path | None:
 
 
 def _cache_dir(m: EmbeddedModel) -> Path:
-    return eptctl_home() / "models" / f"{m.name}-{m.version}"
+    """Where the converted model lives: the machine's shared model cache (``core.home.models_dir``), or a cache an
+    earlier eptctl made inside this home (kept: converting again would only cost time)."""
+    folder = f"{m.name}-{m.version}"
+    legacy = eptctl_home() / "models" / folder
+    return legacy if (legacy / "config.json").exists() else models_dir(create=False) / folder
 
 
 def needs_conversion(name: str) -> bool:
@@ -111,7 +120,11 @@ def embedded_model_dir(m: EmbeddedModel) -> Path:
     cache = _cache_dir(m)
     if (cache / "config.json").exists():
         return cache
-    _convert_gguf(source, m.gguf_file, cache)
+    models_dir()  # created here, or a one-line error naming $EPTCTL_MODELS
+    events.emit(events.Note(f"first use of {m.name} on this machine: converting its packaged GGUF file into {cache} "
+                            f"(once per machine, shared by every eptctl home; {CONVERSION_TIME}; $EPTCTL_MODELS moves it)"))
+    with events.phase(f"converting {m.name}", len(_CONVERSION_PARTS), unit="parts"):
+        _convert_gguf(source, m.gguf_file, cache)
     return cache
 
 
@@ -120,14 +133,13 @@ def _gguf_conversion():
     """The one-time GGUF conversion, made quiet and parsed once.
 
     - transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors"), outside the
-      switch that silences its other bars; eptctl says "converting" itself, so the bar is off while it runs.
+      switch that silences its other bars; eptctl reports the tensors as one of its own phases instead.
     - transformers parses the GGUF file three times (config, tokenizer, weights; about 10 s each for SmolLM2's 49k
       vocabulary on a 2-core CPU) and rebuilds gguf's tensor-name map once per tensor (about 12 s): within the
       conversion, readers are shared per file and the name map is built once per (architecture, layers).
     Attributes a gguf or transformers version lacks are left alone.
     """
     import functools
-    from functools import partial
 
     import gguf
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
@@ -150,7 +162,7 @@ def _gguf_conversion():
             return readers[key]
         return reader
 
-    swap(gguf_utils, "tqdm", lambda bar: partial(bar, disable=True))
+    swap(gguf_utils, "tqdm", lambda bar: _tensor_progress)
     swap(gguf, "GGUFReader", shared_reader)
     swap(gguf, "get_tensor_name_map", lambda build: functools.lru_cache(maxsize=None)(build))
     try:
@@ -167,7 +179,9 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     log.info("converting %s to a safetensors cache at %s (once)", gguf_file, target)
     with _gguf_conversion():
         tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file)
+        events.advance(1)
         loaded = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, dtype=torch.float32)
+        events.advance(1)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from its config and copy the weights.
     model = AutoModelForCausalLM.from_config(loaded.config)
     model.load_state_dict(loaded.state_dict())
@@ -179,6 +193,19 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
     except OSError:
         if not (target / "config.json").exists():  # else another process converted it first
             raise
+    events.advance(1)
+
+
+def _tensor_progress(tensors, *args, **kwargs):
+    """Stands in for the tqdm bar of transformers' GGUF reader: the tensors, reported as a phase of their own (its
+    events sent directly: a generator must not hold the context's phase stack between its yields)."""
+    tensors = list(tensors)
+    name, emit, started = "de-quantising GGUF tensors", events.current(), time.perf_counter()
+    emit(events.PhaseStarted(name, len(tensors), "tensors"))
+    for done, tensor in enumerate(tensors, 1):
+        yield tensor
+        emit(events.PhaseAdvanced(name, done, len(tensors)))
+    emit(events.PhaseDone(name, len(tensors), time.perf_counter() - started))
 
 
 def resolve_source(name: str) -> tuple[str, str | None]:

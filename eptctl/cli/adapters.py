@@ -185,7 +185,9 @@ def compare(
     registry: RegistryUrl = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare adapters: metrics with deltas to the first, differing config, params, train time, prompt similarity.
+    """Compare adapters: task and example counts, metrics with deltas to the first, differing config, params, train
+    time, prompt similarity. Adapters of different tasks get no deltas; a caveat line says why metrics differ in
+    what they measure (tasks, changed data, split sizes).
 
     Example: eptctl compare rt-polarity@1 rt-polarity@2
     """
@@ -202,10 +204,14 @@ def compare(
         return
     names = [a["ref"] for a in report["adapters"]]
     table = make_table("", *names, right=tuple(names))
+    table.add_row("task", *[a["task"] for a in report["adapters"]])
+    table.add_row("examples (train/val/test)", *["-" if not a["examples"] else "/".join(
+        str(a["examples"].get(k, "-")) for k in ("train", "validation", "test")) for a in report["adapters"]])
     for row in report["metrics"]:
         cells = [fmt_metric(row["values"][0])]
-        for v, d in zip(row["values"][1:], row["deltas"][1:]):
-            cells.append(f"{fmt_metric(v)} ({'-' if d is None else f'{d:+.4f}'})")
+        for v, d in zip(row["values"][1:], row["deltas"][1:]):  # across tasks: values only (see the caveat)
+            cells.append(f"{fmt_metric(v)} ({'-' if d is None else f'{d:+.4f}'})" if report["comparable"]
+                         else fmt_metric(v))
         table.add_row(f"{row['split']} {row['name']}", *cells)
     table.add_row("trainable params", *[fmt_count(a["trainable_params"]) for a in report["adapters"]])
     table.add_row("train time (s)", *[("-" if a["duration_s"] is None else f"{a['duration_s']:.1f}")
@@ -217,6 +223,8 @@ def compare(
     out.print("prompt cosine similarity: " + "  ".join(
         f"{names[i]}~{names[j]} " + ("n/a (different backbones)" if v is None else f"{v:.3f}")
         for (i, j), v in ((tuple(p["pair"]), p["cosine"]) for p in sim)))
+    for caveat in report["caveats"]:
+        out.print(f"caveat: {caveat}", markup=False, highlight=False)
 
 
 def alias(

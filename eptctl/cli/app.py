@@ -7,9 +7,9 @@ import sys
 
 import click
 import typer
-from typer.core import TyperGroup
 
 from eptctl import __version__
+from eptctl.cli.common import FlagGroup
 from eptctl.cli.db import db_app
 from eptctl.core.errors import EptctlError
 
@@ -27,7 +27,7 @@ def echo_error(err: EptctlError) -> None:
     click.echo(line, err=True)
 
 
-class _Root(TyperGroup):
+class _Root(FlagGroup):
     """Turns every EptctlError raised anywhere below the root into a one-line message, no traceback."""
 
     def invoke(self, ctx: click.Context):

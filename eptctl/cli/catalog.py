@@ -70,9 +70,13 @@ def fetch(
 def models_cmd(as_json: JsonFlag = False) -> None:
     """List embedded backbones (and whether they are installed and converted) and the random test backbones.
 
+    Converted models live in one cache for every eptctl home on the machine: $EPTCTL_MODELS, default
+    ~/.cache/eptctl/models.
+
     Example: eptctl models
     """
     from eptctl import backbones
+    from eptctl.core.home import models_dir
 
     rows = backbones.known_models()
     if as_json:
@@ -84,3 +88,4 @@ def models_cmd(as_json: JsonFlag = False) -> None:
         table.add_row(name, r["family"], r["source"], "yes" if r["installed"] else "no",
                       "yes" if r["cached"] else "no", r["description"])
     out.print(table)
+    err.print(f"model cache: {models_dir(create=False)} (shared by every eptctl home; $EPTCTL_MODELS moves it)")

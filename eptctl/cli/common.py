@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import datetime
@@ -9,7 +10,32 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.table import Table
+
+from eptctl.core.progress import fmt_metric, fmt_metrics  # noqa: F401 (the CLI's formatting, shared with the reporter)
+
+def _flags_without_type(params: list) -> list:
+    """Flags take no value, so their help shows no type (typer 0.29 prints ``--help -h <bool>``, as if ``-h`` took
+    a boolean): an empty metavar fills the help's type column."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class FlagGroup(TyperGroup):
+    """A command group whose help, and its commands' help, show flags without a type."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_without_type(command.get_params(ctx))  # the help option is made once per command and kept
+        return command
+
 
 RegistryUrl = Annotated[
     str | None,
@@ -50,6 +76,19 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # dat
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # progress, notes
 
 
+def console_progress(enabled: bool = True, delay: float = 0.0):
+    """The CLI's progress on stderr: a :class:`~eptctl.core.progress.ConsoleProgress` to use as a context manager
+    (live bars on a terminal, periodic lines in a log; phases shorter than ``delay`` seconds stay silent), or a
+    no-op context when not ``enabled`` (``--json``, ranks other than 0)."""
+    from eptctl.core.progress import ConsoleProgress
+
+    return ConsoleProgress(delay=delay) if enabled else contextlib.nullcontext()
+
+
+# Phases of eval and predict shorter than this stay silent: `eptctl predict REF "text"` prints only its result.
+QUICK_PHASE_S = 2.0
+
+
 def make_table(*columns: str, right: tuple[str, ...] = (), title: str | None = None) -> Table:
     """The house table: no outer edge, bold header; columns named in ``right`` are right-aligned (numbers)."""
     table = Table(title=title, show_edge=False, header_style="bold")
@@ -78,18 +117,6 @@ def to_jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(to_jsonable(value), indent=None, sort_keys=False))
-
-
-def fmt_metric(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def fmt_metrics(values: dict[str, float], primary: str | None = None, limit: int = 4) -> str:
-    """``name value`` pairs, the primary metric first: ``rouge_l 0.3120, exact_match 0.0400``."""
-    names = sorted(values, key=lambda name: name != primary)[:limit]
-    counts = ("unparseable",)  # a count of rows, not a score
-    return ", ".join(f"{name} {int(values[name]) if name in counts else fmt_metric(values[name])}"
-                     for name in names) or "-"
 
 
 def fmt_count(n: int | None) -> str:

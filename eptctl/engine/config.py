@@ -11,6 +11,15 @@ from eptctl.core.limits import (BATCH_MAX, EPOCHS_MAX, LR_MAX, ROWS_MAX, SCALE_M
                                  STEPS_MAX)
 
 
+# The default validation schedule draws a learning curve and picks nothing: CURVE_POINTS validations on the first
+# CURVE_EXAMPLES validation rows, the last at 4/5 of the run (the final evaluation on every row is the curve's last
+# point), cost 256 scored rows where a default rt-polarity run scores 1,500 at its end and trains 1,200
+# (docs/method.md, "Validation during training"). --eval-every N picks the best step on SELECT_EXAMPLES rows.
+CURVE_POINTS = 4
+CURVE_EXAMPLES = 64
+SELECT_EXAMPLES = 200
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings. Defaults are tuned on SmolLM2-135M + rt-polarity (docs/method.md#defaults).
@@ -36,12 +45,15 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": SCALE_MAX, "help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={
         "min": 0.0, "max": SCALE_MAX, "help": "Clip the adapter's gradient norm to this."})
-    eval_every: int | None = field(default=None, metadata={"min": 1, "max": STEPS_MAX,
-        "help": "Validate every N steps and keep the best step (default: keep the last step, validate once)."})
+    eval_every: int | None = field(default=None, metadata={"min": 0, "max": STEPS_MAX,
+        "help": "Validate every N steps and keep the best step. Default: validate 4 times during the run on "
+                f"{CURVE_EXAMPLES} rows, for the curve of `eptctl plot`, and keep the last step; 0: no validation "
+                "during the run."})
     checkpoint_every: int = field(default=10, metadata={
         "min": 1, "max": STEPS_MAX, "help": "Save a resumable checkpoint every N steps."})
-    max_eval_examples: int | None = field(default=200, metadata={"min": 1, "max": ROWS_MAX,
-        "help": "Validation rows used to pick the best step (speed); the final evaluation uses all."})
+    max_eval_examples: int | None = field(default=None, metadata={"min": 1, "max": ROWS_MAX,
+        "help": f"Validation rows scored at each validation during the run (default: {SELECT_EXAMPLES} with "
+                f"--eval-every, {CURVE_EXAMPLES} for the default curve); the final evaluation uses all."})
     max_target_length: int = field(default=64, metadata={"min": 2, "max": 4096,
         "help": "Generation and regression: target tokens kept per example (eos included); also the default "
                 "--max-new-tokens of predict and eval."})
@@ -81,8 +93,8 @@ class TrainConfig:
             raise ConfigError(f"--steps must be ≥ 1, got {self.steps}", hint="e.g. --steps 75")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}", hint="e.g. --epochs 1")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"--eval-every must be ≥ 1, got {self.eval_every}", hint="e.g. --eval-every 50")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be ≥ 0, got {self.eval_every}", hint="e.g. --eval-every 50")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be ≥ 0, got {self.warmup_steps}", hint="e.g. --warmup-steps 15")
         if self.max_eval_examples is not None and self.max_eval_examples < 1:
@@ -97,6 +109,28 @@ class TrainConfig:
                          ("--lr-fusion", self.lr_fusion), ("--lr-head", self.lr_head)):
             if not (lr > 0 and math.isfinite(lr)):
                 raise ConfigError(f"{flag} must be a positive number, got {lr}", hint=f"e.g. {flag} 1e-3")
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the run keeps its best validated step (``--eval-every N``) rather than its last."""
+        return bool(self.eval_every)
+
+    def validation_steps(self, total: int) -> list[int]:
+        """The steps validated during a run of ``total`` steps, in order. ``--eval-every N``: every N-th and the
+        last; 0: none; default: ``CURVE_POINTS`` steps spread evenly before the last (``total`` 75: 15, 30, 45,
+        60), whose final evaluation on every validation row ends the curve."""
+        if self.eval_every is not None:
+            every = self.eval_every
+            return sorted({*range(every, total + 1, every), total}) if every else []
+        points = min(CURVE_POINTS, total - 1)
+        return sorted({max(1, round(total * i / (points + 1))) for i in range(1, points + 1)})
+
+    @property
+    def validation_examples(self) -> int:
+        """Validation rows scored at each validation during the run: ``max_eval_examples`` or its default."""
+        if self.max_eval_examples is not None:
+            return self.max_eval_examples
+        return SELECT_EXAMPLES if self.keeps_best else CURVE_EXAMPLES
 
     def total_steps(self, train_size: int) -> int:
         if self.epochs is not None:

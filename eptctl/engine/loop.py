@@ -149,10 +149,12 @@ class FitTask:
             raise ValueError("metric must name the validation metric, e.g. 'accuracy'")
 
     @classmethod
-    def of(cls, spec, max_new_tokens: int, test_set: Sequence[EncodedExample] = ()) -> FitTask:
-        """The ``FitTask`` of a ``data.TaskSpec`` whose generated answers may take ``max_new_tokens`` tokens."""
-        return cls(num_labels=spec.head_size, metric=spec.metric, kind=TaskKind.of(spec, max_new_tokens=max_new_tokens),
-                   test_set=test_set)
+    def of(cls, spec, max_new_tokens: int, test_set: Sequence[EncodedExample] = (), stop: tuple[str, ...] = ()
+           ) -> FitTask:
+        """The ``FitTask`` of a ``data.TaskSpec`` whose generated answers may take ``max_new_tokens`` tokens and
+        end at ``stop`` (the default stop strings the adapter will record)."""
+        return cls(num_labels=spec.head_size, metric=spec.metric,
+                   kind=TaskKind.of(spec, max_new_tokens=max_new_tokens, stop=stop), test_set=test_set)
 
 
 @dataclass(frozen=True)
@@ -221,13 +223,13 @@ def fit(
     objective = train_cfg.objective_for(DEFAULT_TASK_TYPE if kind is None else kind.task_type)
     loop = _Loop(backbone, adapter, answers, train_cfg, task, run, objective,
                  total=train_cfg.total_steps(len(train_set)))
-    # None: no in-training validation; the last step is kept (the schedule has decayed to 0 there) and validated once
-    # at the end. Picking the best of a few 200-row evaluations cost a sixth of a default run and added noise.
-    val_for_training = list(validation_set)[: train_cfg.max_eval_examples or None]
+    # By default the validations only draw the curve, on a few rows; the last step is kept (the schedule has decayed
+    # to 0 there). Picking the best of a few 200-row evaluations cost a sixth of a default run and added noise.
+    val_for_training = list(validation_set)[: train_cfg.validation_examples]
     loop.resume()
     loop.emit(events.TrainingStarted(total=loop.total, step=loop.step, params=adapter.params_by_group(),
                                      batch_size=train_cfg.batch_size, eval_every=train_cfg.eval_every or 0,
-                                     eval_rows=len(val_for_training),
+                                     eval_steps=tuple(sorted(loop.eval_steps)), eval_rows=len(val_for_training),
                                      final_rows=len(validation_set) + len(task.test_set)))
     loop.train(train_set, val_for_training)
     final, metrics = loop.finish(validation_set)
@@ -252,6 +254,7 @@ class _Loop:
         self.backbone, self.adapter, self.answers, self.cfg, self.task, self.run = (
             backbone, adapter, answers, cfg, task, run)
         self.objective, self.total = objective, total
+        self.eval_steps = set(cfg.validation_steps(total))
         self.emit = run.on_event or events.ignore
         self.optimizer, self.scheduler = build_optimizer(adapter, cfg, total)
         distributed.broadcast_params(adapter)  # data parallel: every replica starts from rank 0's adapter
@@ -289,8 +292,8 @@ class _Loop:
             training_state.save(self.run.checkpoint_path, self.state())
 
     def train(self, train_set: Sequence[EncodedExample], val_rows: list[EncodedExample]) -> None:
-        """Step until ``total``: evaluate every ``eval_every`` steps, checkpoint, stop when asked."""
-        cfg, eval_every, should_stop = self.cfg, self.cfg.eval_every, self.run.should_stop
+        """Step until ``total``: validate at the schedule's steps, checkpoint, stop when asked."""
+        cfg, should_stop = self.cfg, self.run.should_stop
         lengths = [len(e.input_ids) for e in train_set]
         per_epoch = math.ceil(len(train_set) / cfg.batch_size)
         self.adapter.train()
@@ -299,7 +302,7 @@ class _Loop:
             # The same order on every rank (a function of the seed); each rank then takes its slice of the batch.
             order = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             self._step([train_set[i] for i in order[within]])
-            if eval_every and (self.step % eval_every == 0 or self.step == self.total):
+            if self.step in self.eval_steps:
                 self._evaluate(val_rows)
                 self.checkpoint()
             elif self.step % cfg.checkpoint_every == 0:
@@ -338,36 +341,40 @@ class _Loop:
             self.history.append({"step": step, "loss": round(total / all_terms, 6)})
             self.last_loss = total / all_terms
 
-    def _score(self, rows: Sequence[EncodedExample]) -> dict[str, float]:
-        return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
-                                sharded=True, kind=self.task.kind)
+    def _score(self, rows: Sequence[EncodedExample], name: str) -> dict[str, float]:
+        """The metrics of ``rows`` as one progress phase ``name`` (decoding, for a task that generates)."""
+        decodes = self.task.kind is not None and self.task.kind.strategy.decodes_text
+        with events.phase(name + (" (decoding)" if decodes else ""), len(rows), emit=self.emit):
+            return evaluate_encoded(self.backbone, self.adapter, rows, self.answers, self.cfg.eval_batch_size,
+                                    sharded=True, kind=self.task.kind)
 
     def _evaluate(self, val_rows: list[EncodedExample]) -> None:
         """An in-training validation; keeps the adapter's state when it is the best so far."""
         self._read_losses()  # the history lists the steps' losses before this validation
         self.adapter.eval()
-        val = self._score(val_rows)
+        val = self._score(val_rows, f"validation at step {self.step}")
         self.adapter.train()
         value = val.get(self.task.metric)
-        self.history.append({"step": self.step, "validation": val})
-        if value is not None and (self.best_metric is None or value > self.best_metric):
+        self.history.append({"step": self.step, "validation": val, "rows": len(val_rows)})
+        if self.cfg.keeps_best and value is not None and (self.best_metric is None or value > self.best_metric):
             self.best_metric, self.best_step = value, self.step
             self.best_state = _copy(self.adapter)
-        self.emit(events.Evaluated(step=self.step, total=self.total, metrics=val, best_step=self.best_step,
+        kept = self.best_step if self.cfg.keeps_best else self.step  # the step the run would keep if it ended now
+        self.emit(events.Evaluated(step=self.step, total=self.total, metrics=val, best_step=kept,
                                    examples=len(val_rows)))
 
     def finish(self, validation_set: Sequence[EncodedExample]) -> tuple[training_state.TrainingState, dict]:
         """Load the kept step into the adapter and evaluate it; returns the final training state and the metrics."""
-        if not self.cfg.eval_every:
+        if not self.cfg.keeps_best:
             self.best_step, self.best_state = self.step, _copy(self.adapter)
         final = self.state()
         self.adapter.load_state_dict(self.best_state)
         self.adapter.eval()
         self.emit(events.FinalEvaluation(best_step=self.best_step))
-        metrics = {"validation": self._score(validation_set)}
+        metrics = {"validation": self._score(validation_set, "final evaluation: validation")}
         if self.task.test_set:
-            metrics["test"] = self._score(self.task.test_set)
-        if not self.cfg.eval_every:  # the one validation of the run, on every validation row, as the curve's point
-            self.history.append({"step": self.step, "validation": metrics["validation"]})
+            metrics["test"] = self._score(self.task.test_set, "final evaluation: test")
+        if not self.cfg.keeps_best:  # the validation of the kept step, on every row, ends the curve
+            self.history.append({"step": self.step, "validation": metrics["validation"], "rows": len(validation_set)})
         self.emit(events.TrainingDone(metrics=metrics, best_step=self.best_step))
         return final, metrics

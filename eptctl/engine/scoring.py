@@ -16,6 +16,7 @@ import torch
 
 from eptctl.backbones.base import Backbone, EncodedExample, PromptSource, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions, to_text
+from eptctl.core import events
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TaskType, task_type
 from eptctl.data.task_types.regression import NEW_TOKENS as REGRESSION_NEW_TOKENS  # noqa: F401 (earlier callers)
 from eptctl.engine import distributed, metrics
@@ -32,15 +33,19 @@ class TaskKind:
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
     @classmethod
-    def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None) -> TaskKind:
-        """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` unless ``options``
-        say otherwise (regression always decodes greedily, a few tokens)."""
+    def of(cls, spec, max_new_tokens: int = 32, options: GenerationOptions | None = None,
+           stop: tuple[str, ...] = ()) -> TaskKind:
+        """The kind of a ``data.TaskSpec``; generation decodes greedily up to ``max_new_tokens`` and ends at
+        ``stop`` (the adapter's default stop strings) unless ``options`` say otherwise (regression always decodes
+        greedily, a few tokens)."""
         kind = task_type(spec.task_type)
         if kind.new_tokens is not None:
             options = GenerationOptions(max_new_tokens=kind.new_tokens)
         options = options or GenerationOptions(max_new_tokens=max_new_tokens)
         if options.max_new_tokens is None:
             options = dataclasses.replace(options, max_new_tokens=max_new_tokens)
+        if stop and not options.stop and kind.new_tokens is None:
+            options = dataclasses.replace(options, stop=tuple(stop))
         return cls(spec.task_type, spec.num_labels, kind.fallback_value(spec), options)
 
     @property
@@ -64,6 +69,7 @@ def predict_scores(backbone: Backbone, source: PromptSource, encoded: Sequence[E
             batch = backbone.collate([encoded[i] for i in idx], answers, train=False).to(backbone.device)
             for i, scores in zip(idx, backbone.score([source], batch, [answers])):
                 out[i] = scores.float().cpu()
+            events.advance(len(idx))  # progress of the caller's phase, if any (a host int: no device sync)
     return torch.stack(out) if out else torch.empty(0)
 
 
@@ -81,6 +87,7 @@ def score_mixed(backbone: Backbone, sources: Sequence[PromptSource], answers: Se
             batch = backbone.collate([encoded[i] for i in idx], None, train=False, adapter_index=index)
             for i, scores in zip(idx, backbone.score(sources, batch.to(backbone.device), answers)):
                 out[i] = scores.float().cpu()
+            events.advance(len(idx))
     return out
 
 
@@ -101,6 +108,7 @@ def generate_texts(backbone: Backbone, sources: Sequence[PromptSource], encoded:
         caps = None if limits is None else [limits[i] for i in idx]
         for i, ids in zip(idx, backbone.generate(sources, batch.to(backbone.device), options, caps)):
             out[i] = to_text(backbone.tokenizer, ids, options.stop)
+        events.advance(len(idx))
     return out
 
 
@@ -117,6 +125,7 @@ def predict_values(backbone: Backbone, sources: Sequence[PromptSource], encoded:
                 batch = backbone.collate([encoded[i] for i in idx], None, train=False, adapter_index=index)
                 for i, v in zip(idx, backbone.predict_values(sources, batch.to(backbone.device)).tolist()):
                     out[i] = float(v)
+                events.advance(len(idx))
         return out, [None] * len(encoded)
     texts = generate_texts(backbone, sources, encoded, kind.generation, batch_size, adapter_index)
     return [metrics.parse_number(t) for t in texts], texts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eptctl.core.errors import EptctlError
@@ -22,7 +22,8 @@ PNG = (".png",)
 # --- training curves ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Curve:
-    """What one adapter recorded while it trained: (step, value) points."""
+    """What one adapter recorded while it trained: (step, value) points, the validation rows behind each point
+    (None where the history does not say), the run's step count and the step whose weights were stored."""
 
     ref: str
     task: str
@@ -31,11 +32,18 @@ class Curve:
     loss: list[tuple[int, float]]
     validation: list[tuple[int, float]]
     best_step: int | None
+    rows: list[int | None] = field(default_factory=list)  # validation rows of each point of ``validation``
+    steps: int | None = None  # the run's optimiser steps
+
+    @property
+    def last_step(self) -> int:
+        """The largest step the curve spans: the run's step count, else its last point."""
+        return max([self.steps or 0, *(s for s, _ in self.loss), *(s for s, _ in self.validation)])
 
 
 def curve_of(record, metric: str) -> Curve | None:
     """The adapter's recorded curves, or None when it recorded no history (e.g. registered by other code)."""
-    loss, validation = [], []
+    loss, validation, rows = [], [], []
     for point in record.summary.get("history") or []:
         step = point.get("step") if isinstance(point, dict) else None
         if not isinstance(step, int):
@@ -45,12 +53,16 @@ def curve_of(record, metric: str) -> Curve | None:
         value = (point.get("validation") or {}).get(metric)
         if _finite(value):
             validation.append((step, float(value)))
+            rows.append(point.get("rows") if isinstance(point.get("rows"), int) else None)
     if not validation:  # adapters registered by other code may carry only the stepped metric values
         validation = sorted((m.step, m.value) for m in record.metrics
                             if m.split == "validation" and m.name == metric and m.step is not None)
+        rows = [None] * len(validation)
     if not loss and not validation:
         return None
-    return Curve(record.ref, record.task, record.method, metric, loss, validation, record.summary.get("best_step"))
+    steps = record.summary.get("steps")
+    return Curve(record.ref, record.task, record.method, metric, loss, validation, record.summary.get("best_step"),
+                 rows, steps if isinstance(steps, int) else None)
 
 
 def select_adapters(registry, target: str) -> list:
@@ -91,38 +103,86 @@ def training_curves(registry, target: str) -> list[Curve]:
 
 
 def curves_png(curves: list[Curve], title: str) -> bytes:
-    """Two panels over training steps: the loss (raw and a running mean) and the validation metric, one
-    colour per adapter, the best step starred."""
+    """The PNG of :func:`curves_figure`."""
+    return _png(curves_figure(curves, title))
+
+
+def curves_figure(curves: list[Curve], title: str):
+    """A matplotlib ``Figure`` with two panels over training steps: the loss at every step (raw and a running mean)
+    and the validation metric at every validation, one colour per adapter, the kept step starred. A point on more
+    rows than the others (the final evaluation on the whole split) is a hollow diamond; an adapter validated once
+    says so on the panel. The x axis runs from step 0 to the end of the longest run, in whole steps."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, val_ax = fig.subplots(1, 2)
-    colours = _colours(len(curves))
-    for curve, colour in zip(curves, colours):
+    singles = []
+    for curve, colour in zip(curves, _colours(len(curves))):
         label = f"{curve.ref} ({curve.method})"
-        if curve.loss:
-            steps, values = zip(*curve.loss)
-            smooth = _running_mean(values, max(1, len(values) // 20))
-            if len(values) > 1 and smooth != list(values):
-                loss_ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
-            loss_ax.plot(steps, smooth, color=colour, linewidth=1.6, label=label)
+        _draw_loss(loss_ax, curve, colour, label)
         if curve.validation:
-            steps, values = zip(*curve.validation)
-            val_ax.plot(steps, values, color=colour, marker="o", markersize=3.5, linewidth=1.4, label=label)
-            best = dict(curve.validation).get(curve.best_step)
-            if best is not None:
-                val_ax.plot([curve.best_step], [best], color=colour, marker="*", markersize=12, linestyle="none")
+            _draw_validation(val_ax, curve, colour, label)
+        if len(curve.validation) == 1:
+            singles.append(curve)
     metric = curves[0].metric
-    loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
-    val_ax.set(title=f"validation {metric} (★ best step, the stored weights)", xlabel="step", ylabel=metric)
+    loss_ax.set(title="training loss (every step)", xlabel="step", ylabel="loss")
+    val_ax.set(title=f"validation {metric} (★ the kept step: its weights are stored)", xlabel="step", ylabel=metric)
+    right = max(curve.last_step for curve in curves)
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
+        ax.set_xlim(0, right + max(1, right // 20))  # the whole run from step 0, whatever was recorded
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize="small", loc="best")
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
+    if singles:
+        val_ax.text(0.02, 0.03, _single_note(singles), transform=val_ax.transAxes, fontsize="small", color="dimgrey",
+                    va="bottom", wrap=True)
     fig.suptitle(title)
-    return _png(fig)
+    return fig
+
+
+def _draw_loss(ax, curve: Curve, colour, label: str) -> None:
+    if not curve.loss:
+        return
+    steps, values = zip(*curve.loss)
+    smooth = _running_mean(values, max(1, len(values) // 20))
+    if len(values) > 1 and smooth != list(values):
+        ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
+    ax.plot(steps, smooth, color=colour, linewidth=1.6, label=label, marker="o" if len(values) == 1 else None)
+
+
+def _draw_validation(ax, curve: Curve, colour, label: str) -> None:
+    """The points on the in-run subset joined by a line, the final evaluation on more rows as a hollow diamond
+    (dotted to the last subset point), and a star on the kept step."""
+    points = list(zip(curve.validation, curve.rows))
+    known = [r for _, r in points if r is not None]
+    subset = min(known) if known else None
+    on_subset = [p for p, r in points if subset is None or r is None or r == subset]
+    wider = [(p, r) for p, r in points if subset is not None and r is not None and r > subset]
+    if on_subset:
+        steps, values = zip(*on_subset)
+        rows = f", {subset} rows" if subset is not None and wider else ""
+        ax.plot(steps, values, color=colour, marker="o", markersize=3.5, linewidth=1.4, label=f"{label}{rows}")
+    kept = dict(curve.validation).get(curve.best_step)
+    if kept is not None:
+        ax.plot([curve.best_step], [kept], color=colour, marker="*", markersize=12, linestyle="none", zorder=3)
+    for (step, value), rows in wider:
+        if on_subset:
+            ax.plot([on_subset[-1][0], step], [on_subset[-1][1], value], color=colour, linestyle=":", linewidth=1.2)
+        ax.plot([step], [value], color=colour, marker="D", markersize=11, markerfacecolor="none", linestyle="none",
+                label=f"{curve.ref}: all {rows} validation rows", zorder=4)  # around the star when it is kept
+
+
+def _single_note(curves: list[Curve]) -> str:
+    """The note on a panel whose adapters were validated once: a single point is no curve."""
+    which = curves[0].ref if len(curves) == 1 else f"{len(curves)} adapters"
+    step = curves[0].validation[0][0]
+    where = f"at step {step}" if len(curves) == 1 else "each"
+    return (f"{which}: validated once ({where}), so no curve; `eptctl train` validates 4 times by default, or every "
+            "N steps with --eval-every N")
 
 
 # --- prompt similarity ----------------------------------------------------------------------------------------------
@@ -175,7 +235,13 @@ def similarity_matrix(registry, tasks: list[str] | None = None, include_archived
 
 
 def similarity_png(matrix: SimilarityMatrix, title: str = "prompt cosine similarity") -> bytes:
-    """A heatmap in [-1, 1]; lines separate backbone groups and cells across groups stay blank."""
+    """The PNG of :func:`similarity_figure`."""
+    return _png(similarity_figure(matrix, title))
+
+
+def similarity_figure(matrix: SimilarityMatrix, title: str = "prompt cosine similarity"):
+    """A matplotlib ``Figure``: a heatmap in [-1, 1]; lines separate backbone groups and cells across groups stay
+    blank; the title counts the adapters of each backbone."""
     import matplotlib
     import numpy as np
     from matplotlib.figure import Figure
@@ -205,11 +271,11 @@ def similarity_png(matrix: SimilarityMatrix, title: str = "prompt cosine similar
         edge += size
         ax.axhline(edge, color="black", linewidth=1.2)
         ax.axvline(edge, color="black", linewidth=1.2)
-    note = "; ".join(f"{label}: {size}" for label, size in groups)
+    note = "; ".join(f"{size} adapter{'s' if size != 1 else ''} on {label}" for label, size in groups)
     if len(groups) > 1:
         note += "\nhatched cells: different backbones, not comparable"
     ax.set_title(f"{title}\n{note}", fontsize="medium")
-    return _png(fig)
+    return fig
 
 
 # --- files ----------------------------------------------------------------------------------------------------------

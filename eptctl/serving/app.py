@@ -1,10 +1,13 @@
 """The HTTP app factory: one FastAPI application from the routers of each API family (``eptctl.serving.routes``),
 the JSON error handlers and the bearer-token check (``errors``), and the server's shared parts (``state``).
 
-Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; OpenAPI at ``/docs``.
-Every error is a JSON body ``{"error": ..., "hint": ...}`` with its status code: 422 malformed request (or not UTF-8
-JSON), 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a text or too large a
-body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or wrong bearer token.
+Routes: ``POST /v1/predict``, ``GET /v1/adapters``, ``/healthz``, ``/readyz``, ``/metrics``; the OpenAI-compatible
+``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``; OpenAPI at ``/docs``.
+Every error is a JSON body with its status code (eptctl's routes: ``{"error": ..., "hint": ...}``; the OpenAI routes:
+``{"error": {"message", "type", "param", "code"}}``): 422 malformed request (or not UTF-8 JSON), 400 a field the
+OpenAI routes cannot honour, 404 unknown adapter, 409 adapter of another backbone, 413 too many inputs, too long a
+text or too large a body, 408 a body that stalled, 503 queue full (with ``Retry-After``) or not ready, 401 missing or
+wrong bearer token.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig(), engine=N
     errors.install(app)
     app.include_router(health.router)
     app.include_router(eptctl_api.router)
-    app.include_router(openai.router)  # the OpenAI-compatible API: empty until its issue lands
+    app.include_router(openai.router)
     return app
 
 
@@ -45,5 +48,6 @@ def create_app(registry, backbone, config: ServeConfig = ServeConfig(), engine=N
 async def _lifespan(app):
     engine = app.state.serving.engine
     engine.start()
+    app.state.serving.metrics.generation.watch(engine)  # running and waiting, read from the engine at each scrape
     yield
     await asyncio.to_thread(engine.stop)  # uvicorn has drained the connections: finish what is queued

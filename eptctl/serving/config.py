@@ -11,7 +11,7 @@ TOKEN_HINT = "generate one: python -c 'import secrets; print(secrets.token_urlsa
 # Bytes of a JSON body beyond its texts (keys, quotes, adapter names per input, whitespace).
 BODY_OVERHEAD_BYTES = 1 << 20
 # Upper bounds of the numeric options: past these a value is a typo, not a setting (also the CLI's max=).
-LIMITS = {"--max-batch-size": 4096, "--max-queue": 1_000_000, "--max-inputs": 100_000,
+LIMITS = {"--max-batch-size": 4096, "--max-queue": 1_000_000, "--max-inputs": 100_000, "--max-tokens": 1_000_000,
           "--max-text-chars": 10_000_000, "--max-adapters": 100_000, "--max-body-bytes": 1 << 31,
           "--max-wait-ms": 60_000.0, "--resolve-ttl": 86_400.0, "--timeout-keep-alive": 3600.0,
           "--timeout-read": 3600.0, "--engine-timeout": 3600.0}
@@ -39,6 +39,10 @@ class ServeConfig:
     max_adapters: int = 32  # materialized adapters kept (LRU)
     resolve_ttl_s: float = 1.0  # how long a reference (an alias, @latest) is trusted before it is resolved again
     batching: bool = True  # off: one request per backbone pass (for comparison)
+    max_tokens: int = 1024  # the most tokens one OpenAI-API completion may ask for (max_tokens); beyond: 400
+    # a Jinja chat template for /v1/chat/completions (vLLM's --chat-template): replaces the tokenizer's own, or gives
+    # one to a backbone without; the template's text, not a path
+    chat_template: str | None = field(default=None, repr=False)
     # bearer token required on every route but the health checks; never in a repr (a log line, a traceback)
     token: str | None = field(default=None, repr=False)
     insecure_no_token: bool = False  # the user's explicit choice to serve off loopback without a token
@@ -54,7 +58,7 @@ class ServeConfig:
         for flag, value in (("--port", self.port), ("--max-batch-size", self.max_batch_size),
                             ("--max-queue", self.max_queue), ("--max-inputs", self.max_inputs),
                             ("--max-text-chars", self.max_text_chars), ("--max-adapters", self.max_adapters),
-                            ("--max-body-bytes", self.max_body_bytes or 1)):
+                            ("--max-body-bytes", self.max_body_bytes or 1), ("--max-tokens", self.max_tokens)):
             if value < 1:
                 raise ConfigError(f"{flag} must be ≥ 1, got {value}", hint=f"set {flag} to a positive integer")
         if self.port > 65535:
@@ -66,6 +70,8 @@ class ServeConfig:
             if not 0 < value <= LIMITS[flag]:
                 raise ConfigError(f"{flag} must be in (0, {LIMITS[flag]:.0f}] seconds, got {value}",
                                   hint=f"e.g. {flag} 10")
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ConfigError("--chat-template is empty", hint="give a file holding a Jinja chat template")
         if self.token is not None:
             _check_token(self.token)
         _check_engine(self)

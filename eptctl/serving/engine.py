@@ -3,7 +3,7 @@
 Routes never touch a backbone; they hand an :class:`Engine` rows to predict (``/v1/predict``, label and number
 completions) or a :class:`GenerateRequest` to stream (completions and chat of generation adapters), and ask it for
 prompt log-probabilities (the ``echo`` scoring convention of evaluation harnesses). Two engines implement it:
-:class:`LocalEngine` runs the backbone in this process (one worker thread, batched across adapters and, for decoding,
+:class:`eptctl.serving.local.LocalEngine` runs the backbone in this process (one worker thread, batched across adapters and, for decoding,
 step by step across streams); ``eptctl.serving.engines.vllm`` sends each row's embedding sequence ``[P_r; E(x) + H]``
 to a vLLM server.
 
@@ -118,9 +118,25 @@ class Engine(Protocol):
         """The tokens of ``request`` as they are decoded, then one ``Finished``. Closing the iterator early (a client
         that went away) frees the request's place in the running batch."""
 
-    async def prompt_logprobs(self, servable: ServableAdapter, input_ids: Sequence[int]) -> list[float | None]:
+    @property
+    def running(self) -> int:
+        """Streams decoding now (a gauge for ``/metrics``)."""
+
+    @property
+    def waiting(self) -> int:
+        """Requests accepted and not started yet (a gauge for ``/metrics``)."""
+
+    async def prompt_logprobs(self, servable: ServableAdapter, input_ids: Sequence[int],
+                              offset_tokens: int | None = None) -> list[float | None]:
         """``log p(input_ids[t] | soft prompt, input_ids[:t])`` for every ``t ≥ 1`` (``None`` for ``t = 0``) under
-        ``servable``'s soft prompt and offset: the ``echo`` + ``logprobs`` + ``max_tokens: 0`` convention."""
+        ``servable``'s soft prompt and offset: the ``echo`` + ``logprobs`` + ``max_tokens: 0`` convention.
+
+        The offset ``H`` is added to the first ``offset_tokens`` ids (default: all of them). A causal adapter's
+        label score adds it to the template-filled text only and appends the answer without it (the answer is what
+        the model writes, and written tokens never get one), so the mean over a label's answer tokens equals that
+        score when ``offset_tokens`` is the text's length; with the default the two agree for single-token answers
+        and differ slightly for longer ones. ``ConfigError`` for an empty prompt or one longer than the adapter's
+        offset; ``Unsupported`` on a backbone that is not decoder-only."""
 
 
 class Unsupported(ConfigError):
@@ -129,35 +145,3 @@ class Unsupported(ConfigError):
 
 class EngineUnavailable(ConfigError):
     """The engine cannot answer now (a remote engine is down or timed out): HTTP 503 with ``Retry-After``."""
-
-
-class LocalEngine:
-    """The backbone in this process, behind the ``Batcher`` (one worker thread owns it)."""
-
-    name = "local"
-
-    def __init__(self, backbone, batcher):
-        self.backbone, self.batcher = backbone, batcher
-        self.backbone_name, self.tokenizer = backbone.name, backbone.tokenizer
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    def stop(self) -> None:
-        self.batcher.stop()
-
-    @property
-    def alive(self) -> bool:
-        return self.batcher.alive
-
-    def encode(self, servable: ServableAdapter, text: str, text_pair: str | None = None) -> tuple[int, ...]:
-        raise NotImplementedError("LocalEngine.encode: the streaming issue's helper builds it")
-
-    async def predict(self, rows: Sequence[Row]) -> list[dict]:
-        return await self.batcher.submit(list(rows))
-
-    def stream(self, request: GenerateRequest) -> AsyncIterator[TokenEvent | Finished]:
-        raise NotImplementedError("LocalEngine.stream: the streaming issue's helper builds it")
-
-    async def prompt_logprobs(self, servable: ServableAdapter, input_ids: Sequence[int]) -> list[float | None]:
-        raise NotImplementedError("LocalEngine.prompt_logprobs: the streaming issue's helper builds it")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from eptctl.serving.adapters import AdapterCache
 from eptctl.serving.batcher import Batcher
 from eptctl.serving.config import ServeConfig
-from eptctl.serving.engine import Engine, LocalEngine
+from eptctl.serving.engine import Engine
+from eptctl.serving.local import LocalEngine
 from eptctl.serving.metrics import ServeMetrics
 
 

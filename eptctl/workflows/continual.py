@@ -71,7 +71,8 @@ def _forward_transfer(backbone, outcome, method_cfg: EPTConfig, train_cfg: Train
     spec = outcome.spec
     new_tokens = new_token_budget(encoded.train, train_cfg.max_target_length)
     scratch = fit(backbone, encoded.train, encoded.validation, encoded.answers, method_cfg, train_cfg,
-                  task=FitTask.of(spec, new_tokens, test_set=encoded.test))
+                  task=FitTask.of(spec, new_tokens, test_set=encoded.test),
+                  on_event=events.current())  # its progress, where a `with ConsoleProgress():` block shows it
     fused_acc = outcome.result.metrics["test"][spec.metric]
     random_acc = scratch.metrics["test"][spec.metric]
     return {"fused_init": fused_acc, "random_init": random_acc, "delta": fused_acc - random_acc}

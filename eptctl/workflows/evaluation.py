@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eptctl import data
+from eptctl.core import events
 from eptctl.core.errors import EptctlError
 from eptctl.workflows.inference import ServableAdapter, backbone_for, evaluate_servable, load_adapter
 
@@ -73,7 +74,9 @@ def evaluate_stored(registry, ref: str, options: EvalOptions | None = None, *, b
         generation = GenerationOptions(max_new_tokens=max_new_tokens)
         if max_new_tokens != servable.max_new_tokens:  # another budget: never replaces the metric training stored
             split_name = f"{split_name}[max_new_tokens={max_new_tokens}]"
-    result = evaluate_servable(backbone, servable, examples, options=generation)
+    decodes = " (decoding)" if servable.spec.strategy.decodes_text else ""
+    with events.phase(f"evaluating {servable.record.ref} on {split_name}{decodes}", len(examples)):
+        result = evaluate_servable(backbone, servable, examples, options=generation)
     if options.store:
         registry.add_metrics(servable.record, [MetricValue(split_name, k, v) for k, v in result.metrics.items()])
     return {"ref": servable.record.ref, "id": servable.record.id, "split": split_name, "stored": options.store,

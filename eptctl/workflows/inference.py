@@ -15,6 +15,7 @@ import torch
 from eptctl import backbones, data
 from eptctl.backbones.base import Backbone, TaskEncoding
 from eptctl.backbones.decoding import GenerationOptions
+from eptctl.core import events
 from eptctl.core.errors import EptctlError
 from eptctl.data.task_types import TASK_TYPES
 from eptctl.data.text import clean_inputs
@@ -50,10 +51,17 @@ class ServableAdapter:
         summary = getattr(self.record, "summary", None) or {}
         return int(summary.get("max_new_tokens") or self.max_target_length)
 
+    @property
+    def default_stop(self) -> tuple[str, ...]:
+        """Stop strings its outputs end at unless the caller gives others: what training recorded (a line break
+        when no training target had one); none for adapters stored before it was recorded."""
+        summary = getattr(self.record, "summary", None) or {}
+        return tuple(summary.get("stop") or ())
+
     def kind(self, options: GenerationOptions | None = None) -> TaskKind:
         """How to score this adapter's task; generation decodes with ``options`` (default: greedy, up to
-        ``max_new_tokens``)."""
-        return TaskKind.of(self.spec, max_new_tokens=self.max_new_tokens, options=options)
+        ``max_new_tokens``), ending at ``default_stop`` when ``options`` give no stop strings."""
+        return TaskKind.of(self.spec, max_new_tokens=self.max_new_tokens, options=options, stop=self.default_stop)
 
 
 def load_adapter(registry, ref: str) -> ServableAdapter:
@@ -120,6 +128,19 @@ def check_servable_on(servable: ServableAdapter, backbone: Backbone) -> None:
     if servable.spec.strategy.decodes_text and not backbone.can_generate:
         raise EptctlError(f"{servable.record.ref} generates text; {backbone.name} is an encoder-only model",
                           hint="serve it on the causal or seq2seq backbone it was trained on")
+
+
+def encode_input(backbone: Backbone, servable: ServableAdapter, text: str, text_pair: str | None = None):
+    """The ``EncodedExample`` :func:`predict` feeds after ``servable``'s soft prompt for one input: the text
+    normalised as training data is, the adapter's template filled, special tokens as training put them, truncated to
+    its max length. ``EptctlError`` for an empty text, a pair that does not match the task, or a generation adapter
+    on an encoder."""
+    ((text, text_pair),) = clean_inputs([(text, text_pair)])
+    check_pair(servable, text_pair, "input")
+    check_servable_on(servable, backbone)
+    answers = backbone.encode_answers(servable.spec.verbalizer)
+    example = data.Example(text=text, label=0, text_pair=text_pair)
+    return encode_examples(backbone, servable.spec, [example], answers, servable.max_length)[0]
 
 
 @dataclass(frozen=True)
@@ -222,7 +243,8 @@ def predict_mixed(backbone: Backbone, servables: Sequence[ServableAdapter], rows
         mine = [i for i in range(len(rows)) if servables[index[i]].spec.strategy is kind]
         if not mine:
             continue
-        results = kind.predict_rows(run, [encoded[i] for i in mine], [index[i] for i in mine])
+        with events.phase("decoding" if kind.decodes_text else "scoring", len(mine)):  # silent without a handler
+            results = kind.predict_rows(run, [encoded[i] for i in mine], [index[i] for i in mine])
         for i, result in zip(mine, results):
             out[i] = {"adapter": result.pop("adapter"), "text": rows[i][1],
                       **({"text_pair": rows[i][2]} if rows[i][2] is not None else {}), **result}

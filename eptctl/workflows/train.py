@@ -22,6 +22,7 @@ from eptctl.core import events
 from eptctl.core.errors import ConfigError, EptctlError
 from eptctl.core.files import read_only_reason
 from eptctl.core.home import eptctl_home
+from eptctl.core.progress import ConsoleProgress
 from eptctl.data.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 from eptctl.data.task_types import task_type as task_type_of
 from eptctl.engine import distributed, servable, training_state
@@ -134,12 +135,20 @@ class ModelChoice:
 @dataclass(frozen=True)
 class RunOptions:
     """How a run is driven: ``resume`` continues the interrupted run with the same inputs (``EptctlError`` if there
-    is none), ``on_event`` receives the typed progress events, and the run stops with a clean checkpoint
-    (``TrainingInterrupted``) when ``should_stop()`` turns true."""
+    is none), ``on_event`` receives the typed progress events (default: the handler a ``with ConsoleProgress():``
+    block installed), the run stops with a clean checkpoint (``TrainingInterrupted``) when ``should_stop()`` turns
+    true, and ``progress=True`` prints progress on stderr with :class:`eptctl.core.progress.ConsoleProgress` (live bars
+    on a terminal, periodic lines in a log) besides ``on_event``."""
 
     resume: bool = False
     on_event: events.EventHandler | None = None
     should_stop: Callable[[], bool] | None = None
+    progress: bool = False
+
+    def handler(self) -> tuple[events.EventHandler, ConsoleProgress | None]:
+        """The run's event handler, and the reporter ``progress=True`` adds to it (the caller closes it)."""
+        reporter = ConsoleProgress() if self.progress and distributed.is_main() else None  # one rank prints
+        return events.tee(self.on_event or events.current(), reporter), reporter
 
 
 @dataclass(frozen=True)
@@ -238,18 +247,29 @@ def train_task(
     each given whole or field by field: ``limits`` (:class:`DataLimits`: ``max_train``, ``max_eval``,
     ``train_examples``, few-shot K examples stratified by label, recorded in the summary), ``loading``
     (:class:`ModelChoice`: ``model``, ``backbone``, ``trust_remote_code``), ``run`` (:class:`RunOptions`:
-    ``resume``, ``on_event``, ``should_stop``) and ``record`` (:class:`RecordInfo`: ``description``, ``tags``,
-    ``command_line``). Raises ``TypeError`` for an unknown keyword, ``EptctlError`` for anything a user can get
+    ``resume``, ``on_event``, ``should_stop``, ``progress``: True prints live progress on stderr) and ``record``
+    (:class:`RecordInfo`: ``description``, ``tags``, ``command_line``). Raises ``TypeError`` for an unknown keyword, ``EptctlError`` for anything a user can get
     wrong, before the registry is written, and ``TrainingInterrupted`` after a clean checkpoint when
     ``should_stop()`` turns true. Under ``torchrun`` / ``accelerate launch`` every rank calls this: the ranks train
     data-parallel, rank 0 alone registers, and the other ranks get ``record=None`` (docs/distributed.md).
     """
+    groups = split_options(options, TRAIN_OPTIONS, "train_task")
+    distributed.init()  # under a launcher: join the group first, so that only rank 0 prints
+    emit, reporter = groups["run"].handler()
+    try:
+        with events.reporting(emit):  # model conversion and scoring phases report to the run's handler too
+            return _train(task, registry, method_cfg, train_cfg, custom, transfer, groups, emit)
+    finally:
+        if reporter is not None:
+            reporter.close()
+
+
+def _train(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig, custom: data.DataOptions | None,
+           transfer: TransferOptions | None, groups: dict, emit: events.EventHandler) -> TrainOutcome:
+    """:func:`train_task` once its options are grouped and its events have a handler."""
     from registry import ArtifactWriteError
 
-    groups = split_options(options, TRAIN_OPTIONS, "train_task")
     run: RunOptions = groups["run"]
-    distributed.init()
-    emit = run.on_event or events.ignore
     if distributed.is_main():
         _check_can_store(registry)  # a read-only registry or home fails now, not after the whole training budget
     p = _prepare(task, registry, method_cfg, train_cfg, custom, transfer, groups, emit)
@@ -260,9 +280,9 @@ def train_task(
         raise EptctlError(f"no checkpoint to resume for this run (key {key})",
                           hint="resume needs the same task, data, model and options as the interrupted run")
     result = fit(p.backbone, p.encoded.train, p.encoded.validation, p.encoded.answers, p.method_cfg, p.train_cfg,
-                 task=FitTask.of(p.spec, p.new_tokens, test_set=p.encoded.test),
+                 task=FitTask.of(p.spec, p.new_tokens, test_set=p.encoded.test, stop=_default_stop(p)),
                  run=FitRun(init_tensors=p.start.init_tensors, checkpoint_path=ckpt, resume=run.resume,
-                            on_event=run.on_event, should_stop=run.should_stop))
+                            on_event=emit, should_stop=run.should_stop))
     if not distributed.is_main():  # every rank holds the same adapter; one registration is enough
         return TrainOutcome(record=None, result=result, spec=p.spec)
     materialized = result.adapter.materialize()
@@ -351,6 +371,12 @@ def _prepare(task: str, registry, method_cfg: EPTConfig, train_cfg: TrainConfig,
     return _Prepared(spec, task_data, backbone, method_cfg, train_cfg, encoded, new_tokens, start)
 
 
+def _default_stop(p: _Prepared) -> tuple[str, ...]:
+    """The stop strings the adapter decodes with by default, learned from its training targets (generation: a line
+    break when no target has one); recorded in its summary, used by its evaluations here and later."""
+    return p.spec.strategy.default_stop(p.task_data.train)
+
+
 def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions | None, groups: dict) -> dict:
     """The run summary stored with the adapter."""
     spec, task_data, train_cfg, new_tokens = p.spec, p.task_data, p.train_cfg, p.new_tokens
@@ -369,7 +395,7 @@ def _summary(p: _Prepared, result: TrainResult, gate, transfer: TransferOptions 
            else {}),
         "data_source_fingerprint": task_data.source_fingerprint,  # eval refuses to store on changed data
         "model": model,
-        **({"max_new_tokens": new_tokens} if not spec.strategy.has_labels else {}),
+        **({"max_new_tokens": new_tokens, "stop": list(_default_stop(p))} if not spec.strategy.has_labels else {}),
     }
 
 

@@ -97,6 +97,11 @@ class TaskType:
         """What the model should write for ``example`` (None: nothing to write, e.g. labels are scored)."""
         return None
 
+    def default_stop(self, examples: Sequence) -> tuple[str, ...]:
+        """Stop strings that end a decoded output by default, learned from the training ``examples`` and recorded
+        with the adapter (default: none; decoding ends at eos or the token budget)."""
+        return ()
+
     # -- the engine (double dispatch) ------------------------------------------------------------------------
 
     def evaluate(self, run, encoded: Sequence) -> dict[str, float]:

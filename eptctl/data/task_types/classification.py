@@ -53,7 +53,7 @@ class Classification(TaskType):
     card_use = "Classifies text for the task `{task}` into {labels}"
     card_how = ("Each label is scored by the mean log-likelihood of its answer after the task's template "
                 "(encoders: by the adapter's head).")
-    predicts = "label and per-label scores"
+    predicts = "label, per-label scores and probabilities"
 
     def head_size(self, num_labels: int) -> int:
         return num_labels
@@ -115,9 +115,23 @@ class Classification(TaskType):
 
 
 def _row(servable, scores, truncated: bool) -> dict:
+    """One prediction: the arg-max label, each label's raw ``scores`` and their ``probabilities``."""
     labels = servable.spec.labels
     return {"adapter": servable.record.ref, "label": labels[int(scores.argmax())],
-            "scores": {label: round(float(v), 6) for label, v in zip(labels, scores)}, "truncated": bool(truncated)}
+            "scores": {label: round(float(v), 6) for label, v in zip(labels, scores)},
+            "probabilities": {label: round(p, 6) for label, p in zip(labels, label_probabilities(scores.tolist()))},
+            "truncated": bool(truncated)}
+
+
+def label_probabilities(scores: Sequence[float]) -> list[float]:
+    """The softmax of one row's label scores [num_labels]: a distribution over the task's labels that sums to 1 and
+    ranks them as the scores do. A score is a length-normalised log-likelihood (the mean log-probability per token
+    of the label's answer) or, on encoders, the head's log-probability, where this softmax is exactly the head's
+    probability. It is not calibrated: it says how the model splits its preference among these labels only."""
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]  # shifted by the maximum: no overflow (the softmax is unchanged)
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 CLASSIFICATION = Classification()

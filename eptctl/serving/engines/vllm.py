@@ -63,6 +63,7 @@ class VllmEngine:
         self._async = httpx.AsyncClient(base_url=self.client.url, timeout=self.client.timeout)
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="eptctl-vllm-rows")
         self._state, self._reason = "unknown", "not checked yet"
+        self._in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -145,15 +146,23 @@ class VllmEngine:
                               hint="serve this adapter with the local engine (eptctl serve without --engine)")
 
     def encode(self, servable, text: str, text_pair: str | None = None) -> tuple[int, ...]:
-        from eptctl import data
-        from eptctl.data.text import clean_inputs
-        from eptctl.engine.encoding import encode_examples
+        from eptctl.workflows.inference import encode_input
 
-        (text, text_pair), = clean_inputs([(text, text_pair)], where="input")
-        answers = self.backbone.encode_answers(servable.spec.verbalizer)
-        example = data.Example(text=text, label=0, text_pair=text_pair)
-        return tuple(encode_examples(self.backbone, servable.spec, [example], answers, servable.max_length)[0]
-                     .input_ids)
+        return tuple(encode_input(self.backbone, servable, text, text_pair).input_ids)
+
+    @property
+    def running(self) -> int:
+        """Requests of this router in flight to vLLM (predictions and streams)."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Always 0: vLLM queues what it cannot run yet itself (its own /metrics shows that queue)."""
+        return 0
+
+    def _track(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
 
     async def predict(self, rows: Sequence) -> list[dict]:
         from eptctl.workflows.inference import predict_mixed
@@ -168,45 +177,68 @@ class VllmEngine:
                 servables.append(servable)
             flat.append((index_of[servable.record.id], text, pair))
         loop = asyncio.get_running_loop()
+        self._track(1)
         try:
             return await loop.run_in_executor(self._pool, predict_mixed, self.backbone, servables, flat, len(flat))
         except VllmUnavailable as err:
             self._failed(err)
             raise
+        finally:
+            self._track(-1)
 
-    async def prompt_logprobs(self, servable, input_ids: Sequence[int]) -> list[float | None]:
+    async def prompt_logprobs(self, servable, input_ids: Sequence[int],
+                              offset_tokens: int | None = None) -> list[float | None]:
         """One next-token request per position (vLLM cannot name a prompt token it only saw as an embedding):
-        position ``t`` sends the row's first ``s + t`` embeddings and asks for ``input_ids[t]``."""
+        position ``t`` sends the row's first ``s + t`` embeddings and asks for ``input_ids[t]``; the offset goes on
+        the first ``offset_tokens`` ids (``Engine.prompt_logprobs``). ``ConfigError`` for an empty prompt or one
+        longer than the adapter's offset."""
+        from eptctl.core.errors import ConfigError
+
         self._ready()
-        if len(input_ids) < 2:
-            return [None] * len(input_ids)
-        row = await asyncio.to_thread(self._row, servable, input_ids)
+        if not input_ids:
+            raise ConfigError("the prompt has no tokens", hint="send at least one token")
+        row = await asyncio.to_thread(self._row, servable, input_ids, offset_tokens)
         s = row.shape[0] - len(input_ids)
         prefixes = [row[: s + t] for t in range(1, len(input_ids))]
+        self._track(1)
         try:
             values = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self.client.next_token_logprobs, prefixes, [[t] for t in input_ids[1:]])
         except VllmUnavailable as err:
             self._failed(err)
             raise
+        finally:
+            self._track(-1)
         return [None, *(v[0] for v in values)]
 
-    def _row(self, servable, input_ids: Sequence[int]):
-        """``[P_r; E(x) + H]`` [s + n, d] of ``input_ids`` under ``servable``."""
-        from eptctl.backbones.base import EncodedExample
+    def _row(self, servable, input_ids: Sequence[int], offset_tokens: int | None = None):
+        """``[P_r; E(x) + H]`` [s + n, d] of ``input_ids`` under ``servable``, the offset on the first
+        ``offset_tokens`` ids (default all; the rest are embedded as written tokens are, without one)."""
+        import torch
 
-        batch = self.backbone.collate([EncodedExample(list(input_ids), 0)], None, train=False)
+        from eptctl.backbones.base import Batch, HostRows
+
+        n = len(input_ids)
+        k = n if offset_tokens is None else max(0, min(n, offset_tokens))
+        ids = torch.tensor([list(input_ids)], dtype=torch.long)
+        host = HostRows([n], [0], answer_start=[k], answer_len=[n - k])
+        batch = Batch(ids, torch.ones_like(ids), torch.zeros(1, dtype=torch.long), answer_start=torch.tensor([k]),
+                      answer_len=torch.tensor([n - k]), host=host)
         return self.backbone.rows([servable.adapter], batch)[0]
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[TokenEvent | Finished]:
         """vLLM's streamed completion of the request's row, one ``TokenEvent`` per token."""
         self._ready()
         self.check(request.servable)
+        params, soft = request.params, int(request.servable.adapter.prompt.shape[0])
+        if params.max_tokens == 0:  # nothing to decode (vLLM refuses max_tokens 0)
+            yield Finished("length", "", len(request.input_ids), soft, 0)
+            return
         row = await asyncio.to_thread(self._row, request.servable, request.input_ids)
-        params = request.params
         body = self.client.generation_body(encode_embeds(row), params, params.max_tokens, stream=True,
                                            logprobs=params.logprobs)
         counts = {"tokens": 0, "reason": "length"}
+        self._track(1)
         try:
             async with self._async.stream("POST", "/v1/completions", json=body) as response:
                 if not response.is_success:
@@ -219,8 +251,9 @@ class VllmEngine:
             failure = unavailable(self.client.url, err)
             self._failed(failure)
             raise failure from None
-        yield Finished(counts["reason"], "", len(request.input_ids), int(request.servable.adapter.prompt.shape[0]),
-                       counts["tokens"])
+        finally:
+            self._track(-1)
+        yield Finished(counts["reason"], "", len(request.input_ids), soft, counts["tokens"])
 
     def _events(self, line: str, counts: dict) -> list[TokenEvent]:
         """The token events of one server-sent-events line of vLLM's stream (``data: {...}``)."""

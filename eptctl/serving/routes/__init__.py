@@ -2,7 +2,7 @@
 
 - ``health``: ``/healthz``, ``/readyz``, ``/metrics`` (probes and Prometheus; the probes need no token)
 - ``eptctl_api``: eptctl's own API, ``POST /v1/predict`` and ``GET /v1/adapters``
-- ``openai``: the OpenAI-compatible API (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``); empty for now
+- ``openai``: the OpenAI-compatible API (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``)
 
 A route reads the server's parts through the ``State`` dependency (``eptctl.serving.state``), never a closure, and
 reports an error by raising ``eptctl.serving.errors.ApiError``.

@@ -53,7 +53,7 @@ async def adapters(state: State):
 @router.post("/v1/predict")
 async def predict(body: PredictRequest, state: State):
     """One output per input: ``adapter``, ``text``, ``truncated`` and, by task type, ``label`` with every
-    label's ``scores``, the generated ``output``, or the ``value``."""
+    label's ``scores`` and ``probabilities`` (their softmax), the generated ``output``, or the ``value``."""
     with state.metrics.in_flight.track_inprogress():
         return await _predict(body, state)
 
