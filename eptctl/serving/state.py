@@ -21,7 +21,7 @@ class ServingState:
     backbone: object
     config: ServeConfig
     cache: AdapterCache
-    batcher: Batcher
+    batcher: Batcher | None  # the local engine's; None with a remote engine (it batches itself)
     metrics: ServeMetrics
     engine: Engine
 
@@ -32,7 +32,9 @@ class ServingState:
         batcher."""
         metrics = ServeMetrics()
         cache = AdapterCache(registry, backbone, config.max_adapters, config.resolve_ttl_s)
+        if engine is not None:  # a remote engine: the backbone here is its embedding table, nothing to batch on
+            return cls(registry, backbone, config, cache, None, metrics, engine)
         batcher = Batcher(backbone, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                           max_queue=config.max_queue, batching=config.batching, metrics=metrics)
-        return cls(registry, backbone, config, cache, batcher, metrics, engine or LocalEngine(backbone, batcher))
+        return cls(registry, backbone, config, cache, batcher, metrics, LocalEngine(backbone, batcher))
 
