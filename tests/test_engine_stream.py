@@ -365,8 +365,14 @@ def test_seq2seq_streams_decode_per_cohort(t5_world):
     for text, events in zip(TEXTS[:2], cohort):
         assert _tokens(events) == _greedy_ids(backbone, servable, text, 8, ignore_eos=True)
     assert _tokens(late) == _greedy_ids(backbone, servable, TEXTS[2], 3, ignore_eos=True)
-    assert steps.log[0] == ("prefill", 2) and steps.log[-3:] == [("prefill", 1), ("step", 1), ("step", 1)]
-    assert all(rows == 2 for _, rows in steps.log[:-3])
+    assert steps.log[-3:] == [("prefill", 1), ("step", 1), ("step", 1)]
+    # The two cohort rows are prefilled together unless the worker admitted the first before the second arrived (a
+    # loaded machine); either way no step ever carries more rows than the cohort prefilled before it: nothing joins.
+    assert steps.log[0][0] == "prefill" and steps.log[0][1] in (1, 2)
+    cohort = 0
+    for kind, rows in steps.log:
+        cohort = rows if kind == "prefill" else cohort
+        assert rows <= cohort
 
 
 def test_each_row_samples_under_its_own_top_k_top_p_and_temperature():
