@@ -183,7 +183,6 @@ def _split(task, split, n):
 def test_greedy_generation_equals_local_cached_decoding_and_eptctl_predict(world, vllm, router, monkeypatch):
     from typer.testing import CliRunner
 
-    from eptctl.backbones.base import EncodedExample
     from eptctl.backbones.decoding import GenerationOptions
     from eptctl.cli.app import app
     from eptctl.serving.engines.embedding import load_embedding_backbone
