@@ -183,12 +183,11 @@ def _split(task, split, n):
 def test_greedy_generation_equals_local_cached_decoding_and_eptctl_predict(world, vllm, router, monkeypatch):
     from typer.testing import CliRunner
 
-    from eptctl.backbones.base import EncodedExample
     from eptctl.backbones.decoding import GenerationOptions
     from eptctl.cli.app import app
     from eptctl.serving.engines.embedding import load_embedding_backbone
     from eptctl.serving.engines.vllm_http import VllmClient
-    from eptctl.workflows.inference import predict
+    from eptctl.workflows.inference import encode_input, predict
 
     texts = _split("bbc-headline", "test", 8)
     servable = _servable(world, "gen")
@@ -197,7 +196,7 @@ def test_greedy_generation_equals_local_cached_decoding_and_eptctl_predict(world
     monkeypatch.setenv("EPTCTL_HOME", str(world["home"]))
     remote = load_embedding_backbone(MODEL)
     remote.remote = VllmClient(vllm["server"].base, MODEL, remote.tokenizer.eos_token_id)
-    encoded = [EncodedExample(list(_encode(remote, servable, t)), 0) for t in texts]
+    encoded = [encode_input(remote, servable, t) for t in texts]
     options = GenerationOptions(max_new_tokens=servable.max_new_tokens)
     batch = local.collate(encoded, None, train=False)
     ours = local.generate([servable.adapter], batch, options)
@@ -220,15 +219,6 @@ def test_greedy_generation_equals_local_cached_decoding_and_eptctl_predict(world
                                       "--registry", world["url"]])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["output"] for line in result.stdout.splitlines()] == outputs
-
-
-def _encode(backbone, servable, text):
-    from eptctl import data
-    from eptctl.engine.encoding import encode_examples
-
-    answers = backbone.encode_answers(servable.spec.verbalizer)
-    example = data.Example(text=text, label=0)
-    return encode_examples(backbone, servable.spec, [example], answers, servable.max_length)[0].input_ids
 
 
 @pytest.mark.engine
