@@ -15,6 +15,7 @@ from eptctl.data.text import clean_inputs
 from eptctl.serving.adapters import AdapterCache, AdapterNotFound, BackboneMismatch
 from eptctl.serving.batcher import QueueFull
 from eptctl.serving.config import ServeConfig
+from eptctl.serving.engine import EngineUnavailable, Unsupported
 from eptctl.serving.errors import ApiError
 from eptctl.serving.routes import State
 from eptctl.serving.state import ServingState
@@ -69,8 +70,10 @@ async def _predict(body: PredictRequest, state: ServingState) -> dict:
         refs = {servable.record.ref for servable, _, _ in rows}
         label = refs.pop() if len(refs) == 1 else "mixed"
         outputs = await state.engine.predict(rows)
-    except QueueFull as err:
+    except (QueueFull, EngineUnavailable) as err:  # the queue is full, or a remote engine is down: retry later
         raise ApiError(503, err.message, err.hint, {"Retry-After": "1"}, adapter=label) from None
+    except Unsupported as err:  # what this engine cannot do (a multi-token answer on vLLM)
+        raise ApiError(400, err.message, err.hint or "", adapter=label) from None
     except ApiError as err:
         err.adapter = label
         raise
