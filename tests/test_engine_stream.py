@@ -398,11 +398,16 @@ def test_streams_respect_the_queue_limit_and_a_stopped_engine_refuses(world):
     backbone, servable = world["backbone"], world["servables"]["g0"]
     eng = LocalEngine(backbone, Batcher(backbone, max_queue=1))
     eng.start()
-    release = threading.Event()
+    release, holding = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        holding.set()
+        return release.wait(TIMEOUT_S)
 
     async def main():
-        busy = asyncio.ensure_future(eng.batcher.call(lambda: release.wait(TIMEOUT_S)))  # holds the worker
-        await asyncio.to_thread(_wait_until, lambda: eng.waiting == 0)
+        busy = asyncio.ensure_future(eng.batcher.call(hold))  # holds the worker
+        # the worker is inside the call (not merely about to take it): the queue is empty again
+        await asyncio.to_thread(_wait_until, lambda: holding.is_set() and eng.waiting == 0)
         first = eng.stream(_request(eng, servable, TEXTS[0], max_tokens=2))
         assert eng.waiting == 1
         with pytest.raises(QueueFull):
