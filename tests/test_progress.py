@@ -194,3 +194,18 @@ def test_a_logger_receives_the_lines_instead_of_the_stream(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "eptctl.test"]
     assert messages[0] == "scoring: 2 rows…" and messages[1].startswith("scoring: 1/2 rows (50 %)"), messages
     assert re.fullmatch(r"scoring: 2 rows in \d+ s", messages[-1]), messages
+
+
+def test_a_loss_read_at_an_earlier_step_says_which_step_it_is():
+    """Losses are read from the device every few steps (no per-step sync): the line names the step of the loss it
+    shows, so a repeated value does not read as a stalled run."""
+    stream = io.StringIO()
+    reporter = ConsoleProgress(stream, interval=0)
+    reporter(events.TrainingStarted(total=20, step=0, params={"total": 12, "prompt": 12}, batch_size=4,
+                                    eval_every=0, eval_rows=0, final_rows=8))
+    for step in range(1, 21):
+        reporter(events.StepDone(step=step, total=20, loss=0.25, lr=0.1, loss_step=step - step % 10 or 1))
+    reporter.close()
+    text = stream.getvalue()
+    assert re.search(r"loss 0\.2500 \(step 10\)", text)  # a line between reads
+    assert not re.search(r"20/20 steps.*\(step", text)  # at a read, the loss is this step's

@@ -73,8 +73,9 @@ class TrainingStarted(Event):
 class StepDone(Event):
     step: int
     total: int
-    loss: float  # mean loss of the global batch
+    loss: float  # mean loss of the global batch of step ``loss_step`` (losses are read every few steps)
     lr: float  # learning rate of the first parameter group
+    loss_step: int | None = None  # the step ``loss`` belongs to (None: this step)
 
 
 @dataclass(frozen=True)

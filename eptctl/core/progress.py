@@ -286,7 +286,9 @@ class ConsoleProgress:
         bar.done = event.step
         left = clock.left(event.step)
         per_step = clock.per_step()
-        bar.info = f"loss {event.loss:.4f}" + (f", {per_step:.2f} s/step" if per_step else "")
+        # the loss is read from the device every few steps (no per-step sync): say which step's it is
+        of = f" (step {event.loss_step})" if event.loss_step not in (None, event.step) else ""
+        bar.info = f"loss {event.loss:.4f}{of}" + (f", {per_step:.2f} s/step" if per_step else "")
         bar.left_s = None if left is None else left[0]
         if len(clock.steps) == 4 and left is not None:  # the first step carries warm-up: 3 more, then a plan
             seconds, rows, per_row = left

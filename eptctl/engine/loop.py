@@ -263,6 +263,7 @@ class _Loop:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.pending: list[tuple[int, torch.Tensor | None, int, int]] = []  # (step, loss, terms, all_terms) unread
         self.last_loss = math.nan  # the last loss read (what StepDone reports between reads)
+        self.last_loss_step = 0  # the step that loss belongs to
 
     def resume(self) -> None:
         """With ``run.resume``, continue from the checkpoint if there is one."""
@@ -324,7 +325,7 @@ class _Loop:
         if self.step == 1 or self.step % LOSS_READ_EVERY == 0 or self.step == self.total:
             self._read_losses()
         self.emit(events.StepDone(step=self.step, total=self.total, loss=self.last_loss,
-                                  lr=self.scheduler.get_last_lr()[0]))
+                                  lr=self.scheduler.get_last_lr()[0], loss_step=self.last_loss_step))
 
     def _read_losses(self) -> None:
         """Read the unread steps' losses in one transfer (one collective across ranks), record them in the history
@@ -339,7 +340,7 @@ class _Loop:
         for (step, _, _, all_terms), total in zip(pending, totals):
             _check_finite(total / all_terms, step - 1)  # the global loss: every rank raises, or none
             self.history.append({"step": step, "loss": round(total / all_terms, 6)})
-            self.last_loss = total / all_terms
+            self.last_loss, self.last_loss_step = total / all_terms, step
 
     def _score(self, rows: Sequence[EncodedExample], name: str) -> dict[str, float]:
         """The metrics of ``rows`` as one progress phase ``name`` (decoding, for a task that generates)."""
