@@ -49,7 +49,9 @@ def check_tag(tag: str) -> None:
 def task_row(conn: Connection, name: str) -> Row:
     row = conn.execute(sa.select(tasks).where(tasks.c.name == name)).first()
     if row is None:
-        raise RegistryError(f"unknown task {name!r}", hint="list the registered tasks with `eptctl tasks`")
+        # a builtin task (`eptctl tasks` lists it) has no row here until its first adapter: say what is missing
+        raise RegistryError(f"unknown task {name!r} in this registry: no adapter has been trained for it",
+                            hint=f"train one with `eptctl train {name}`; `eptctl list` shows what is stored")
     return row
 
 
