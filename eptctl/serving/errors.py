@@ -9,12 +9,17 @@ whichever layer refused the request (the token check, the body limits, validatio
 from __future__ import annotations
 
 import hmac
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from eptctl.core.errors import EptctlError
+from eptctl.serving.batcher import QueueFull
+from eptctl.serving.engine import EngineUnavailable, Unsupported
 
 # Health checks answer without a token: a load balancer or an orchestrator probes them with none.
 OPEN_ROUTES = ("/healthz", "/readyz")
@@ -126,3 +131,18 @@ async def _auth(request: Request, call_next):
                 401, "missing or wrong bearer token", "send the header Authorization: Bearer TOKEN",
                 {"WWW-Authenticate": "Bearer"}))
     return await call_next(request)
+
+
+@contextmanager
+def engine_errors():
+    """The engine's errors as HTTP answers: queue full or engine unreachable 503 (``Retry-After``), a request it
+    cannot honour 400, any other ``EptctlError`` (an input it refuses) 422."""
+    try:
+        yield
+    except (QueueFull, EngineUnavailable) as err:
+        raise ApiError(503, err.message, err.hint or "retry in a second", {"Retry-After": "1"},
+                       code="engine_overloaded") from None
+    except Unsupported as err:
+        raise ApiError(400, err.message, err.hint or "", code="unsupported_parameter") from None
+    except EptctlError as err:
+        raise ApiError(422, err.message, err.hint or "", code="invalid_value") from None

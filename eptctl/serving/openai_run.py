@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from eptctl.core.errors import EptctlError
-from eptctl.serving.batcher import QueueFull
-from eptctl.serving.engine import EngineUnavailable, Finished, GenerateRequest, SamplingParams, Unsupported
-from eptctl.serving.errors import ApiError
+from eptctl.serving.engine import Finished, GenerateRequest, SamplingParams
+from eptctl.serving.errors import ApiError, engine_errors
 from eptctl.serving.metrics import Timing
 from eptctl.serving.openai_inputs import Prompt, Target, offset_tokens
 
@@ -70,21 +67,6 @@ class Output:
     text: str = ""
     tokens: list[TokenLogprob] = field(default_factory=list)
     done: Done | None = None
-
-
-@contextmanager
-def engine_errors():
-    """The engine's errors as HTTP answers: queue full or engine unreachable 503 (``Retry-After``), a request it
-    cannot honour 400, any other ``EptctlError`` (an input it refuses) 422."""
-    try:
-        yield
-    except (QueueFull, EngineUnavailable) as err:
-        raise ApiError(503, err.message, err.hint or "retry in a second", {"Retry-After": "1"},
-                       code="engine_overloaded") from None
-    except Unsupported as err:
-        raise ApiError(400, err.message, err.hint or "", code="unsupported_parameter") from None
-    except EptctlError as err:
-        raise ApiError(422, err.message, err.hint or "", code="invalid_value") from None
 
 
 async def pieces(engine, job: Job) -> AsyncIterator[Piece | Done]:

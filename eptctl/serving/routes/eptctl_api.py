@@ -13,10 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from eptctl.core.errors import EptctlError
 from eptctl.data.text import clean_inputs
 from eptctl.serving.adapters import AdapterCache, AdapterNotFound, BackboneMismatch
-from eptctl.serving.batcher import QueueFull
 from eptctl.serving.config import ServeConfig
-from eptctl.serving.engine import EngineUnavailable, Unsupported
-from eptctl.serving.errors import ApiError
+from eptctl.serving.errors import ApiError, engine_errors
 from eptctl.serving.routes import State
 from eptctl.serving.state import ServingState
 
@@ -69,11 +67,8 @@ async def _predict(body: PredictRequest, state: ServingState) -> dict:
         rows = await _rows(body, state.cache, state.config)
         refs = {servable.record.ref for servable, _, _ in rows}
         label = refs.pop() if len(refs) == 1 else "mixed"
-        outputs = await state.engine.predict(rows)
-    except (QueueFull, EngineUnavailable) as err:  # the queue is full, or a remote engine is down: retry later
-        raise ApiError(503, err.message, err.hint, {"Retry-After": "1"}, adapter=label) from None
-    except Unsupported as err:  # what this engine cannot do (a multi-token answer on vLLM)
-        raise ApiError(400, err.message, err.hint or "", adapter=label) from None
+        with engine_errors():  # 503 queue full or engine down, 400 what it cannot do, 422 an input it refuses
+            outputs = await state.engine.predict(rows)
     except ApiError as err:
         err.adapter = label
         raise
